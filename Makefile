@@ -1,0 +1,31 @@
+# Every target sets itself up: a fresh clone needs only python3 (>= 3.10) and make.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# torch goes first and pinned: torch==2.13.0 takes the local CPU wheel; anything looser pulls CUDA.
+# aisfx goes with --no-deps: its own pins are outdated and would downgrade torch.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps aisfx==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m spresso.demo $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf work/demo

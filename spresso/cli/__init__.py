@@ -1,0 +1,61 @@
+"""The `spresso` command line: argument parsing only; every command calls the library.
+
+Each capability registers its subcommands in its own module (``spresso/cli/<name>.py`` with a
+``register(commands, train)`` function), so commands can be added without editing this file's
+logic. A :class:`~spresso.errors.SpressoError` becomes one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import SpressoError
+
+# Modules that add subcommands; each has register(commands, train).
+COMMAND_MODULES = ["data", "audioae", "dit", "quant", "stages", "codec", "evaluate", "pipeline"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spresso", description="S-PRESSO sound-effect codec and its training workflow")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train_parser = commands.add_parser("train", help="train a model stage")
+    train = train_parser.add_subparsers(dest="train_command", metavar="STAGE")
+    train_parser.set_defaults(func=lambda args: train_parser.print_help() or 2)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"{__name__}.{name}":
+                continue  # capability not built yet
+            raise
+        module.register(commands, train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except SpressoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Connect to Ray: RAY_ADDRESS when set, else a local Ray sized for this machine."""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..config.runtime import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
+    """Start or join Ray once per process and return the ``ray`` module.
+
+    With ``cfg.ray_address`` or ``RAY_ADDRESS`` set we join that cluster (``ray job submit``
+    sets it for the driver); otherwise a local Ray with ``num_cpus`` (default: all cores) starts.
+    """
+    import ray
+
+    cfg = cfg or RuntimeConfig()
+    if ray.is_initialized():
+        return ray
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    common = dict(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
+    common.update(kwargs)
+    if address:
+        common.pop("include_dashboard", None)
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, **common)
+    else:
+        num_cpus = cfg.num_cpus or cpu_count()
+        log.info("starting a local Ray with %d CPUs", num_cpus)
+        ray.init(num_cpus=num_cpus, **common)
+    return ray
+
+
+def actor_cpus(cfg: RuntimeConfig | None = None) -> float:
+    """CPUs to reserve per CPU actor: fractional, so an actor pool cannot take every core."""
+    return (cfg or RuntimeConfig()).actor_cpus

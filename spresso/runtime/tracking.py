@@ -1,0 +1,226 @@
+"""MLflow for every stage: one run per stage, with its config, metrics and lineage.
+
+Every stage calls :func:`stage_run`. It creates the run in the driver with the
+``MlflowClient`` (explicit run ids, no global "active run"), so a Ray Train worker can log to
+the same run by id (:meth:`StageRun.attach`) and a restarted attempt never leaves an orphan.
+
+Lineage recorded on each run (DESIGN.md §3):
+- the config (params, flattened, and ``config.yaml`` as an artifact);
+- inputs: ``mlflow`` dataset inputs with their digests, and tags ``spresso.input.<name>.*``;
+- outputs: tags ``spresso.output.<name>.uri`` / ``.digest`` (MLflow has no dataset-output API);
+- upstream runs: tags ``spresso.upstream.<stage>`` = run id;
+- the stage name and cache key: ``spresso.stage``, ``spresso.key``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ..errors import SpressoError
+
+TAG_STAGE = "spresso.stage"
+TAG_KEY = "spresso.key"
+TAG_CODE = "spresso.code_version"
+
+
+def tracking_uri(workdir: str, configured: str | None = None) -> str:
+    """The MLflow store: the configured URI, else MLFLOW_TRACKING_URI, else SQLite in the workdir."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if "://" in workdir:
+        raise SpressoError(
+            f"workdir {workdir} is remote: set MLFLOW_TRACKING_URI (or runtime.mlflow_tracking_uri) to an MLflow server"
+        )
+    root = Path(workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def code_version() -> str:
+    from .. import __version__
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, workdir: str) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:") and "://" not in workdir:
+        # Keep artifacts beside the database rather than in ./mlartifacts of whatever cwd.
+        artifact_location = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+@dataclass
+class StageRun:
+    """A handle on one stage's MLflow run; picklable, so it can travel to Ray workers."""
+
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    stage: str
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def attach(cls, run_id: str, tracking_uri: str) -> "StageRun":
+        run = _client(tracking_uri).get_run(run_id)
+        return cls(run_id, tracking_uri, run.info.experiment_id, run.data.tags.get(TAG_STAGE, ""))
+
+    @property
+    def client(self):
+        return _client(self.tracking_uri)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_input(self, name: str, uri: str, digest: str, context: str = "input") -> None:
+        """Record a dataset this stage read: an MLflow dataset input plus plain tags."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        try:
+            source = resolve_dataset_source(uri)
+        except Exception:
+            from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+            source = HTTPDatasetSource(uri)
+        ds = MetaDataset(source=source, name=name, digest=digest[:36])
+        entity = DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
+        self.client.log_inputs(self.run_id, datasets=[entity])
+        self.set_tags({f"spresso.input.{name}.uri": uri, f"spresso.input.{name}.digest": digest})
+
+    def log_output(self, name: str, uri: str, digest: str) -> None:
+        """Record an output: MLflow has no dataset-output API, so tags carry uri and digest."""
+        self.outputs[name] = {"uri": uri, "digest": digest}
+        self.set_tags({f"spresso.output.{name}.uri": uri, f"spresso.output.{name}.digest": digest})
+
+    def log_upstream(self, upstream: Mapping[str, str]) -> None:
+        self.set_tags({f"spresso.upstream.{k}": v for k, v in upstream.items()})
+
+
+def find_finished_run(uri: str, experiment_id: str, stage: str, key: str):
+    """The newest FINISHED run of ``stage`` with cache key ``key``, or None."""
+    runs = _client(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    config: Any,
+    *,
+    key: str | None = None,
+    upstream: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    run_name: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> Iterator[StageRun]:
+    """Open (or resume) the MLflow run of one stage; FINISHED on success, FAILED on error.
+
+    ``config`` is a :class:`~spresso.config.SpressoConfig`: its workdir, runtime settings and
+    full contents are used and logged.
+    """
+    uri = tracking_uri(config.workdir, config.runtime.mlflow_tracking_uri)
+    exp_id = ensure_experiment(uri, config.runtime.experiment, config.workdir)
+    client = _client(uri)
+    tags = {TAG_STAGE: stage, TAG_CODE: code_version()}
+    if key:
+        tags[TAG_KEY] = key
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    tags.update(extra_tags or {})
+    if resume_run_id:
+        client.update_run(resume_run_id, status="RUNNING")
+        run = StageRun(resume_run_id, uri, exp_id, stage)
+    else:
+        created = client.create_run(exp_id, run_name=run_name or stage, tags=tags)
+        run = StageRun(created.info.run_id, uri, exp_id, stage)
+        cfg_dict = config.to_dict()
+        run.log_params(flatten(cfg_dict))
+        run.log_text(config.to_yaml(), "config.yaml")
+    if upstream:
+        run.log_upstream(upstream)
+    try:
+        yield run
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            run.set_tags({"spresso.error": f"{type(err).__name__}: {err}"[:5000]})
+            client.set_terminated(run.run_id, status=status)
+        raise
+    else:
+        client.set_terminated(run.run_id, status="FINISHED")

@@ -1,0 +1,1 @@
+"""Training stages (Ray Train) and the pieces they share: checkpoints and the harness."""

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real dev corpus when present, small procedural audio always."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SFX_DEV = Path(os.environ.get("SPRESSO_SFX_DEV", REPO.parent / "shared" / "data" / "sfx-dev"))
+
+
+@pytest.fixture(scope="session")
+def sfx_dev() -> Path:
+    """../shared/data/sfx-dev (28 min of real game sounds); tests using it skip cleanly without it."""
+    if not SFX_DEV.is_dir():
+        pytest.skip(f"dev corpus not found at {SFX_DEV}")
+    return SFX_DEV
+
+
+@pytest.fixture
+def mlflow_env(tmp_path, monkeypatch):
+    """An isolated SQLite MLflow store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray for the tests that need it (started once per session)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield ray

@@ -1,0 +1,61 @@
+import pytest
+
+from spresso.config import load_config, parse_overrides
+from spresso.errors import ConfigError
+
+
+def test_presets_load_and_differ():
+    demo = load_config("demo")
+    paper = load_config("paper")
+    assert demo.data.sample_rate == paper.data.sample_rate == 48000
+    assert demo.audioae.model.width < paper.audioae.model.width
+    assert paper.workdir.startswith("s3://")
+
+
+def test_dotted_override_is_typed():
+    cfg = load_config("demo", ["data.clip_seconds=2.5", "data.splits.train=0.9", "data.splits.valid=0.05",
+                               "data.splits.test=0.05", "data.bit_depth=24"])
+    assert cfg.data.clip_seconds == 2.5 and cfg.data.bit_depth == 24 and cfg.data.splits.train == 0.9
+
+
+def test_unknown_key_in_override_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'data\.clip_secs'"):
+        load_config("demo", ["data.clip_secs=5"])
+
+
+def test_unknown_key_in_file_names_the_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("data:\n  sample_rate: 48000\n  shardz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'data\.shardz'"):
+        load_config(p)
+
+
+def test_invalid_value_is_one_line_error():
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["data.bit_depth=12"])
+    assert "data.bit_depth" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_config("demo", ["data.splits.train=0.5"])
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_overrides(["nonsense"])
+    assert parse_overrides(["a.b=[1, 2]", "c=hello"]) == {"a": {"b": [1, 2]}, "c": "hello"}
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("no/such/file.yaml")
+
+
+def test_config_round_trips_through_dict():
+    cfg = load_config("demo", ["qinco2.M=4"])
+    again = load_config(None, [f"qinco2.M={cfg.qinco2.M}"])
+    assert again.qinco2.M == 4
+    from spresso.config import config_from_dict
+
+    assert config_from_dict(cfg.to_dict()) == cfg
