@@ -34,3 +34,8 @@ def bitrate_bps(m: int, K: int, t: int) -> float:
 def compression_ratio(t: int, z_channels: int = 64, sample_rate: int = 48000) -> float:
     """Waveform samples per z value, as the paper counts it (t=4 -> 30x, t=9 -> 68x, t=100 -> 750x)."""
     return sample_rate / (frame_rate(t) * z_channels)
+
+
+def continuous_bitrate_bps(channels: int, t: int, bits_per_value: int = 16) -> float:
+    """Nominal bitrate of unquantized z stored as float16: channels x 16 bits x frame rate."""
+    return channels * bits_per_value * frame_rate(t)

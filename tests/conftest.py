@@ -31,6 +31,11 @@ def ray_local():
     """One small local Ray for the tests that need it (started once per session)."""
     import ray
 
+    # Ray workers must import functions defined in test modules (training loops, map functions):
+    # the raylet inherits this environment, so put tests/ on their path.
+    tests_dir = str(Path(__file__).resolve().parent)
+    if tests_dir not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray

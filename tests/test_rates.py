@@ -13,3 +13,9 @@ def test_frame_rates_and_compression():
     assert compression_ratio(4) == 30 and round(compression_ratio(9)) == 68 and compression_ratio(100) == 750
     with pytest.raises(ValueError):
         bitrate_bps(8, 1000, 4)
+
+
+def test_continuous_bitrate():
+    from spresso.rates import continuous_bitrate_bps
+
+    assert continuous_bitrate_bps(64, 100) == 1024.0 and continuous_bitrate_bps(64, 4) == 25 * 64 * 16

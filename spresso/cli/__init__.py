@@ -14,7 +14,7 @@ import sys
 from ..errors import SpressoError
 
 # Modules that add subcommands; each has register(commands, train).
-COMMAND_MODULES = ["data", "audioae", "latents", "dit", "quant", "stages", "codec", "evaluate", "pipeline"]
+COMMAND_MODULES = ["config", "data", "audioae", "latents", "dit", "quant", "stages", "codec", "evaluate", "pipeline"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,14 @@
+"""Errors of the `.spr` format: each one a single line a user can act on."""
+from __future__ import annotations
+
+from ..errors import SpressoError
+
+
+class BitstreamError(SpressoError):
+    """A `.spr` stream is malformed, damaged, made for another model, or asked for something it cannot give.
+
+    Raised for: wrong magic, unknown format version, checksum mismatch, truncated stream,
+    padded/trailing bytes, a stream for another model, codes out of range, and peeling to more
+    codebooks than the stream holds. Subclasses :class:`SpressoError`, so the CLI prints it as one
+    line and exits 2.
+    """

@@ -1,0 +1,40 @@
+import pytest
+
+from spresso.codec.variable_rate import codebooks_for_kbps, operating_points, resolve_codebooks
+from spresso.errors import SpressoError
+
+
+def test_paper_operating_points():
+    assert codebooks_for_kbps(0.096, 4096, 100, 20) == 8
+    assert codebooks_for_kbps(0.3, 4096, 100, 25) == 25
+    assert codebooks_for_kbps(1.32, 1024, 9, 20) == 12  # 12 x 10 bits x 11.1 Hz = 1.333 kbps
+
+
+def test_nearest_ties_and_clamping():
+    # K = 2^10 at 1 Hz: 10 bps per codebook
+    assert codebooks_for_kbps(0.034, 1024, 100, 10) == 3
+    assert codebooks_for_kbps(0.036, 1024, 100, 10) == 4
+    assert codebooks_for_kbps(0.035, 1024, 100, 10) == 3  # a tie takes the smaller m
+    assert codebooks_for_kbps(0.0001, 1024, 100, 10) == 1
+    assert codebooks_for_kbps(99.0, 1024, 100, 10) == 10
+    pts = operating_points(1024, 4, 3)
+    assert [m for m, _ in pts] == [1, 2, 3] and pts[2][1] == pytest.approx(0.75)
+
+
+def test_every_point_maps_to_itself():
+    for K, t in ((1024, 4), (4096, 9), (4096, 20), (2, 100), (65536, 4)):
+        for m, kbps in operating_points(K, t, 32):
+            assert codebooks_for_kbps(kbps, K, t, 32) == m
+
+
+def test_resolve():
+    assert resolve_codebooks(4096, 100, 8) == 8
+    assert resolve_codebooks(4096, 100, 8, codebooks=3) == 3
+    assert resolve_codebooks(4096, 100, 8, kbps=0.05) == 4
+    with pytest.raises(SpressoError, match="not both"):
+        resolve_codebooks(4096, 100, 8, kbps=0.05, codebooks=3)
+    with pytest.raises(SpressoError, match=r"1\.\.8 for this model \(0.012..0.096 kbps\)"):
+        resolve_codebooks(4096, 100, 8, codebooks=9)
+    for bad in (0, -1.0, float("nan"), float("inf"), "0.3"):
+        with pytest.raises(SpressoError, match="positive number"):
+            codebooks_for_kbps(bad, 4096, 100, 8)
