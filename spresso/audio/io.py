@@ -7,6 +7,8 @@ is a short reason, so ingestion can record it in rejects.parquet and carry on.
 from __future__ import annotations
 
 import io
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,39 @@ def _decode_av(data: bytes) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).astype(np.float32), sr
 
 
+def _clean_reason(err: Exception) -> str:
+    """libsndfile's message without the object address it embeds (reasons must be reproducible)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return re.sub(r"^Error opening <[^>]*>: ", "", text).strip() or type(err).__name__
+
+
+def _truncation(data: bytes) -> str | None:
+    """A short reason when a WAV/AIFF header promises more sample data than the file holds.
+
+    libsndfile reads such files without complaint (it returns what is there); a cut-off file is
+    damaged input and must be refused, not silently shortened.
+    """
+    if len(data) < 12:
+        return None
+    riff, form = data[:4], data[8:12]
+    if riff in (b"RIFF", b"RIFX") and form == b"WAVE":
+        fmt, want, pos = ("<I" if riff == b"RIFF" else ">I"), b"data", 12
+    elif riff == b"FORM" and form in (b"AIFF", b"AIFC"):
+        fmt, want, pos = ">I", b"SSND", 12
+    else:
+        return None
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack_from(fmt, data, pos + 4)[0]
+        if cid == want:
+            have = len(data) - (pos + 8)
+            # 0 and 0xFFFFFFFF mean "length unknown" (streamed writers): nothing to check.
+            if size not in (0, 0xFFFFFFFF) and have < size:
+                return f"truncated: {have} of {size} bytes of sample data"
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
 def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     """Decode audio to ``(wave [channels, samples] float32, sample_rate)``.
 
@@ -75,6 +110,9 @@ def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
         raise AudioError(f"unreadable: {err.strerror or err}") from None
     if not data:
         raise AudioError("empty file")
+    truncated = _truncation(data)
+    if truncated:
+        raise AudioError(truncated)
     try:
         wave, sr = _decode_soundfile(data)
     except Exception as sf_err:  # libsndfile refused it: try FFmpeg before giving up
@@ -83,8 +121,7 @@ def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
         except AudioError:
             raise
         except Exception:
-            reason = str(sf_err).splitlines()[0] if str(sf_err) else type(sf_err).__name__
-            raise AudioError(f"not decodable audio ({reason})") from None
+            raise AudioError(f"not decodable audio ({_clean_reason(sf_err)})") from None
     if wave.shape[1] == 0:
         raise AudioError("zero-length audio")
     if sr <= 0:
@@ -117,5 +154,9 @@ def load_mono(source: str | Path | bytes, sample_rate: int = 48000) -> tuple[np.
 
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
     """Write [n] or [channels, n] audio; the format follows the file extension."""
-    arr = wave.T if wave.ndim == 2 else wave
-    sf.write(str(path), arr, sample_rate, subtype=subtype)
+    arr = np.ascontiguousarray(wave.T if wave.ndim == 2 else wave)
+    channels = 1 if arr.ndim == 1 else arr.shape[1]
+    with sf.SoundFile(str(path), "w", sample_rate, channels, subtype) as f:
+        # Block writes: libsndfile 1.2's Vorbis encoder crashes on one multi-million-frame write.
+        for start in range(0, arr.shape[0], 1 << 16):
+            f.write(arr[start : start + (1 << 16)])

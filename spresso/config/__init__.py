@@ -17,9 +17,11 @@ from ..errors import ConfigError
 from .audioae import AudioAEConfig
 from .base import Section
 from .data import DataConfig
+from .dae import DAEConfig
 from .dit import DiTConfig
 from .eval import EvalConfig
 from .qinco2 import QINCo2Config
+from .pipeline import PipelineConfig
 from .runtime import RuntimeConfig
 
 __all__ = ["SpressoConfig", "Section", "load_config", "parse_overrides", "ConfigError"]
@@ -34,8 +36,10 @@ class SpressoConfig(Section):
     data: DataConfig = DataConfig()
     audioae: AudioAEConfig = AudioAEConfig()
     dit: DiTConfig = DiTConfig()
+    dae: DAEConfig = DAEConfig()
     qinco2: QINCo2Config = QINCo2Config()
     eval: EvalConfig = EvalConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,7 +1,9 @@
 """AudioAE settings: the model, its DAC-recipe training and the x0 latent cache."""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from .base import Section
 
@@ -12,12 +14,81 @@ class AudioAEModelConfig(Section):
     hop: int = 480
     latent_dim: int = 128
     width: int = 512
-    blocks: int = 8
+    # ConvNeXt-1D blocks per side (encoder and decoder each), Vocos' width/depth at paper scale.
+    blocks: int = Field(8, ge=0)
     intermediate: int = 1536
+    kernel_size: int = Field(7, gt=0)
+
+    @model_validator(mode="after")
+    def _same_framing(self):
+        if self.hop <= 0 or self.n_fft < self.hop or (self.n_fft - self.hop) % 2:
+            raise ValueError(f"n_fft {self.n_fft} / hop {self.hop}: 'same' framing needs n_fft >= hop and n_fft - hop even")
+        if self.kernel_size % 2 == 0:
+            raise ValueError("kernel_size must be odd")
+        return self
+
+
+class DiscriminatorConfig(Section):
+    """DAC's discriminators: multi-period (MPD) and multi-band multi-scale complex STFT (MB-MS-STFT)."""
+
+    periods: list[int] = [2, 3, 5, 7, 11]
+    # MPD conv channels per layer (DAC/HiFi-GAN: 32, 128, 512, 1024, 1024).
+    mpd_channels: list[int] = [32, 128, 512, 1024, 1024]
+    stft_windows: list[int] = [2048, 1024, 512]
+    # Band edges as fractions of the STFT bins (5 bands).
+    bands: list[float] = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+    stft_channels: int = Field(32, gt=0)
+
+
+class AudioAETrainConfig(Section):
+    """DAC's training recipe, plus data, scaling, checkpoint and logging settings."""
+
+    batch_size: int = Field(16, gt=0)  # per worker
+    # Random crops of the train clips; rounded down to a multiple of the hop.
+    segment_seconds: float = Field(0.38, gt=0)
+    crops_per_clip: int = Field(1, gt=0)
+    shuffle_buffer: int = Field(256, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = Field(0.01, ge=0)
+    lr_gamma: float = Field(0.999996, gt=0, le=1)  # ExponentialLR, stepped every step
+    grad_clip: float = Field(1000.0, gt=0)
+    mel_weight: float = 15.0
+    adv_weight: float = 1.0
+    fm_weight: float = 2.0
+    gan_loss: Literal["lsgan", "hinge"] = "lsgan"
+    # The generator trains on the mel loss alone before this step (0: GAN from the start).
+    disc_start_step: int = Field(0, ge=0)
+    num_workers: int = Field(1, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(3, ge=0)
+    checkpoint_every: int = Field(1000, gt=0)
+    log_every: int = Field(50, gt=0)
+    valid_every: int = Field(5000, gt=0)
+    valid_clips: int = Field(32, gt=0)
+    audio_examples: int = Field(3, ge=0)
+    seed: int = 0
+    # Testing aid: raise once at this step (a marker file in the run folder makes it once only).
+    fail_at_step: int | None = None
+
+
+class LatentCacheConfig(Section):
+    """Filling the x0 cache (`spresso precompute-latents`): write blocks and the encoder pool."""
+
+    # Clips per Zarr block (one shard of x0): the unit one writer owns and a rerun redoes.
+    chunk_clips: int = Field(64, gt=0)
+    # Clips per encoder call inside an actor.
+    batch_size: int = Field(16, gt=0)
+    # Encoder actors (one GPU each when the cluster has GPUs, else fractional CPUs).
+    actors: int = Field(1, gt=0)
 
 
 class AudioAEConfig(Section):
+    cache: LatentCacheConfig = LatentCacheConfig()
     model: AudioAEModelConfig = AudioAEModelConfig()
+    disc: DiscriminatorConfig = DiscriminatorConfig()
+    train: AudioAETrainConfig = AudioAETrainConfig()
     # Output folder (relative to the workdir) for checkpoints and the x0 cache.
     checkpoint_dir: str = "audioae"
     latents_path: str = "latents/x0.zarr"

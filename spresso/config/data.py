@@ -37,3 +37,6 @@ class DataConfig(Section):
     captions_csv: str | None = None
     # Output folder of `spresso shard`, relative to the workdir unless absolute or a URL.
     shards_dir: str = "shards"
+    # CPUs reserved per Ray Data shard task (one task decodes a group of files and writes one tar).
+    # 1.0 = one task per core; fractional values oversubscribe (useful when decoding waits on I/O).
+    worker_cpus: float = Field(1.0, gt=0)

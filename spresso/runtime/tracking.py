@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -147,7 +148,10 @@ class StageRun:
         from mlflow.entities import DatasetInput, InputTag
 
         try:
-            source = resolve_dataset_source(uri)
+            with warnings.catch_warnings():
+                # Local paths match two equivalent registered sources; MLflow picks one and warns.
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                source = resolve_dataset_source(uri)
         except Exception:
             from mlflow.data.http_dataset_source import HTTPDatasetSource
 
