@@ -1,0 +1,128 @@
+"""Diffusion-autoencoder settings: latent encoder g_psi, audio-down conditioning, LoRA, stages 1 and 3.
+
+One run per operating point: ``dae.t`` picks the pooling factor (4, 9, 20 or 100); its entry in
+``dae.points`` gives the quantizer's K, the stage-2 codebooks M and the stage-3 codebooks m.
+Outputs live under ``<checkpoint_dir>/t<t>/`` (stage1/final, z.zarr, stage3/final).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from .base import Section
+
+# The paper's encoder depth by pooling factor: 6 at 25 Hz, 10 at 11 Hz, 12 at 5 Hz and 1 Hz.
+PAPER_DEPTHS = {4: 6, 9: 10, 20: 12, 100: 12}
+
+
+class LatentEncoderConfig(Section):
+    z_channels: int = Field(64, ge=1)  # c = 2: 128 x0 channels -> 64
+    width: Optional[int] = Field(None, ge=1)  # null: the x0 width (128), as in the paper
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    rope_base: float = Field(10000.0, gt=1)
+    depth_by_t: dict[int, int] = Field(default_factory=lambda: dict(PAPER_DEPTHS))
+    depth: Optional[int] = Field(None, ge=0)  # one depth for every t (overrides depth_by_t)
+
+    def depth_for(self, t: int) -> int:
+        if self.depth is not None:
+            return self.depth
+        if t in self.depth_by_t:
+            return self.depth_by_t[t]
+        # An unlisted t takes the depth of the nearest listed factor at or below it (deeper for coarser z).
+        below = [k for k in self.depth_by_t if k <= t]
+        return self.depth_by_t[max(below)] if below else self.depth_by_t[min(self.depth_by_t)]
+
+
+class LoRASettings(Section):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # Layers inside each pretrained stream of every block that get adapters (names as in mmdit.Stream).
+    targets: list[str] = Field(default_factory=lambda: ["qkv", "proj", "mlp.fc1", "mlp.fc2"])
+    streams: list[str] = Field(default_factory=lambda: ["audio", "text"])
+    # Other linear layers of the DiT by exact module name (e.g. "audio_in", "final.linear").
+    extra: list[str] = Field(default_factory=list)
+
+
+class OperatingPoint(Section):
+    t: int = Field(ge=1)
+    K: int = Field(ge=2)  # codebook size of the stage-2 quantizer
+    M: int = Field(ge=1)  # stage-2 codebooks
+    m: int = Field(ge=1)  # codebooks used in stage 3 (and by the codec at this point)
+
+
+def _paper_points() -> list[OperatingPoint]:
+    return [OperatingPoint(t=4, K=1024, M=20, m=10), OperatingPoint(t=9, K=1024, M=20, m=10),
+            OperatingPoint(t=20, K=4096, M=20, m=8), OperatingPoint(t=100, K=4096, M=20, m=8)]
+
+
+class DAETrainConfig(Section):
+    steps: int = Field(100000, ge=1)
+    batch_size: int = Field(32, ge=1)  # global: split over the Ray Train workers
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(500, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    # The paper's stage-1 text dropout: mostly unconditional, so the decoder learns to lean on z.
+    text_dropout: float = Field(0.8, ge=0, le=1)
+    num_workers: int = Field(1, ge=0)  # Ray Train workers (0: in-process, tests)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    loader_workers: int = Field(0, ge=0)
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    max_failures: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class Stage3Config(DAETrainConfig):
+    # The paper trains stage 3 for 40 epochs; ``steps`` (if set) caps it.
+    epochs: int = Field(40, ge=1)
+    steps: Optional[int] = Field(None, ge=1)  # type: ignore[assignment]
+    keep_z: float = Field(0.1, ge=0, le=1)  # probability of feeding the unquantized z
+    train_audio_down: bool = False  # also finetune the audio-down streams (stage 1 trains them)
+    quantize_beam: Optional[int] = Field(None, ge=1)  # beam for encoding z (null: the quantizer's own)
+
+
+class ZCacheConfig(Section):
+    chunk_clips: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    actors: int = Field(1, ge=1)
+
+
+class DAEConfig(Section):
+    t: int = Field(4, ge=1)  # the operating point being trained
+    points: list[OperatingPoint] = Field(default_factory=_paper_points)
+    encoder: LatentEncoderConfig = LatentEncoderConfig()
+    # How the audio-down streams start: copies of the pretrained audio stream, or fresh (adaLN-zero).
+    audio_down_init: Literal["audio", "random"] = "audio"
+    lora: LoRASettings = LoRASettings()
+    stage1: DAETrainConfig = DAETrainConfig()
+    stage3: Stage3Config = Stage3Config()
+    zcache: ZCacheConfig = ZCacheConfig()
+    decode_steps: int = Field(32, ge=1)  # Heun steps when reconstructing (the paper: 64)
+    # Inputs (null: the DiT / QINCo2 stages' final checkpoints) and outputs, relative to the workdir.
+    dit_dir: Optional[str] = None
+    quantizer_dir: Optional[str] = None
+    checkpoint_dir: str = "dae"
+
+    @model_validator(mode="after")
+    def _known_point(self):
+        ts = [p.t for p in self.points]
+        if len(set(ts)) != len(ts):
+            raise ValueError(f"dae.points lists a pooling factor twice: {ts}")
+        return self
+
+    def point(self, t: int | None = None) -> OperatingPoint:
+        t = self.t if t is None else t
+        for p in self.points:
+            if p.t == t:
+                return p
+        raise ValueError(f"no operating point with t={t} in dae.points ({[p.t for p in self.points]})")
+
+    def folder(self, t: int | None = None) -> str:
+        """Outputs of one operating point, relative to the workdir."""
+        return f"{self.checkpoint_dir.rstrip('/')}/t{self.t if t is None else t}"
