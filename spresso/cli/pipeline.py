@@ -1,0 +1,145 @@
+"""`spresso pipeline run|status|graph`, `spresso runs compare`, `spresso lineage`."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import load_config
+
+
+def _config(args):
+    return load_config(args.pipeline_config, args.overrides)
+
+
+def _uri(args) -> str:
+    from ..runtime.tracking import tracking_uri
+
+    if getattr(args, "tracking_uri", None):
+        return args.tracking_uri
+    cfg = load_config(args.config, args.overrides)
+    return tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
+
+
+def _run(args) -> int:
+    cfg = _config(args)
+    if args.input:
+        cfg.pipeline.inputs = [*cfg.pipeline.inputs, *args.input]
+    if args.max_parallel:
+        cfg.pipeline.max_parallel = args.max_parallel
+    if args.dry_run:
+        from ..pipeline.graph import build_graph
+        from ..pipeline.plan import describe
+        from ..pipeline.registry import registry
+
+        graph = build_graph(cfg, registry())
+        selected = graph.select(args.from_, args.until, args.only) | {n for s in args.force for n in graph.match(s)}
+        print(describe(graph, selected))
+        print("dry run: nothing started")
+        return 0
+    from ..pipeline import run_pipeline
+
+    result = run_pipeline(cfg, from_=args.from_, until=args.until, only=args.only, force=args.force)
+    print(result.table())
+    counts = ", ".join(f"{v} {k}" for k, v in result.counts().items())
+    print(f"pipeline run {result.parent_run_id}: {counts}")
+    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}" if not result.tracking_uri.startswith("http")
+          else f"MLflow: {result.tracking_uri}")
+    return 0 if result.ok else 1
+
+
+def _status(args) -> int:
+    from ..pipeline.status import format_status, pipeline_status
+
+    print(format_status(pipeline_status(_config(args))))
+    return 0
+
+
+def _graph(args) -> int:
+    from ..pipeline.graph import build_graph
+    from ..pipeline.registry import registry
+    from ..pipeline.render import render_graph
+
+    cfg = _config(args)
+    states = {}
+    if args.status:
+        from ..pipeline.status import pipeline_status
+
+        states = {s.name: s.state for s in pipeline_status(cfg)}
+    engine = render_graph(build_graph(cfg, registry()), args.out, states, engine=args.engine)
+    print(f"{args.out} ({engine})")
+    return 0
+
+
+def _compare(args) -> int:
+    from ..pipeline.compare import compare_runs
+
+    cmp = compare_runs(_uri(args), args.experiment, args.metric or None, args.stage, args.parent, args.max_runs, args.status)
+    print(cmp.table)
+    print(f"compare in the MLflow UI: {cmp.url}")
+    return 0
+
+
+def _lineage(args) -> int:
+    from ..pipeline.lineage import format_lineage, lineage
+
+    kind, rows = lineage(_uri(args), args.target)
+    print(format_lineage(kind, rows))
+    return 0
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline_config", metavar="CONFIG", help="preset name (demo, paper) or YAML path with a pipeline: section")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set pipeline.max_parallel=1 (repeatable)")
+
+
+def _tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="demo", help="config whose MLflow store to query [demo]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the config's)")
+
+
+def register(commands, train) -> None:
+    pipe = commands.add_parser("pipeline", help="run the stage DAG with caching and lineage; its status and picture")
+    sub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION")
+    pipe.set_defaults(func=lambda args: pipe.print_help() or 2)
+
+    run = sub.add_parser("run", help="run (or resume) the pipeline: finished stages with unchanged inputs are reused")
+    _pipeline_args(run)
+    sel = "a stage (train_dit), a branch instance (stage1@c11), a stage kind (every branch) or @point"
+    run.add_argument("--from", dest="from_", action="append", default=[], metavar="S", help=f"start at S and its downstream; {sel}")
+    run.add_argument("--until", action="append", default=[], metavar="S", help="stop after S (and its upstream)")
+    run.add_argument("--only", action="append", default=[], metavar="S", help="run only S (upstream must be reusable)")
+    run.add_argument("--force", action="append", default=[], metavar="S", help="rerun S even when a finished run matches")
+    run.add_argument("--input", action="append", default=[], metavar="DIR", help="more raw audio folders for the shard stage")
+    run.add_argument("--max-parallel", type=int, default=None, help="stages at once on the local executor")
+    run.add_argument("--dry-run", action="store_true", help="validate, print the DAG, resources and GPU-hours; start nothing")
+    run.set_defaults(func=_run)
+
+    st = sub.add_parser("status", help="each stage: done, reused, running, failed, stale or pending, with its MLflow run")
+    _pipeline_args(st)
+    st.set_defaults(func=_status)
+
+    gr = sub.add_parser("graph", help="write the DAG as a picture (png/svg/pdf, or .dot source)")
+    _pipeline_args(gr)
+    gr.add_argument("--out", "-o", default="dag.png")
+    gr.add_argument("--engine", default="auto", choices=["auto", "dot", "matplotlib"])
+    gr.add_argument("--status", action="store_true", help="colour stages by their current status")
+    gr.set_defaults(func=_graph)
+
+    runs = commands.add_parser("runs", help="query MLflow runs")
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION")
+    runs.set_defaults(func=lambda args: runs.print_help() or 2)
+    cmp = runs_sub.add_parser("compare", help="a table of runs and metrics, and the MLflow UI compare link")
+    _tracking_args(cmp)
+    cmp.add_argument("--experiment", "-e", default=None)
+    cmp.add_argument("--metric", "-m", action="append", default=[], help="metric column (repeatable) [all, up to 8]")
+    cmp.add_argument("--stage", default=None, help="only runs of this stage")
+    cmp.add_argument("--parent", default=None, help="only child runs of this pipeline run")
+    cmp.add_argument("--status", default=None, help="FINISHED, FAILED, RUNNING ...")
+    cmp.add_argument("--max-runs", type=int, default=30)
+    cmp.set_defaults(func=_compare)
+
+    lin = commands.add_parser("lineage", help="upstream runs and dataset digests of a run or output path; runs that used a digest")
+    lin.add_argument("target", metavar="RUN_OR_PATH_OR_DIGEST")
+    _tracking_args(lin)
+    lin.set_defaults(func=_lineage)

@@ -1,0 +1,104 @@
+"""The stage DAG: which stages are shared, the operating points (one branch each), resources.
+
+    pipeline:
+      shared: [shard, train_audioae, precompute_latents, train_dit]
+      branch: [stage1, precompute_z, qinco2, stage3, export, evaluate]
+      points:
+        - {name: c11, t: 9, continuous: true}
+        - {name: d1k32, t: 9, K: 1024, m: 12}
+      resources:
+        train_dit: {gpus: 1, workers: 8, steps: 200000, step_seconds: 0.35}
+
+A continuous point has no quantizer: its branch leaves out the stages marked discrete-only
+(qinco2, stage3). Settings of one branch (sizes, depths) go in ``overrides`` as dotted config
+keys, applied to that branch's stages only.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from .base import Section
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
+
+
+class OperatingPoint(Section):
+    # Short identifier: names the branch's stages (stage1@<name>) and its output folders.
+    name: str
+    # Time pooling of the latent encoder: x0 at 100 Hz -> z at 100/t Hz.
+    t: int = Field(..., gt=0)
+    # Codebook size and codebooks kept (bitrate = m x log2(K) x 100/t); both None when continuous.
+    K: Optional[int] = None
+    m: Optional[int] = Field(None, ge=1)
+    continuous: bool = False
+    # Dotted config overrides for this branch only, e.g. {"qinco2.M": 25}.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OperatingPoint":
+        if not _NAME.match(self.name):
+            raise ValueError(f"operating point name '{self.name}' must be 1-40 letters, digits, '_' or '-'")
+        if self.continuous:
+            if self.K is not None or self.m is not None:
+                raise ValueError(f"operating point '{self.name}' is continuous: leave K and m unset")
+        else:
+            if self.K is None or self.m is None:
+                raise ValueError(f"operating point '{self.name}' is discrete: set K and m (or continuous: true)")
+            if self.K < 2 or self.K & (self.K - 1):
+                raise ValueError(f"operating point '{self.name}': K must be a power of two, got {self.K}")
+        return self
+
+    def bitrate_bps(self, z_channels: int = 64) -> float:
+        from ..rates import bitrate_bps, continuous_bitrate_bps
+
+        if self.continuous:
+            return continuous_bitrate_bps(z_channels, self.t)
+        return bitrate_bps(self.m, self.K, self.t)
+
+
+class StageResources(Section):
+    # What one stage asks of the cluster. workers = 0: the stage is one Ray task holding cpus/gpus;
+    # workers >= 1: a light driver that starts `workers` Ray workers of cpus/gpus each (Ray Train).
+    cpus: float = Field(1.0, ge=0)
+    gpus: float = Field(0.0, ge=0)
+    workers: int = Field(0, ge=0)
+    # The GPU-hours estimate of --dry-run: steps x step_seconds x GPUs in use (stated assumptions).
+    steps: int = Field(0, ge=0)
+    step_seconds: float = Field(0.0, ge=0)
+
+    def gpus_in_use(self) -> float:
+        return self.gpus * max(self.workers, 1)
+
+    def gpu_hours(self) -> float:
+        return self.steps * self.step_seconds * self.gpus_in_use() / 3600.0
+
+
+class PipelineConfig(Section):
+    shared: list[str] = Field(default_factory=lambda: ["shard", "train_audioae", "precompute_latents", "train_dit"])
+    branch: list[str] = Field(default_factory=lambda: ["stage1", "precompute_z", "qinco2", "stage3", "export", "evaluate"])
+    points: list[OperatingPoint] = Field(default_factory=list)
+    # Per stage kind (e.g. "train_dit", "stage1"): overrides the stage's declared resources.
+    resources: dict[str, StageResources] = Field(default_factory=dict)
+    # Raw audio folders the shard stage reads (besides any given on the command line).
+    inputs: list[str] = Field(default_factory=list)
+    # auto: Ray tasks when joining a cluster (RAY_ADDRESS), else driver threads.
+    executor: Literal["auto", "local", "ray"] = "auto"
+    # Stages running at once on the local executor (each may use Ray inside).
+    max_parallel: int = Field(2, ge=1)
+    # Stated model for the dry run's cost line.
+    gpu_type: str = "A100-40GB"
+    gpu_hour_usd: float = Field(4.1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineConfig":
+        names = [p.name for p in self.points]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"operating point names must be unique: {', '.join(dup)}")
+        both = sorted(set(self.shared) & set(self.branch))
+        if both:
+            raise ValueError(f"stages listed as both shared and branch: {', '.join(both)}")
+        return self

@@ -1,0 +1,71 @@
+"""`runs compare`: a table of runs and their metrics, and the MLflow UI's compare view for them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from ..errors import SpressoError
+from ..runtime.tracking import TAG_STAGE, _client
+
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+@dataclass
+class Comparison:
+    table: str
+    url: str
+    run_ids: list[str]
+
+
+def ui_base(uri: str) -> str:
+    """The MLflow UI serving ``uri``: the server itself, or where `mlflow ui` listens by default."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+
+
+def compare_url(uri: str, experiment_ids: list[str], run_ids: list[str]) -> str:
+    runs = quote(json.dumps(run_ids, separators=(",", ":")))
+    exps = quote(json.dumps(experiment_ids, separators=(",", ":")))
+    return f"{ui_base(uri)}/#/compare-runs?runs={runs}&experiments={exps}"
+
+
+def compare_runs(uri: str, experiment: str | None = None, metrics: list[str] | None = None, stage: str | None = None,
+                 parent: str | None = None, max_runs: int = 30, status: str | None = None) -> Comparison:
+    client = _client(uri)
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            known = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise SpressoError(f"no MLflow experiment '{experiment}' (experiments: {known})")
+        exp_ids = [exp.experiment_id]
+    else:
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+    filters = []
+    if stage:
+        filters.append(f"tags.`{TAG_STAGE}` = '{stage}'")
+    if parent:
+        filters.append(f"tags.`mlflow.parentRunId` = '{parent}'")
+    if status:
+        filters.append(f"attributes.status = '{status.upper()}'")
+    runs = client.search_runs(exp_ids, filter_string=" and ".join(filters), order_by=["attributes.start_time DESC"],
+                              max_results=max_runs)
+    if not runs:
+        raise SpressoError("no runs match")
+    if not metrics:  # every metric any of these runs has, up to a readable number of columns
+        metrics = sorted({k for r in runs for k in r.data.metrics})[:8]
+    header = ["run", "stage", "name", "status", *metrics]
+    rows = [header]
+    for r in runs:
+        tags = r.data.tags
+        rows.append([r.info.run_id[:12], tags.get(TAG_STAGE, "-"), tags.get("spresso.pipeline.stage", r.info.run_name or "-"),
+                     r.info.status, *(_fmt(r.data.metrics.get(m)) for m in metrics)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    ids = [r.info.run_id for r in runs]
+    return Comparison(table, compare_url(uri, sorted({r.info.experiment_id for r in runs}), ids), ids)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}"

@@ -1,0 +1,94 @@
+"""The stage DAG: derived order, branches per operating point, selection, errors, dry run, picture."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline_toys import STAGES, toy_config
+from spresso.config import load_config
+from spresso.errors import SpressoError
+from spresso.pipeline import Stage, build_graph
+from spresso.pipeline.plan import describe
+from spresso.pipeline.registry import registry
+from spresso.pipeline.render import layers, render_graph, to_dot
+
+
+def test_order_and_branches_follow_reads_and_writes(tmp_path):
+    g = build_graph(toy_config(tmp_path), STAGES)
+    pos = {n: i for i, n in enumerate(g.order)}
+    for producer, consumer, _ in g.edges():
+        assert pos[producer] < pos[consumer]
+    # one branch per point; the continuous one has no quantizer and its report drops the optional read
+    assert [n for n in g.order if n.endswith("@c11")] == ["encode@c11", "report@c11"]
+    assert g.parents("report@c11") == ["encode@c11"]
+    assert g.parents("report@d96") == ["encode@d96", "finetune@d96"]
+    assert g.parents("encode@d1k") == ["fit"]  # branch reads resolve to the shared producer
+    assert g.nodes["quantize@d96"].upstream == {"z": ("encode@d96", "z")}  # ... and to their own branch first
+    assert g.nodes["encode@d1k"].outputs["z"].endswith("enc/d1k/z.json")
+    assert ("fit", "encode@d96", "fit.model") in g.edges()
+    assert len(g) == 2 + 2 + 4 + 4
+
+
+def test_selection(tmp_path):
+    g = build_graph(toy_config(tmp_path), STAGES)
+    assert g.select(only=["quantize"]) == {"quantize@d1k", "quantize@d96"}
+    assert g.select(from_=["finetune@d96"]) == {"finetune@d96", "report@d96"}
+    assert g.select(until=["encode@c11"]) == {"make_data", "fit", "encode@c11"}
+    assert g.select(from_=["fit"], until=["@c11"]) == {"fit", "encode@c11", "report@c11"}
+    with pytest.raises(SpressoError, match="no stage matches 'nope'"):
+        g.select(only=["nope"])
+
+
+def test_cycle_and_missing_producer_are_one_line_errors(tmp_path):
+    cfg = toy_config(tmp_path, points=[])
+    cfg.pipeline.shared = ["a", "b", "c"]
+    cfg.pipeline.branch = []
+    cyc = [Stage("a", print, reads={"x": "c.out"}, writes={"out": "a"}),
+           Stage("b", print, reads={"x": "a.out"}, writes={"out": "b"}),
+           Stage("c", print, reads={"x": "b.out"}, writes={"out": "c"})]
+    with pytest.raises(SpressoError) as err:
+        build_graph(cfg, cyc)
+    assert str(err.value) == "cycle in the stage graph: a -> b -> c -> a"
+    missing = [Stage("a", print, writes={"out": "a"}), Stage("b", print, reads={"x": "a.other"}, writes={"out": "b"}),
+               Stage("c", print, writes={"out": "c"})]
+    with pytest.raises(SpressoError, match=r"^stage 'b' reads 'a.other' but no stage in the pipeline writes it$"):
+        build_graph(cfg, missing)
+    cfg.pipeline.shared = ["a", "zzz"]
+    with pytest.raises(SpressoError, match="unknown stage 'zzz'"):
+        build_graph(cfg, missing)
+
+
+def test_branch_overrides_are_validated(tmp_path):
+    cfg = toy_config(tmp_path, points=[{"name": "p", "t": 9, "K": 256, "m": 4, "overrides": {"audioae.steps": 77}}])
+    g = build_graph(cfg, STAGES)
+    assert g.nodes["encode@p"].cfg.audioae.steps == 77 and g.nodes["fit"].cfg.audioae.steps == 10
+    bad = toy_config(tmp_path, points=[{"name": "p", "t": 9, "K": 256, "m": 4, "overrides": {"audioae.nope": 1}}])
+    with pytest.raises(SpressoError, match="unknown config key 'audioae.nope'"):
+        build_graph(bad, STAGES)
+    with pytest.raises(SpressoError, match="discrete: set K and m"):
+        toy_config(tmp_path, points=[{"name": "p", "t": 9, "K": 256}])
+
+
+def test_paper_dry_run_lists_every_branch_and_gpu_hours(capsys):
+    from spresso.cli import main
+
+    assert main(["pipeline", "run", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    cfg = load_config("paper")
+    g = build_graph(cfg, registry())
+    assert len(g) == 4 + 4 * 4 + 3 * 6  # shared + continuous branches + discrete branches
+    assert "qinco2@d96" in out and "qinco2@c11" not in out and "stage3@d300" in out
+    expected = sum(n.resources.gpu_hours() for n in g)
+    assert expected > 1000
+    assert f"estimated GPU time: {expected:.0f} A100-40GB GPU-hours" in out
+    assert "0.096 kbps" in out and "1.33 kbps" in out and "dry run: nothing started" in out
+
+
+def test_picture_without_graphviz(tmp_path):
+    g = build_graph(toy_config(tmp_path), STAGES)
+    png = tmp_path / "dag.png"
+    assert render_graph(g, png, {"fit": "done"}, engine="matplotlib") == "matplotlib"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dot = to_dot(g)
+    assert '"encode@d96" -> "quantize@d96"' in dot and dot.count("->") == len(g.edges())
+    assert layers(g)["report@d96"] == 5
+    assert "not built yet" in describe(build_graph(load_config("demo"), registry()))
