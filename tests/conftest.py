@@ -18,10 +18,24 @@ def sfx_dev() -> Path:
     return SFX_DEV
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """One migrated SQLite MLflow store; creating the schema costs seconds, copying it does not."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_env(tmp_path, monkeypatch):
-    """An isolated SQLite MLflow store for one test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_env(tmp_path, monkeypatch, _mlflow_template):
+    """An isolated SQLite MLflow store for one test (a copy of the migrated template)."""
+    import shutil
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

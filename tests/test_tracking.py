@@ -47,3 +47,11 @@ def test_attach_logs_to_the_same_run(tmp_path, mlflow_env):
         worker_view.log_metrics({"loss": 0.5}, step=3)
     hist = MlflowClient(mlflow_env).get_metric_history(run.run_id, "loss")
     assert [(m.step, m.value) for m in hist] == [(3, 0.5)]
+
+
+def test_code_version_is_a_digest_of_library_sources():
+    from spresso import __version__
+    from spresso.runtime.tracking import code_version
+
+    v = code_version()
+    assert v.startswith(__version__ + "+") and len(v.split("+")[1]) == 12 and v == code_version()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
+import functools
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +44,21 @@ def tracking_uri(workdir: str, configured: str | None = None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
+    """The library's version plus a digest of its Python sources.
+
+    A content digest rather than the git commit: editing docs, tests or configs must not
+    invalidate every cached stage, and an uncommitted change to the library must.
+    """
     from .. import __version__
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
 
 
 def _client(uri: str):
