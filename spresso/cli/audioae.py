@@ -1,0 +1,21 @@
+"""`spresso train audioae`: train the 48 kHz AudioAE (DAC recipe) on the train shards with Ray Train."""
+from __future__ import annotations
+
+from .common import add_config_args, config_from_args
+
+
+def _train(args) -> int:
+    from ..train.audioae import train_audioae
+
+    final = train_audioae(config_from_args(args), force=args.force)
+    print(final)
+    return 0
+
+
+def register(commands, train) -> None:
+    p = train.add_parser(
+        "audioae", help="train the AudioAE; rerunning resumes an unfinished run, an unchanged finished one is reused",
+    )
+    add_config_args(p)
+    p.add_argument("--force", action="store_true", help="train even when an identical finished run exists")
+    p.set_defaults(func=_train)
