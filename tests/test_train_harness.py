@@ -101,3 +101,14 @@ def test_checkpoint_round_trip_and_strict_errors(tmp_path):
         load_strict(torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)), load_weights(tmp_path))
     with pytest.raises(CheckpointError, match="missing"):
         load_strict(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2)), load_weights(tmp_path))
+
+
+def test_in_process_mode_returns_a_usable_final_checkpoint(tmp_path, mlflow_env):
+    """num_workers=0 (the fast-test mode) still yields a final checkpoint that copies and loads."""
+    cfg = load_config("demo", [f"workdir={tmp_path}"])
+    job = _job(tmp_path)
+    job.num_workers = 0
+    with stage_run("toy", cfg) as run:
+        result = fit(job, run)
+    final = copy_checkpoint(result, tmp_path / "final")
+    assert load_state(final)[1]["step"] == 5 and "weight" in load_weights(final)

@@ -179,8 +179,12 @@ class TrainContext:
 
         metrics = {**metrics, "step": step}
         if save is not None and self.is_main:
-            with tempfile.TemporaryDirectory() as tmp:
-                save(Path(tmp))
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:09d}")
+            # Not a TemporaryDirectory: with num_workers=0 Ray keeps this very folder as the
+            # checkpoint (no upload), so it must outlive the call; with workers, Ray deletes it
+            # once it has been persisted to the storage path.
+            tmp = tempfile.mkdtemp(prefix=f"spresso-ckpt-{step:09d}-")
+            save(Path(tmp))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:09d}",
+                             delete_local_checkpoint_after_upload=True)
         else:
             ray.train.report(metrics)

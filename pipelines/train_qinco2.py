@@ -1,0 +1,12 @@
+"""Ray job entry point for stage 2 (QINCo2):
+
+    ray job submit --working-dir . -- python pipelines/train_qinco2.py --config paper --vectors s3://.../z.zarr
+"""
+from __future__ import annotations
+
+import sys
+
+from spresso.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", "qinco2", *sys.argv[1:]]))

@@ -1,0 +1,96 @@
+"""Beam search encoding for QINCo2 (path-optimal over the steps actually used).
+
+For each of the B hypotheses of a vector, the pre-selection codebook P_m proposes the A codewords
+closest to the current residual; the network evaluates all B x A candidates and the B best
+partial reconstructions survive. The last step keeps one. Encoding with the model truncated to
+m steps optimises the m-step error, which is why ``encode(x, m)`` beats the m-prefix of a longer
+code.
+
+Work is batched by a memory budget (the B x A x max(de, dh) activations of a chunk of vectors),
+not by a fixed small chunk: on a GPU a chunk is as large as free memory allows. On CUDA the MLP
+runs under bf16 autocast (its output is a small correction added to an fp32 codeword) while
+distances, ranking and the running reconstruction stay in fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+CPU_BUDGET_BYTES = 512 << 20
+
+
+def _budget_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return CPU_BUDGET_BYTES
+
+
+def chunk_rows(model, beam: int, candidates: int, device: torch.device) -> int:
+    """How many vectors one pass can hold: the candidate activations dominate memory."""
+    s = model.spec
+    width = max(s.de, s.dh, s.d, s.K // max(1, candidates))
+    per_vector = beam * candidates * width * 4 * 4  # a few live fp32 tensors of that size
+    return max(1, _budget_bytes(device) // per_vector)
+
+
+def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """||x - c||^2 for x [..., d] against every row of c [K, d] -> [..., K] (fp32)."""
+    return (x * x).sum(-1, keepdim=True) - 2 * x @ c.T + (c * c).sum(-1)
+
+
+def _search(model, x: torch.Tensor, m: int, beam: int, candidates: int, amp: bool) -> torch.Tensor:
+    N, d = x.shape
+    K = model.spec.K
+    B0 = min(beam, K)
+    A = min(candidates, K)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and x.is_cuda) else contextlib.nullcontext()
+
+    # Step 0: exhaustive over the plain codebook.
+    dist0 = _sqdist(x, model.codebook0)  # [N, K]
+    keep = 1 if m == 1 else B0
+    dist, idx = dist0.topk(keep, dim=1, largest=False)  # [N, b]
+    codes = idx[:, :, None]  # [N, b, steps]
+    x_hat = model.codebook0[idx]  # [N, b, d]
+
+    for s in range(1, m):
+        step = model.steps[s - 1]
+        b = x_hat.shape[1]
+        residual = x[:, None, :] - x_hat  # [N, b, d]
+        # Pre-selection: the A codewords of P_m nearest to each hypothesis' residual.
+        cand = _sqdist(residual, step.preselect).topk(A, dim=-1, largest=False).indices  # [N, b, A]
+        table = step.code_table()  # [K, de]
+        with autocast:
+            h = table[cand] + step.context(x_hat)[:, :, None, :]  # [N, b, A, de]
+            delta = step.head(h)
+        new_hat = x_hat[:, :, None, :] + step.codebook[cand] + delta.float()  # [N, b, A, d]
+        err = (x[:, None, None, :] - new_hat).pow(2).sum(-1).reshape(N, b * A)
+        keep = 1 if s == m - 1 else min(beam, b * A)
+        dist, flat = err.topk(keep, dim=1, largest=False)  # [N, keep]
+        parent = torch.div(flat, A, rounding_mode="floor")
+        chosen = cand.reshape(N, b * A).gather(1, flat)
+        codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, codes.shape[2])), chosen[:, :, None]], dim=2)
+        x_hat = new_hat.reshape(N, b * A, d).gather(1, flat[:, :, None].expand(-1, -1, d))
+    return codes[:, 0, :]  # best path [N, m]
+
+
+@torch.no_grad()
+def encode_normalized(model, xn: torch.Tensor, m: int, *, beam: int, candidates: int, amp: bool | None = None,
+                      progress: bool = False) -> torch.Tensor:
+    """Normalised vectors [N, d] -> codes [N, m] (int64) with the model truncated to m steps."""
+    if not 1 <= m <= model.M:
+        raise ValueError(f"m must be in [1, {model.M}], got {m}")
+    if xn.shape[-1] != model.spec.d:
+        raise ValueError(f"vectors have {xn.shape[-1]} dims, the quantizer expects {model.spec.d}")
+    amp = xn.is_cuda if amp is None else amp
+    rows = chunk_rows(model, beam, candidates, xn.device)
+    out = []
+    it = range(0, xn.shape[0], rows)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"encode m={m}", unit="chunk")
+    for i in it:
+        out.append(_search(model, xn[i : i + rows], m, beam, candidates, amp))
+    return torch.cat(out) if out else xn.new_zeros((0, m), dtype=torch.long)

@@ -1,0 +1,255 @@
+"""Stage 2: train QINCo2 on frozen vector frames (z) with Ray Train, against faiss RQ; quantize caches.
+
+The driver opens the stage's MLflow run, records the vectors it reads (lineage), and runs
+:func:`train_loop` under Ray Train (one GPU worker by default; ``num_workers=0`` in-process).
+The loop: normalisation statistics and residual k-means init from a sample, then epochs of
+streamed batches (beam encode without gradients, re-decode with gradients), dead codewords
+re-seeded each epoch, validation every ``valid_every`` steps keeping the best weights. At the
+end the best model is evaluated at every m (truncated encodes), together with a faiss
+ResidualQuantizer trained on the same vectors, and everything is logged to MLflow.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import QINCo2Config, SpressoConfig
+from ..errors import SpressoError
+from ..quant import FaissRQ, QINCo2, QINCo2Spec, load_qinco2, residual_kmeans_init, save_qinco2
+from ..quant.beam import encode_normalized
+from ..quant.checkpoint import KIND
+from ..quant.training import TrainSettings, make_optimizer, relative_mse, reseed_unused, train_step, usage_entropy
+from ..runtime import digest_json, digest_tree, stage_run, tracking_uri
+from .checkpoint import load_optimizer, load_state, load_strict, load_weights, optimizer_tensors
+from .harness import TrainContext, TrainJob, copy_checkpoint, fit, resumable_run_id
+from .qinco2_vectors import VectorSource
+
+log = logging.getLogger(__name__)
+STAGE = "qinco2"
+
+
+def build_spec(q: QINCo2Config, d: int) -> QINCo2Spec:
+    if q.d is not None and q.d != d:
+        raise SpressoError(f"the vectors have {d} dims but qinco2.d is {q.d} (set qinco2.d={d} or null)")
+    return QINCo2Spec.from_preset(q.preset, d=d, K=q.K, M=q.M, L=q.L, de=q.de, dh=q.dh, A=q.candidates, B=q.beam)
+
+
+def settings(q: QINCo2Config, total_steps: int) -> TrainSettings:
+    return TrainSettings(lr=q.lr, weight_decay=q.weight_decay, grad_clip=q.grad_clip,
+                         warmup_steps=min(q.warmup_steps, max(0, total_steps // 5)), total_steps=total_steps,
+                         beam=q.train_beam or q.beam, candidates=q.train_candidates or q.candidates)
+
+
+@torch.no_grad()
+def evaluate_prefixes(model: QINCo2, x: np.ndarray, beam: int, candidates: int) -> tuple[list[float], np.ndarray]:
+    """Relative MSE of every prefix of one full-length encoding (cheap; used during training)."""
+    xt = torch.from_numpy(x).to(model.codebook0.device)
+    codes = encode_normalized(model, model.norm(xt), model.M, beam=beam, candidates=candidates)
+    partials = model.decode_normalized(codes, partials=True)
+    return [relative_mse(x, model.norm.inverse(p).cpu().numpy()) for p in partials], codes.cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate_truncated(encode, decode, x: np.ndarray, M: int) -> tuple[dict[int, float], list[float]]:
+    """Relative MSE of a truncated encode at every m, and the usage entropy of the full code."""
+    mse = {}
+    codes = None
+    for m in range(1, M + 1):
+        codes = np.asarray(encode(x, m))
+        mse[m] = relative_mse(x, np.asarray(decode(codes)))
+    return mse, codes
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train loop (every worker runs it)."""
+    ctx = TrainContext(config)
+    q = QINCo2Config(**config["qinco2"])
+    torch.manual_seed(q.seed + ctx.rank)
+    src = VectorSource(config["vectors_path"], config["vectors_array"], q.layout)
+    train_rows, val_rows = src.split(q.val_fraction, q.seed)
+    x_val = src.sample(val_rows, q.max_val_vectors, seed=q.seed + 1)
+    n_train = src.count(train_rows)
+    steps_per_epoch = n_train // (q.batch_size * ctx.world_size)
+    if steps_per_epoch < 1:
+        raise SpressoError(f"{src.path}: {n_train} training vectors, fewer than one batch of {q.batch_size} per worker")
+    total = q.epochs * steps_per_epoch if q.max_steps is None else min(q.max_steps, q.epochs * steps_per_epoch)
+    s = settings(q, total)
+
+    model = QINCo2(build_spec(q, src.d)).to(ctx.device)
+    step, epoch, best = 0, 0, {"val_mse": math.inf, "step": -1}
+    best_weights = None
+    with ctx.latest_checkpoint() as ckpt:
+        if ckpt is not None:
+            load_strict(model, load_weights(ckpt), "qinco2")
+            state_t, state = load_state(ckpt)
+            step, epoch, best = state["step"], state["epoch"], state["best"]
+            if (ckpt / "best").is_dir():
+                best_weights = {k: v.clone() for k, v in load_weights(ckpt / "best").items()}
+        else:
+            state_t, state = {}, {}
+            x_init = src.sample(train_rows, q.kmeans_vectors, seed=q.seed)
+            model.norm.fit(x_init)
+            with torch.no_grad():
+                curve = residual_kmeans_init(model, model.norm(torch.from_numpy(x_init).to(ctx.device)).cpu().numpy(),
+                                             niter=q.kmeans_iters, seed=q.seed)
+            ctx.log_metrics({f"kmeans_init_rel_mse_m{m + 1}": v for m, v in enumerate(curve)}, step=0)
+    core = model
+    model = ctx.prepare_model(model)
+    opt, sched = make_optimizer(core, s)
+    if state_t:
+        load_optimizer(opt, state_t, state["optimizer"])
+        sched.last_epoch = step
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+
+    def validate() -> dict:
+        core.eval()
+        curve, codes = evaluate_prefixes(core, x_val, q.beam, q.candidates)
+        return {"val_mse": curve[-1], **{f"val_prefix_mse_m{m + 1}": v for m, v in enumerate(curve)}}
+
+    def save(folder: Path, final: bool = False) -> None:
+        tensors, meta = optimizer_tensors(opt)
+        save_qinco2(folder, core, config=config["spresso"], meta={"step": step, "epoch": epoch, "vectors": config["lineage"]},
+                    state=tensors, state_meta={"step": step, "epoch": epoch, "best": best, "optimizer": meta})
+        if best_weights is not None:
+            tmp = QINCo2(core.spec)
+            tmp.load_state_dict(best_weights)
+            save_qinco2(folder / "best", tmp, config=config["spresso"],
+                        meta={"step": best["step"], "val_mse": best["val_mse"], "vectors": config["lineage"]})
+
+    x_dev = lambda a: core.norm(torch.from_numpy(a).to(ctx.device))  # noqa: E731
+    while step < total:
+        usage = torch.zeros(core.M, core.spec.K, device=ctx.device)
+        last = None
+        for batch in src.iter_batches(train_rows, q.batch_size, seed=q.seed + epoch, rank=ctx.rank, world_size=ctx.world_size):
+            xn = x_dev(batch)
+            info, codes = train_step(model, opt, sched, xn, s, autocast=ctx.autocast(), usage=usage)
+            last = (xn, codes)
+            step += 1
+            if step % 10 == 0 or step == 1:
+                ctx.log_metrics({k: v for k, v in info.items()}, step=step)
+                log.info("step %d/%d loss %.4f train_mse %.4f", step, total, info["loss_recon"], info["train_mse"])
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % q.valid_every == 0 or end_of_epoch or step >= total:
+                metrics = {}
+                if ctx.is_main:
+                    metrics = validate()
+                    if metrics["val_mse"] < best["val_mse"]:
+                        best = {"val_mse": metrics["val_mse"], "step": step}
+                        best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+                    ctx.log_metrics({**metrics, "best_val_mse": best["val_mse"]}, step=step)
+                    log.info("step %d val_mse %.4f (best %.4f at %d)", step, metrics["val_mse"], best["val_mse"], best["step"])
+                ctx.report(metrics, step, save=save)
+            if end_of_epoch or step >= total:
+                break
+        epoch += 1
+        if last is not None:
+            moved = reseed_unused(core, opt, usage, last[0], last[1])
+            ctx.log_metrics({"reseeded_codewords": moved, "epoch": epoch}, step=step)
+
+    if not ctx.is_main:
+        return
+    # Final evaluation of the best model and of faiss RQ on the same held-out vectors.
+    if best_weights is not None:
+        core.load_state_dict(best_weights)
+    core.eval()
+    dev = ctx.device
+    q_mse, q_codes = evaluate_truncated(
+        lambda x, m: core.encode(torch.from_numpy(x).to(dev), m).cpu().numpy(),
+        lambda c: core.decode(torch.from_numpy(c).to(dev)).cpu().numpy(), x_val, core.M)
+    rq = FaissRQ(core.spec.d, core.M, core.spec.K, beam=q.rq_beam, train_type=config["rq_train_type"])
+    rq.train(src.sample(train_rows, q.rq_train_vectors, seed=q.seed + 2))
+    r_mse, r_codes = evaluate_truncated(rq.encode, rq.decode, x_val, core.M)
+    final = {}
+    for m in range(1, core.M + 1):
+        final[f"val_mse_m{m}"] = q_mse[m]
+        final[f"rq_val_mse_m{m}"] = r_mse[m]
+        final[f"ratio_to_rq_m{m}"] = q_mse[m] / r_mse[m]
+    for m, (a, b) in enumerate(zip(usage_entropy(q_codes, core.spec.K), usage_entropy(r_codes, core.spec.K))):
+        final[f"entropy_step{m + 1}"] = a
+        final[f"rq_entropy_step{m + 1}"] = b
+    ctx.log_metrics(final, step=step)
+    if ctx.run is not None:
+        ctx.run.log_text(json.dumps({"qinco2": q_mse, "faiss_rq": r_mse}, indent=1), "val_mse_per_m.json")
+    ctx.report({**final, "best_val_mse": best["val_mse"]}, step + 1, save=save)
+    if config.get("export_dir"):
+        # In-process mode (num_workers=0) Ray keeps no checkpoint after the loop: export it here.
+        save(Path(config["export_dir"]))
+
+
+def train_qinco2(cfg: SpressoConfig, vectors: str | None = None, array: str | None = None,
+                 rq_train_type: str = "progressive_dim", upstream: dict | None = None) -> dict:
+    """Train the quantizer on a Zarr array of vectors; returns the final checkpoint and metrics."""
+    q = cfg.qinco2
+    path = vectors or cfg.path(q.vectors_path)
+    name = array or q.vectors_array
+    src = VectorSource(path, name, q.layout)  # fail fast, in the driver, on a bad input
+    out_dir = Path(cfg.path(q.checkpoint_dir))
+    storage = str((out_dir / "ray_train").resolve())
+    lineage = {"uri": src.uri, "array": name, "shape": list(src.array.shape),
+               "attrs": {k: v for k, v in (dict(src.group.attrs) if src.group is not None else {}).items()
+                         if k in ("audioae_run_id", "audioae_digest", "shards_digest", "stage1_run_id", "z_digest", "frame_rate")}}
+    digest = digest_json({**lineage, "done": int(src.usable.size)})
+    run_key = digest_json({"q": q.model_dump(), "vectors": digest})[:16]
+    job_name = f"qinco2-{run_key}"
+    uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
+    upstream = dict(upstream or {})
+    if "audioae_run_id" in lineage["attrs"]:
+        upstream.setdefault("audioae", lineage["attrs"]["audioae_run_id"])
+    with stage_run(STAGE, cfg, key=run_key, upstream=upstream or None, resume_run_id=resumable_run_id(storage, job_name, uri)) as run:
+        run.log_input("vectors", f"{src.uri}#{name}", digest)
+        loop_config = {"qinco2": q.model_dump(), "spresso": cfg.to_dict(), "vectors_path": path, "vectors_array": name,
+                       "lineage": {**lineage, "digest": digest}, "rq_train_type": rq_train_type}
+        exported = out_dir / "last.local"
+        if q.num_workers == 0:
+            shutil.rmtree(exported, ignore_errors=True)
+            loop_config["export_dir"] = str(exported.resolve())
+        result = fit(TrainJob(name=job_name, loop=train_loop, loop_config=loop_config, storage_path=storage,
+                              num_workers=q.num_workers, use_gpu=q.use_gpu and torch.cuda.is_available()), run)
+        if q.num_workers == 0:
+            last = out_dir / "last"
+            shutil.rmtree(last, ignore_errors=True)
+            exported.rename(last)
+        else:
+            last = copy_checkpoint(result, out_dir / "last")
+        final = out_dir / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(last / "best" if (last / "best").is_dir() else last, final)
+        ck_digest = digest_tree(final)
+        run.log_output("checkpoint", str(final.resolve()), ck_digest)
+        for f in ("model.safetensors", "config.json"):
+            run.log_artifact(final / f, "checkpoint")
+        metrics = dict(result.metrics or {})
+    return {"checkpoint": str(final), "run_id": run.run_id, "metrics": metrics}
+
+
+def quantize_cache(checkpoint: str, input_path: str, output_path: str, array: str = "z", layout: str = "NCT",
+                   chunk_rows: int | None = None, beam: int | None = None, device: str | None = None) -> str:
+    """Codes uint16 [N, T', M] of every row of a vector cache, written block by block (resumable)."""
+    from tqdm import tqdm
+
+    from ..data.zarr_cache import ClipCache
+
+    if layout == "NC":
+        raise SpressoError("quantize writes per-clip codes [N, T', M]: the input layout must be NCT or NTC")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_qinco2(checkpoint, device)
+    src = VectorSource(input_path, array, layout)
+    if src.d != model.spec.d:
+        raise SpressoError(f"{input_path}/{array} has {src.d}-dim vectors, the quantizer expects {model.spec.d}")
+    keys = [str(k) for k in np.asarray(src.group["keys"][:])] if src.group is not None and "keys" in src.group else [str(i) for i in range(src.n_rows)]
+    rows_per_block = chunk_rows or 64
+    attrs = {"qinco2_checkpoint_digest": digest_tree(checkpoint), "source": src.uri, "source_array": array,
+             "K": model.spec.K, "M": model.spec.M, "kind": KIND}
+    out = ClipCache.create(output_path, keys, {"codes": ((src.frames, model.spec.M), np.uint16)}, rows_per_block, attrs)
+    for start, stop in tqdm(out.missing_blocks(), desc="quantize", unit="block"):
+        block = np.asarray(src.array[start:stop], np.float32)
+        frames = block.transpose(0, 2, 1) if layout == "NCT" else block  # [n, T, d]
+        codes = model.encode(torch.from_numpy(frames).to(device), beam=beam).cpu().numpy()
+        out.write_block(start, stop, codes=codes.astype(np.uint16))
+    return output_path
