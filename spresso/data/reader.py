@@ -1,0 +1,147 @@
+"""Read the shards that `spresso shard` writes (contract 1 of the team brief, DESIGN.md §3).
+
+Layout::
+
+    <shards_dir>/<split>/shard-000000.tar    members <key>.flac + <key>.json, adjacent per key
+    <shards_dir>/manifest.parquet            one row per clip, sorted by split then key
+    <shards_dir>/rejects.parquet             one row per refused input (path, reason)
+    <shards_dir>/dataset.json                dataset digest and counts
+
+Every path may be local or an fsspec URL (``s3://...``). This module only reads; it does not
+import Ray, so training loops and tests can use it anywhere.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import PurePosixPath
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from ..errors import SpressoError
+
+MANIFEST = "manifest.parquet"
+REJECTS = "rejects.parquet"
+DATASET_JSON = "dataset.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+def _join(root: str, *parts: str) -> str:
+    root = str(root)
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    return str(PurePosixPath(root).joinpath(*parts))
+
+
+def _fs(path: str):
+    import fsspec
+
+    fs, _, [resolved] = fsspec.get_fs_token_paths(str(path))
+    return fs, resolved
+
+
+def _open(path: str, mode: str = "rb"):
+    import fsspec
+
+    return fsspec.open(str(path), mode).open()
+
+
+def read_manifest(shards_dir: str) -> pa.Table:
+    """The manifest: one row per clip, sorted by split then key.
+
+    Columns: ``key, split, shard, source, offset_seconds, duration_seconds, valid_samples,
+    caption, source_rate, source_channels, loudness_lufs``.
+    """
+    path = _join(shards_dir, MANIFEST)
+    fs, resolved = _fs(path)
+    if not fs.exists(resolved):
+        raise SpressoError(f"no manifest at {path}: run `spresso shard` first")
+    with _open(path) as f:
+        table = pq.read_table(f)
+    # Written sorted already; sort again so the contract holds for any writer.
+    return table.sort_by([("split", "ascending"), ("key", "ascending")])
+
+
+def read_rejects(shards_dir: str) -> pa.Table:
+    """Inputs refused by `spresso shard`, with the reason (columns ``path, reason``)."""
+    path = _join(shards_dir, REJECTS)
+    with _open(path) as f:
+        return pq.read_table(f)
+
+
+def read_dataset_info(shards_dir: str) -> dict:
+    """``dataset.json``: the dataset digest, counts and settings of the shard run."""
+    path = _join(shards_dir, DATASET_JSON)
+    fs, resolved = _fs(path)
+    if not fs.exists(resolved):
+        raise SpressoError(f"no dataset.json at {path}: run `spresso shard` first")
+    with _open(path) as f:
+        return json.loads(f.read().decode())
+
+
+def shard_paths(shards_dir: str, split: str) -> list[str]:
+    """The tars of one split, sorted (``[]`` when the split has none)."""
+    folder = _join(shards_dir, split)
+    fs, resolved = _fs(folder)
+    if not fs.exists(resolved):
+        return []
+    names = sorted(
+        p.rsplit("/", 1)[-1] for p in fs.ls(resolved, detail=False)
+        if p.endswith(".tar") and p.rsplit("/", 1)[-1].startswith("shard-")
+    )
+    return [_join(shards_dir, split, n) for n in names]
+
+
+def decode_clip(flac: bytes, meta: dict, key: str) -> dict:
+    """One sample as the contract yields it, from a tar's ``.flac`` and parsed ``.json``."""
+    wave, sr = sf.read(io.BytesIO(flac), dtype="float32", always_2d=False)
+    if wave.ndim != 1:
+        raise SpressoError(f"clip {key}: expected mono audio, got {wave.shape[1]} channels")
+    expected = meta.get("sample_rate", sr)
+    if sr != expected:
+        raise SpressoError(f"clip {key}: sample rate {sr} != {expected} recorded in its json")
+    return {
+        "key": key,
+        "wave": np.ascontiguousarray(wave, dtype=np.float32),
+        "valid_samples": int(meta["valid_samples"]),
+        "caption": str(meta.get("caption", "")),
+        "meta": meta,
+    }
+
+
+def iter_tar(tar_path: str) -> Iterator[dict]:
+    """Yield the clips of one tar in member order (members of a key are adjacent)."""
+    pending: dict[str, dict[str, bytes]] = {}
+    with _open(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name.rsplit("/", 1)[-1]
+            # Keys contain no dots, so the first dot starts the extension (webdataset's rule).
+            key, _, ext = name.partition(".")
+            data = tar.extractfile(member).read()
+            entry = pending.setdefault(key, {})
+            entry[ext] = data
+            if "flac" in entry and "json" in entry:
+                del pending[key]
+                yield decode_clip(entry["flac"], json.loads(entry["json"]), key)
+    if pending:
+        raise SpressoError(f"{tar_path}: incomplete samples {sorted(pending)[:3]} (missing .flac or .json)")
+
+
+def iter_clips(tar_paths: Iterable[str], rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    """Yield ``{"key", "wave" [clip_samples] float32 48 kHz mono, "valid_samples", "caption", "meta"}``.
+
+    With ``world_size > 1`` rank ``r`` reads tars ``r, r + world_size, ...`` of the sorted list:
+    the one place data is split among workers.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise SpressoError(f"invalid rank {rank} for world_size {world_size}")
+    paths = sorted(str(p) for p in tar_paths)
+    for path in paths[rank::world_size]:
+        yield from iter_tar(path)
