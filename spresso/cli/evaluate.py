@@ -1,6 +1,5 @@
-"""``spresso listening-test``: build a MUSHRA page from evaluation audio, and summarise its results.
-
-(``spresso eval``, the metric harness over codecs, is added here once the codecs exist.)
+"""``spresso eval``: every codec over one evaluation set (table, plots, report); and
+``spresso listening-test``: build a MUSHRA page from evaluation audio, and summarise its results.
 """
 from __future__ import annotations
 
@@ -12,13 +11,33 @@ from ..errors import SpressoError
 
 
 def register(commands, train) -> None:
+    from .common import add_config_args
+
+    ev = commands.add_parser(
+        "eval", help="evaluate codecs and baselines: Table 1/2-style metrics, rate-quality plot, HTML report",
+        description="Round-trip a fixed seeded sample of 5 s clips through each codec (resampled to its rate and back), "
+        "then SI-SDR, mel distance, embedding cosine, FAD and KAD with bootstrap intervals. Per-clip results are cached, "
+        "so adding a codec computes only that codec. Codec specs: opus:6, audioae:DIR, stage1:DAE_DIR,audioae=DIR, "
+        "rq:DAE_DIR,audioae=DIR,rq=RQ_DIR,m=4, dac:WEIGHTS.pth, sqcodec:DIR,config=0k75bps, spresso:BUNDLE[,kbps=0.3].",
+    )
+    add_config_args(ev)
+    ev.add_argument("--codec", action="append", default=[], metavar="NAME=SPEC", help="a codec to evaluate (repeatable)")
+    where = ev.add_mutually_exclusive_group()
+    where.add_argument("--set-split", metavar="SPLIT", help="shard split to sample clips from (default: eval.split)")
+    where.add_argument("--folder", metavar="DIR", help="sample clips from a folder of audio files instead")
+    ev.add_argument("--clips", type=int, default=None, help="number of 5 s clips (default: eval.num_clips)")
+    ev.add_argument("--out", metavar="DIR", help="output folder (default: <workdir>/eval/<set>-<digest>)")
+    ev.add_argument("--no-ray", action="store_true", help="run in this process instead of Ray tasks")
+    ev.set_defaults(func=_eval)
+
     lt = commands.add_parser(
         "listening-test", help="MUSHRA listening test: build the page, or summarise collected results",
         description="Build a self-contained MUSHRA-style page (hidden reference, 3.5 kHz anchor, 0-100 sliders) "
         "from <clip>/reference.wav + <clip>/<condition>.wav, or summarise result JSON files.",
     )
     lt.add_argument("--eval", dest="eval_source", metavar="DIR_OR_RUN",
-                    help="folder laid out as <clip>/reference.wav and <clip>/<condition>.wav")
+                    help="a `spresso eval` output folder or MLflow run id, or a folder laid out as "
+                    "<clip>/reference.wav and <clip>/<condition>.wav")
     lt.add_argument("--out", metavar="DIR", help="folder to write index.html and audio/ into")
     lt.add_argument("--title", default="spresso listening test")
     lt.add_argument("--max-trials", type=int, default=None, help="use a seeded random subset of clips")
@@ -36,11 +55,7 @@ def _build(args: argparse.Namespace) -> int:
 
     if not args.eval_source or not args.out:
         raise SpressoError("listening-test needs --eval DIR and --out DIR (or: listening-test summarize FILES...)")
-    src = Path(args.eval_source)
-    if not src.is_dir():
-        raise SpressoError(
-            f"{src} is not a folder; evaluation runs are not supported yet: give a folder of <clip>/<condition>.wav"
-        )
+    src = _listening_source(args.eval_source)
     if args.max_trials is not None and args.max_trials < 1:
         raise SpressoError("--max-trials must be at least 1")
     index = build_listening_test(trials_from_folder(src), args.out, title=args.title,
@@ -57,3 +72,41 @@ def _summarize(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary.to_dict(), indent=1), encoding="utf-8")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..eval.harness import parse_codec_args, run_evaluation
+    from .common import config_from_args
+
+    cfg = config_from_args(args)
+    codecs = parse_codec_args(args.codec)
+    if args.clips is not None and args.clips < 2:
+        raise SpressoError("--clips must be at least 2")
+    result, run_id = run_evaluation(cfg, codecs, split=args.set_split, folder=args.folder, num_clips=args.clips,
+                                    out_dir=args.out, use_ray=not args.no_ray)
+    print((result.out_dir / "table.md").read_text(), end="")
+    print(f"report: {result.files['index']}\nMLflow run: {run_id}")
+    return 0
+
+
+def _listening_source(source: str) -> Path:
+    """A folder of <clip>/<condition>.wav, a `spresso eval` output folder (its listening/), or an
+    evaluation run id (its report/listening artifacts are downloaded)."""
+    src = Path(source)
+    if src.is_dir():
+        return src / "listening" if (src / "listening").is_dir() else src
+    if src.exists():
+        raise SpressoError(f"{src} is not a folder")
+    import os
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise SpressoError(f"{source} is neither a folder nor (without MLFLOW_TRACKING_URI set) a reachable MLflow run")
+    try:
+        dest = MlflowClient().download_artifacts(source, "report/listening", tempfile.mkdtemp(prefix="spresso-lt-"))
+    except MlflowException as err:
+        raise SpressoError(f"{source} is neither a folder nor an evaluation run with report/listening: {str(err).splitlines()[0]}") from None
+    return Path(dest)

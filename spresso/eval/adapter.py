@@ -30,9 +30,15 @@ class CodecAdapter(ABC):
     so the report can list it instead of failing."""
 
     info: CodecInfo
+    # Decoding draws noise (our diffusion decoders): the report then plays several seeds.
+    stochastic: bool = False
 
     def available(self) -> tuple[bool, str]:
         return True, ""
+
+    def decode_variation(self, data: bytes, num_samples: int, seed: int) -> np.ndarray:
+        """Another decoding of the same stream (stochastic codecs only), e.g. another noise seed."""
+        raise NotImplementedError(f"{type(self).__name__} decodes deterministically")
 
     @abstractmethod
     def encode(self, wave: np.ndarray) -> bytes:
