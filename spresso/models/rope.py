@@ -40,7 +40,3 @@ def frame_positions(tokens: int, patch: int = 1, device=None) -> torch.Tensor:
     """Positions of ``tokens`` audio tokens of ``patch`` frames each: the centre frame of each patch."""
     return torch.arange(tokens, device=device, dtype=torch.float32) * patch + (patch - 1) / 2
 
-
-def decimated_positions(frames: int, factor: int, device=None) -> torch.Tensor:
-    """Positions of tokens pooled over ``factor`` frames (kernel = stride): each window's centre."""
-    return frame_positions(frames // factor, factor, device=device)
