@@ -1,0 +1,317 @@
+"""The codec people use: ``codec.encode(wave, sr) -> bytes`` and ``codec.decode(data) -> (wave, sr)``.
+
+    codec = spresso.load("work/demo/bundles/d96")       # or "models:/spresso@champion"
+    data = codec.encode(wave, 44100, kbps=0.1)          # any rate, any channel count
+    wave48, sr = codec.decode(data, steps=16, seed=3)   # 48 kHz; original_rate=True restores 44.1 kHz
+    takes, sr = codec.decode(data, variations=4)        # 4 different renditions [4, n] (footsteps)
+
+Encoding: downmix to mono, soxr to 48 kHz, cut into 5 s windows overlapping by 0.5 s
+(:mod:`.windowing`), then per window AudioAE -> normalised x0 -> g_psi -> z -> QINCo2 codes with
+the first m codebooks (or z as float16 for a continuous bundle), windows batched on the device.
+Decoding: codes -> z_q -> diffusion (DPM-Solver++(2M) by default, :mod:`.fast_decode`) -> x0 ->
+AudioAE decoder, windows overlap-added with the Hann crossfade. Both stream window by window in
+batches: a 2-hour file costs its own samples plus one batch of windows, never all windows at once.
+
+Empty input, NaN/Inf, and digital silence (peak below -120 dBFS) are refused with one line:
+a silent file carries nothing to code, and a generative decoder would not give silence back.
+Noise for window k of variation v comes from its own generator seeded by (seed, v, k), so a
+decode is reproducible whatever the batch size or device batching.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import SpressoError
+from . import bitstream as bs
+from . import windowing as win
+from .bundle import BundleParts, load_bundle
+from .fast_decode import SOLVERS, CachedDenoiser, sample
+from .variable_rate import resolve_codebooks
+
+SILENCE_PEAK = 1e-6  # -120 dBFS: below 16-bit (and 24-bit dithered) quantisation noise
+
+
+class CodecError(SpressoError):
+    """Bad input to the codec (audio or stream) - one line."""
+
+
+@dataclass
+class _Job:
+    item: int
+    variation: int
+    window: int
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from (seed, variation, window): independent streams that never collide by addition."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+class Codec:
+    """A loaded bundle plus the encode/decode procedures. Models in eval mode on ``device``."""
+
+    def __init__(self, parts: BundleParts, device: str | torch.device | None = None, *, batch_size: int | None = None,
+                 compile: bool = False, bf16: bool | None = None):
+        self.parts = parts
+        self.manifest = parts.manifest
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.audioae = parts.audioae.to(self.device).eval()
+        self.dae = parts.dae.to(self.device).eval()
+        self.quantizer = parts.quantizer.to(self.device).eval() if parts.quantizer is not None else None
+        self.normalizer = parts.normalizer
+        self.batch_size = int(batch_size or (16 if self.device.type == "cuda" else 4))
+        # bf16 for the DiT on a GPU (the AudioAE and quantizer stay in float32: cheap, and phase-sensitive).
+        self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
+        if compile:
+            # Compile each transformer block (shapes are fixed: 5 s windows), so the cached conditioning can change freely.
+            dit = self.dae.net.dit
+            for block in [*dit.joint, *dit.single]:
+                block.compile(dynamic=False)
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kw) -> "Codec":
+        return cls(load_bundle(path), **kw)
+
+    # ----------------------------------------------------------------------- properties
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def mode(self) -> str:
+        return self.manifest["mode"]
+
+    @property
+    def t(self) -> int:
+        return int(self.manifest["t"])
+
+    @property
+    def K(self) -> int | None:
+        return self.manifest.get("K")
+
+    @property
+    def M(self) -> int | None:
+        return self.manifest.get("M")
+
+    @property
+    def default_m(self) -> int | None:
+        return self.manifest.get("m")
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest["sample_rate"])
+
+    @property
+    def frames_per_window(self) -> int:
+        """z frames per 5 s window: ceil(500 / t)."""
+        return -(-(win.WINDOW_SAMPLES // win.X0_HOP) // self.t)
+
+    def codebooks_for(self, kbps: float | None = None, codebooks: int | None = None) -> int | None:
+        if self.mode == "continuous":
+            if kbps is not None or codebooks is not None:
+                raise CodecError("this is a continuous bundle (float16 z): --kbps/--codebooks apply to discrete bundles only")
+            return None
+        if kbps is None and codebooks is None:
+            return int(self.default_m)
+        return resolve_codebooks(int(self.K), self.t, int(self.M), kbps=kbps, codebooks=codebooks)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    # --------------------------------------------------------------------------- encode
+    def _prepare(self, wave, sr) -> np.ndarray:
+        from ..audio.io import resample
+
+        if not isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr < 1:
+            raise CodecError(f"sample rate must be a positive integer, got {sr!r}")
+        w = np.asarray(wave.detach().cpu().numpy() if torch.is_tensor(wave) else wave)
+        if w.ndim not in (1, 2):
+            raise CodecError(f"audio must be [samples] or [channels, samples], got shape {w.shape}")
+        if w.size == 0 or w.shape[-1] == 0:
+            raise CodecError("empty audio: nothing to encode")
+        if not np.issubdtype(w.dtype, np.number):
+            raise CodecError(f"audio must be numeric, got dtype {w.dtype}")
+        w = w.astype(np.float32, copy=False)
+        if not np.isfinite(w).all():
+            raise CodecError("audio holds NaN or Inf samples")
+        mono = w.mean(axis=0) if w.ndim == 2 else w
+        if float(np.abs(mono).max()) < SILENCE_PEAK:
+            raise CodecError("audio is digital silence (peak below -120 dBFS): nothing to encode")
+        return resample(mono, int(sr), self.sample_rate)
+
+    @torch.no_grad()
+    def _encode_windows(self, windows: np.ndarray, m: int | None) -> np.ndarray:
+        """[b, 240000] -> codes [b, T', m] (int64) or z [b, C, T'] (float32)."""
+        wave = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+        x0 = self.audioae.encode(wave)
+        z = self.dae.encode(self.normalizer.normalize(x0))
+        if m is None:
+            return z.float().cpu().numpy()
+        return self.quantizer.encode(z.float().transpose(1, 2), m).cpu().numpy()
+
+    def encode(self, wave, sr: int, kbps: float | None = None, codebooks: int | None = None, *, progress: bool = False) -> bytes:
+        """One signal ([n] or [channels, n], any rate) -> `.spr` bytes."""
+        return self.encode_batch([(wave, sr)], kbps=kbps, codebooks=codebooks, progress=progress)[0]
+
+    def encode_batch(self, items: Sequence[tuple], kbps: float | None = None, codebooks: int | None = None, *,
+                     progress: bool = False) -> list[bytes]:
+        """Several (wave, sr) at once; their windows share device batches."""
+        m = self.codebooks_for(kbps, codebooks)
+        prepared, plans = [], []
+        for wave, sr in items:
+            mono = self._prepare(wave, sr)
+            overlap = win.DEFAULT_OVERLAP_SAMPLES if mono.shape[0] > win.WINDOW_SAMPLES else 0
+            plans.append(win.plan_windows(mono.shape[0], overlap=overlap))
+            prepared.append(mono)
+        T = self.frames_per_window
+        outs = [np.empty((p.n_windows, T, m), np.int64) if m is not None else np.empty((p.n_windows, 0, T), np.float32)
+                for p in plans]
+        views = [win.cut(w, p) for w, p in zip(prepared, plans)]
+        jobs = [(i, k) for i, p in enumerate(plans) for k in range(p.n_windows)]
+        for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="encode", disable=not progress, leave=False):
+            res = self._encode_windows(np.stack([views[i][k] for i, k in batch]), m)
+            for (i, k), r in zip(batch, res):
+                if m is None and outs[i].shape[1] == 0:
+                    outs[i] = np.empty((plans[i].n_windows,) + r.shape, np.float32)
+                outs[i][k] = r
+        streams = []
+        for (wave, sr), plan, out in zip(items, plans, outs):
+            n = int(np.asarray(wave).shape[-1])
+            common = dict(model_id=self.model_id, time_factor=self.t, sample_count=n, sample_rate=int(sr),
+                          overlap=plan.overlap // win.X0_HOP)
+            if m is None:  # [n_win, C, T'] -> [C, n_win * T'] (windows one after another)
+                stream = bs.Stream.continuous(np.concatenate(list(out), axis=1), **common)
+            else:
+                stream = bs.Stream.discrete(out.reshape(-1, m), int(self.K), **common)
+            streams.append(bs.encode_stream(stream))
+        return streams
+
+    # --------------------------------------------------------------------------- decode
+    def parse(self, data) -> bs.Stream:
+        """Verify a stream and that it fits this bundle (one-line :class:`BitstreamError`/`CodecError`)."""
+        stream = bs.decode_stream(data, expected_model_id=self.model_id)
+        if stream.mode != self.mode:
+            raise CodecError(f"a {stream.mode} stream cannot be decoded by a {self.mode} bundle")
+        if stream.time_factor != self.t:
+            raise CodecError(f"stream frame rate {stream.frame_rate:.4g} Hz does not match the model's {100 / self.t:.4g} Hz")
+        if stream.mode == "discrete":
+            if stream.K != self.K:
+                raise CodecError(f"stream codebook size K={stream.K} does not match the model's K={self.K}")
+            if stream.m > self.M:
+                raise CodecError(f"stream has {stream.m} codebooks, the model only {self.M}")
+        elif stream.channels != self.dae.encoder.z_channels:
+            raise CodecError(f"stream z has {stream.channels} channels, the model {self.dae.encoder.z_channels}")
+        plan = win.plan_for_stream(stream.sample_count, stream.sample_rate, stream.overlap)
+        if stream.overlap * win.X0_HOP >= win.WINDOW_SAMPLES:
+            raise CodecError(f"stream overlap of {stream.overlap} frames is not shorter than a window")
+        if stream.n_frames != plan.n_windows * self.frames_per_window:
+            raise CodecError(f"stream holds {stream.n_frames} frames; {plan.n_windows} windows of {self.frames_per_window} need "
+                             f"{plan.n_windows * self.frames_per_window}")
+        return stream
+
+    def _window_z(self, stream: bs.Stream, windows: Sequence[int]) -> torch.Tensor:
+        T = self.frames_per_window
+        if stream.codes is not None:
+            codes = np.stack([stream.codes[k * T:(k + 1) * T] for k in windows])  # [b, T', m]
+            return self.quantizer.decode(torch.from_numpy(codes).to(self.device)).float().transpose(1, 2)
+        z = np.stack([stream.z[:, k * T:(k + 1) * T] for k in windows]).astype(np.float32)
+        return torch.from_numpy(z).to(self.device)
+
+    @torch.no_grad()
+    def _decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float) -> np.ndarray:
+        frames = win.WINDOW_SAMPLES // win.X0_HOP
+        den = CachedDenoiser(self.dae, z, frames, autocast=self._autocast if self.bf16 else None)
+        s = self.manifest.get("sampler", {})
+        y = sample(den, noise, steps=steps, solver=solver, sigma_min=s.get("sigma_min", 0.002),
+                   sigma_max=s.get("sigma_max", 80.0), rho=rho)
+        return self.audioae.decode(self.normalizer.denormalize(y)).float().cpu().numpy()
+
+    def decode(self, data, steps: int | None = None, seed: int = 0, variations: int = 1, *, original_rate: bool = False,
+               solver: str | None = None, rho: float | None = None, progress: bool = False) -> tuple[np.ndarray, int]:
+        """`.spr` bytes -> (wave [n] float32, or [variations, n] when variations > 1; sample rate)."""
+        return self.decode_batch([data], steps, seed, variations, original_rate=original_rate, solver=solver, rho=rho,
+                                 progress=progress)[0]
+
+    def decode_batch(self, datas: Sequence, steps: int | None = None, seed: int = 0, variations: int = 1, *,
+                     original_rate: bool = False, solver: str | None = None, rho: float | None = None,
+                     progress: bool = False) -> list[tuple[np.ndarray, int]]:
+        """Several streams at once; windows of every stream and variation share device batches."""
+        sampler = self.manifest.get("sampler", {})
+        steps = int(steps if steps is not None else sampler.get("steps", 32))
+        solver = solver or sampler.get("solver", "dpmpp2m")
+        rho = float(rho if rho is not None else sampler.get("rho", 7.0))
+        if steps < 1 or steps > 1000:
+            raise CodecError(f"steps must be 1..1000, got {steps}")
+        if solver not in SOLVERS:
+            raise CodecError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+        if not isinstance(variations, (int, np.integer)) or not 1 <= variations <= 1000:
+            raise CodecError(f"variations must be 1..1000, got {variations!r}")
+        streams = [self.parse(d) for d in datas]
+        plans = [win.plan_for_stream(s.sample_count, s.sample_rate, s.overlap) for s in streams]
+        outs = [[np.zeros(p.padded_samples, np.float32) for _ in range(variations)] for p in plans]
+        fades = {}
+        jobs = [_Job(i, v, k) for i, p in enumerate(plans) for v in range(variations) for k in range(p.n_windows)]
+        C, frames = self.normalizer.channels, win.WINDOW_SAMPLES // win.X0_HOP
+        for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="decode", disable=not progress, leave=False):
+            z = torch.cat([self._window_z(streams[j.item], [j.window]) for j in batch])
+            noise = torch.stack([torch.randn(C, frames, generator=torch.Generator().manual_seed(_seed(seed, j.variation, j.window)))
+                                 for j in batch]).to(self.device)
+            waves = self._decode_windows(z, noise, steps, solver, rho)
+            for j, w in zip(batch, waves):
+                plan = plans[j.item]
+                weight = fades.setdefault((plan.overlap, j.window == 0, j.window == plan.n_windows - 1),
+                                          _window_weight(plan, j.window))
+                start = j.window * plan.hop
+                outs[j.item][j.variation][start:start + plan.window] += w * weight
+        results = []
+        for stream, plan, per_var in zip(streams, plans, outs):
+            waves = [o[: plan.n_samples] for o in per_var]
+            sr = self.sample_rate
+            if original_rate:
+                from ..audio.io import resample
+
+                waves = [_fit(resample(w, self.sample_rate, stream.sample_rate), stream.sample_count) for w in waves]
+                sr = stream.sample_rate
+            results.append((waves[0] if variations == 1 else np.stack(waves), sr))
+        return results
+
+
+def _window_weight(plan: win.WindowPlan, k: int) -> np.ndarray:
+    """Crossfade weight of window k (Hann: fades of neighbours sum to 1), float32 [window]."""
+    w = np.ones(plan.window, np.float32)
+    if plan.overlap and plan.n_windows > 1:
+        rise = win.fade_in(plan.overlap, "hann").astype(np.float32)
+        if k > 0:
+            w[: plan.overlap] = rise
+        if k < plan.n_windows - 1:
+            w[plan.window - plan.overlap:] = rise[::-1]
+    return w
+
+
+def _fit(wave: np.ndarray, n: int) -> np.ndarray:
+    """Exactly n samples (soxr may be a sample short or long after a round trip)."""
+    return wave[:n] if wave.shape[0] >= n else np.pad(wave, (0, n - wave.shape[0]))
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def load(path_or_uri: str | Path, **kw) -> Codec:
+    """A :class:`Codec` from a bundle folder, or an MLflow ``models:/NAME@alias``, ``models:/NAME/3`` or ``runs:/ID/path``."""
+    s = str(path_or_uri)
+    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        from ..train.export import download_bundle
+
+        s = download_bundle(s)
+    return Codec.from_path(s, **kw)
+
+
+__all__: Iterable[str] = ("Codec", "CodecError", "load")
