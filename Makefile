@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps aisfx==0.1.2
 	touch $(STAMP)
 
+# The whole DAG of configs/demo.yaml (spresso pipeline run) on local Ray + SQLite MLflow, then .spr round trips.
+# make demo INPUT="path/to/sfx ..." trains on your folders too; a second run reuses everything.
 demo: install
-	$(BIN)/python -m spresso.demo $(DEMO_ARGS)
+	nice $(BIN)/python -m spresso.demo $(if $(INPUT),--input $(INPUT)) $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

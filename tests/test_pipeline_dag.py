@@ -91,4 +91,9 @@ def test_picture_without_graphviz(tmp_path):
     dot = to_dot(g)
     assert '"encode@d96" -> "quantize@d96"' in dot and dot.count("->") == len(g.edges())
     assert layers(g)["report@d96"] == 5
-    assert "not built yet" in describe(build_graph(load_config("demo"), registry()))
+    real = registry()
+    assert "not built yet" not in describe(build_graph(load_config("demo"), real))  # every real stage is wired
+    from dataclasses import replace
+
+    missing = {**real, "evaluate": replace(real["evaluate"], fn="spresso.pipeline.registry:no_such_stage")}
+    assert "not built yet" in describe(build_graph(load_config("demo"), missing))

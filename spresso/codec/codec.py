@@ -61,6 +61,11 @@ class Codec:
         self.parts = parts
         self.manifest = parts.manifest
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            # Late sampler steps drive activations into denormal floats, which x86 CPUs handle
+            # in microcode: flushing them to zero roughly halves CPU decode time (measured) and
+            # does not change the audio audibly (they are below 1e-38).
+            torch.set_flush_denormal(True)
         self.audioae = parts.audioae.to(self.device).eval()
         self.dae = parts.dae.to(self.device).eval()
         self.quantizer = parts.quantizer.to(self.device).eval() if parts.quantizer is not None else None

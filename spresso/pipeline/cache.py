@@ -109,10 +109,11 @@ def recorded_outputs(run, node: StageNode) -> dict[str, Artifact] | None:
 
 
 def _search_pipeline_key(uri: str, experiment_id: str, kind: str, key: str) -> list:
+    # The key hashes the stage kind already. No filter on the run's own stage tag: a library
+    # function may name its run differently from the DAG's kind (stage1 opens "train_stage1").
     return _client(uri).search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG_STAGE}` = '{kind}' and tags.`{TAG_PIPELINE_KEY}` = '{key}' "
-                       "and attributes.status = 'FINISHED'"),
+        filter_string=f"tags.`{TAG_PIPELINE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=5,
     )

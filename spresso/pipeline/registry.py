@@ -1,10 +1,10 @@
 """The real stages: declarations (reads, writes, resources, key inputs) and thin adapters.
 
 Each adapter maps a :class:`StageContext` onto the stage's library function, imported lazily
-so declaring the DAG costs no torch import. Stages whose library function is not built yet are
-declared with a ``fn`` naming an adapter of this module that does not exist yet: the DAG, the
-dry run and the picture include them (marked "not built"), and running one fails that stage
-only, with a one-line reason.
+so declaring the DAG costs no torch import. Branch stages run their library function with
+:func:`point_config` (the branch's t, K, M, m and its own output folders). Each library
+function opens its own MLflow run as a child of the pipeline's run; the adapter hands back
+that run's id (or, when the library reused an identical earlier run, that run's).
 """
 from __future__ import annotations
 
@@ -70,16 +70,97 @@ def train_dit_stage(cfg, ctx: StageContext) -> StageResult:
     return StageResult({}, _run_that_wrote(ctx, cfg, "train_dit", "checkpoint", final))
 
 
+def _upstream_runs(ctx: StageContext) -> dict[str, str]:
+    return {k: a.run_id for k, a in ctx.inputs.items() if a.run_id}
+
+
+def _dae_dir(cfg, point) -> str:
+    """Relative folder of one branch's DAE outputs: ``dae/<point>/t<t>`` (stage1/, z.zarr, stage3/)."""
+    return f"{cfg.dae.checkpoint_dir.rstrip('/')}/{point.name}/t{point.t}"
+
+
+def _qinco2_dir(cfg, point) -> str:
+    return f"{cfg.qinco2.checkpoint_dir.rstrip('/')}/{point.name}"
+
+
+def point_config(cfg, point):
+    """The config a branch's library functions run with.
+
+    The stage modules read one operating point from ``dae.t`` / ``dae.points`` and keep their
+    outputs at config-derived paths shared by every run (``dae/t<t>``, ``qinco2/``); a DAG with
+    several branches needs them per branch. So each branch gets ``dae.t`` = its t, its own
+    ``dae.points`` entry (K, M, m), and output folders under its name: ``dae/<point>/t<t>`` and
+    ``qinco2/<point>`` (the quantizer trains max(qinco2.M, m) codebooks).
+    """
+    from ..config.dae import OperatingPoint as DAEPoint
+
+    M = max(cfg.qinco2.M, point.m or 1)
+    K = point.K or cfg.qinco2.K
+    entry = DAEPoint(t=point.t, K=K, M=M, m=point.m or min(M, cfg.qinco2.M))
+    dae = cfg.dae.model_copy(update={
+        "t": point.t,
+        "points": [p for p in cfg.dae.points if p.t != point.t] + [entry],
+        "checkpoint_dir": f"{cfg.dae.checkpoint_dir.rstrip('/')}/{point.name}",
+        "quantizer_dir": None if point.continuous else f"{_qinco2_dir(cfg, point)}/final",
+    })
+    q = cfg.qinco2.model_copy(update={"K": K, "M": M, "checkpoint_dir": _qinco2_dir(cfg, point),
+                                      "vectors_path": f"{_dae_dir(cfg, point)}/z.zarr"})
+    return cfg.model_copy(update={"dae": dae, "qinco2": q})
+
+
+def stage1_stage(cfg, ctx: StageContext) -> StageResult:
+    from ..train.stage1 import train_stage1
+
+    pcfg = point_config(cfg, ctx.point)
+    final = str(train_stage1(pcfg, parent_run_id=ctx.parent_run_id, force=ctx.force, progress=False))
+    return StageResult({}, _run_that_wrote(ctx, cfg, "train_stage1", "checkpoint", final))
+
+
+def precompute_z_stage(cfg, ctx: StageContext) -> StageResult:
+    from ..data.z_latents import precompute_z
+
+    pcfg = point_config(cfg, ctx.point)
+    path = precompute_z(pcfg, ctx.inputs["stage1"].uri, parent_run_id=ctx.parent_run_id, progress=False)
+    return StageResult({}, _run_that_wrote(ctx, cfg, "precompute_z", "z_cache", path))
+
+
 def qinco2_stage(cfg, ctx: StageContext) -> StageResult:
     from ..train.qinco2 import train_qinco2
 
-    # The branch's codebook size; the stage trains qinco2.M codebooks (>= the point's m).
-    q = cfg.qinco2.model_copy(update={"K": ctx.point.K, "M": max(cfg.qinco2.M, ctx.point.m),
-                                      "checkpoint_dir": ctx.outputs["checkpoint"].rsplit("/final", 1)[0]})
-    bcfg = cfg.model_copy(update={"qinco2": q})
-    out = train_qinco2(bcfg, vectors=ctx.inputs["z"].uri,
-                       upstream={k: a.run_id for k, a in ctx.inputs.items() if a.run_id})
+    pcfg = point_config(cfg, ctx.point)
+    # train_qinco2 takes no parent run: the engine adopts the fresh run as this stage's child.
+    out = train_qinco2(pcfg, vectors=ctx.inputs["z"].uri, upstream=_upstream_runs(ctx))
     return StageResult({}, out["run_id"])
+
+
+def stage3_stage(cfg, ctx: StageContext) -> StageResult:
+    from ..train.stage3 import train_stage3
+
+    pcfg = point_config(cfg, ctx.point)
+    final = str(train_stage3(pcfg, parent_run_id=ctx.parent_run_id, force=ctx.force, progress=False))
+    return StageResult({}, _run_that_wrote(ctx, cfg, "train_stage3", "checkpoint", final))
+
+
+def export_stage(cfg, ctx: StageContext) -> StageResult:
+    from ..train.export import export
+
+    pcfg = point_config(cfg, ctx.point)
+    stage = ctx.inputs["stage1" if ctx.point.continuous else "stage3"].uri
+    quantizer = None if ctx.point.continuous else ctx.inputs["quantizer"].uri
+    out = export(pcfg, ctx.outputs["bundle"], audioae=ctx.inputs["audioae"].uri, stage=stage, quantizer=quantizer,
+                 continuous=ctx.point.continuous, parent_run_id=ctx.parent_run_id, m=ctx.point.m)
+    return StageResult({}, out["run_id"])
+
+
+def evaluate_stage(cfg, ctx: StageContext) -> StageResult:
+    from ..eval.harness import run_evaluation
+
+    # The point's bundle next to the AudioAE alone (its upper bound), on the shards' eval split.
+    codecs = {ctx.point.name: f"spresso:{ctx.inputs['bundle'].uri},steps={cfg.eval.diffusion_steps}",
+              "audioae": f"audioae:{ctx.inputs['audioae'].uri}"}
+    _, run_id = run_evaluation(cfg, codecs, out_dir=ctx.outputs["report"], parent_run_id=ctx.parent_run_id,
+                               progress=False)
+    return StageResult({}, run_id)
 
 
 # ----------------------------------------------------------------------------- declarations
@@ -99,13 +180,36 @@ def _dit_final(cfg, point) -> str:
     return cfg.path(cfg.dit.checkpoint_dir) + "/final"
 
 
+def _captions(cfg, point) -> str:
+    return cfg.path(cfg.dit.captions_path)
+
+
+def _stage_final(stage: str):
+    def location(cfg, point) -> str:
+        return cfg.path(f"{_dae_dir(cfg, point)}/{stage}/final")
+
+    location.__name__ = f"_{stage}_final"
+    return location
+
+
+def _z_cache(cfg, point) -> str:
+    return cfg.path(f"{_dae_dir(cfg, point)}/z.zarr")
+
+
+def _quantizer_final(cfg, point) -> str:
+    return cfg.path(f"{_qinco2_dir(cfg, point)}/final")
+
+
+# What a DAE stage's result depends on besides its own training section (the paths are per branch).
+_DAE_KEYS = ("dae.encoder", "dae.lora", "dae.audio_down_init", "dit.diffusion")
+
+
 def _inputs(cfg, point) -> list[str]:
     return [str(Path(cfg.path(p)).resolve()) if "://" not in cfg.path(p) else cfg.path(p) for p in cfg.pipeline.inputs]
 
 
 def registry() -> dict[str, Stage]:
     """Every stage kind the pipeline knows, by name."""
-    here = __name__
     stages = [
         Stage("shard", shard_stage, external={"audio": _inputs}, writes={"shards": _shards},
               config_keys=("data",), uses_ray=True, resources=StageResources(cpus=1),
@@ -117,35 +221,38 @@ def registry() -> dict[str, Stage]:
               reads={"shards": "shard.shards", "audioae": "train_audioae.checkpoint"}, writes={"x0_cache": _x0},
               config_keys=("audioae.cache", "audioae.latents_path"), opens_run=True, uses_ray=True,
               resources=StageResources(cpus=1, workers=1), description="x0 Zarr cache"),
+        # Builds (or reuses) the caption-embedding cache first: the text side of every diffusion stage.
         Stage("train_dit", train_dit_stage, reads={"x0_cache": "precompute_latents.x0_cache"},
-              writes={"checkpoint": _dit_final}, config_keys=("dit",), opens_run=True, uses_ray=True,
-              resources=StageResources(cpus=1, workers=1), description="text-to-audio MMDiT (EDM2)"),
-        # Branch stages: one instance per operating point.
-        Stage("stage1", f"{here}:stage1_stage", reads={"x0_cache": "precompute_latents.x0_cache", "dit": "train_dit.checkpoint"},
-              writes={"checkpoint": "dae/{point}/stage1/final"}, config_keys=("dae",), point_keys=("t",),
+              writes={"checkpoint": _dit_final, "captions": _captions}, config_keys=("dit",), opens_run=True,
+              uses_ray=True, resources=StageResources(cpus=1, workers=1), description="caption embeddings + text-to-audio MMDiT (EDM2)"),
+        # Branch stages: one instance per operating point, outputs under dae/<point>/t<t> and qinco2/<point>.
+        Stage("stage1", stage1_stage,
+              reads={"x0_cache": "precompute_latents.x0_cache", "dit": "train_dit.checkpoint", "captions": "train_dit.captions"},
+              writes={"checkpoint": _stage_final("stage1")}, config_keys=_DAE_KEYS + ("dae.stage1",), point_keys=("t",),
               opens_run=True, uses_ray=True, resources=StageResources(cpus=1, workers=1),
               description="g_psi + f_phi + LoRA"),
-        Stage("precompute_z", f"{here}:precompute_z_stage",
+        Stage("precompute_z", precompute_z_stage,
               reads={"x0_cache": "precompute_latents.x0_cache", "stage1": "stage1.checkpoint"},
-              writes={"z_cache": "dae/{point}/z.zarr"}, config_keys=("dae",), point_keys=("t",),
+              writes={"z_cache": _z_cache}, config_keys=("dae.zcache",), point_keys=("t",),
               opens_run=True, uses_ray=True, resources=StageResources(cpus=1, workers=1), description="z Zarr cache"),
         Stage("qinco2", qinco2_stage, reads={"z": "precompute_z.z_cache"},
-              writes={"checkpoint": "qinco2/{point}/final"}, config_keys=("qinco2",), point_keys=("t", "K", "m"),
+              writes={"checkpoint": _quantizer_final}, config_keys=("qinco2",), point_keys=("t", "K", "m"),
               discrete_only=True, opens_run=True, uses_ray=True, resources=StageResources(cpus=1),
               description="QINCo2 on frozen z (stage 2)"),
-        Stage("stage3", f"{here}:stage3_stage",
-              reads={"x0_cache": "precompute_latents.x0_cache", "stage1": "stage1.checkpoint",
-                     "quantizer": "qinco2.checkpoint"},
-              writes={"checkpoint": "dae/{point}/stage3/final"}, config_keys=("dae",), point_keys=("t", "K", "m"),
-              discrete_only=True, opens_run=True, uses_ray=True, resources=StageResources(cpus=1, workers=1),
-              description="f_phi + LoRA finetuned on z_q"),
-        Stage("export", f"{here}:export_stage",
+        Stage("stage3", stage3_stage,
+              reads={"x0_cache": "precompute_latents.x0_cache", "dit": "train_dit.checkpoint", "captions": "train_dit.captions",
+                     "stage1": "stage1.checkpoint", "z": "precompute_z.z_cache", "quantizer": "qinco2.checkpoint"},
+              writes={"checkpoint": _stage_final("stage3")}, config_keys=_DAE_KEYS + ("dae.stage3",),
+              point_keys=("t", "K", "m"), discrete_only=True, opens_run=True, uses_ray=True,
+              resources=StageResources(cpus=1, workers=1), description="f_phi + LoRA finetuned on z_q"),
+        Stage("export", export_stage,
               reads={"audioae": "train_audioae.checkpoint", "dit": "train_dit.checkpoint", "stage1": "stage1.checkpoint",
                      "quantizer": "qinco2.checkpoint?", "stage3": "stage3.checkpoint?"},
-              writes={"bundle": "bundles/{point}"}, point_keys=("t", "K", "m", "continuous"),
+              writes={"bundle": "bundles/{point}"}, point_keys=("t", "K", "m", "continuous"), opens_run=True,
               resources=StageResources(cpus=1), description="codec bundle"),
-        Stage("evaluate", f"{here}:evaluate_stage", reads={"bundle": "export.bundle", "shards": "shard.shards"},
-              writes={"report": "eval/{point}"}, config_keys=("eval",), uses_ray=True,
+        Stage("evaluate", evaluate_stage,
+              reads={"bundle": "export.bundle", "shards": "shard.shards", "audioae": "train_audioae.checkpoint"},
+              writes={"report": "eval/{point}"}, config_keys=("eval",), opens_run=True, uses_ray=True,
               resources=StageResources(cpus=1), description="FAD / KAD / CLAP / SI-SDR"),
     ]
     return {s.name: s for s in stages}

@@ -59,7 +59,7 @@ class VectorSource:
         """(train rows, validation rows): the cache's split array when it has one, else a seeded draw."""
         split = self._per_row("split")
         if split is not None:
-            split = split.astype(str)
+            split = np.array([str(s) for s in split])  # zarr 3 str arrays read as StringDType: no astype(str)
             train = np.intersect1d(self.usable, np.flatnonzero(split == "train"))
             val = np.intersect1d(self.usable, np.flatnonzero(split == "valid"))
             if train.size and val.size:
