@@ -37,7 +37,9 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
     else:
         num_cpus = cfg.num_cpus or cpu_count()
         log.info("starting a local Ray with %d CPUs", num_cpus)
-        ray.init(num_cpus=num_cpus, **common)
+        # address="local": start our own, never silently join a `ray start` cluster another
+        # process left running on this machine (it would also refuse num_cpus).
+        ray.init(address="local", num_cpus=num_cpus, **common)
     return ray
 
 

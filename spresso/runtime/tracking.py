@@ -18,6 +18,7 @@ import json
 import os
 import functools
 import hashlib
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,13 @@ class StageRun:
             source = HTTPDatasetSource(uri)
         ds = MetaDataset(source=source, name=name, digest=digest[:36])
         entity = DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
-        self.client.log_inputs(self.run_id, datasets=[entity])
+        try:
+            self.client.log_inputs(self.run_id, datasets=[entity])
+        except Exception:
+            # Two stages logging the same dataset at once (parallel branches) race to insert its
+            # row; the loser's retry finds the row and links it.
+            time.sleep(0.2)
+            self.client.log_inputs(self.run_id, datasets=[entity])
         self.set_tags({f"spresso.input.{name}.uri": uri, f"spresso.input.{name}.digest": digest})
 
     def log_output(self, name: str, uri: str, digest: str) -> None:
