@@ -54,6 +54,11 @@ class AudioAETrainConfig(Section):
     lr_gamma: float = Field(0.999996, gt=0, le=1)  # ExponentialLR, stepped every step
     grad_clip: float = Field(1000.0, gt=0)
     mel_weight: float = 15.0
+    # Waveform L1 (EnCodec's time-domain term), the only term that ties the decoder's phase to
+    # the input's: the log-mel L1 is phase-blind and the discriminators align phase only after
+    # long GAN training. 0 keeps DAC's recipe as published. Scale: a crop's mean |x| is ~0.05,
+    # so a weight of ~3000 puts it on a par with 15 x the mel distance (~4-6 early on).
+    waveform_l1_weight: float = Field(0.0, ge=0)
     adv_weight: float = 1.0
     fm_weight: float = 2.0
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"

@@ -31,7 +31,10 @@ CHECKPOINT_KIND = "audioae"
 # direction) intact - the usual trick of complex-spectrum speech models.
 SPEC_COMPRESSION = 0.3
 # exp() of the predicted log-magnitude is capped (Vocos): an early large logit must not blow up the ISTFT.
-MAX_MAGNITUDE = 1e2
+# The cap must stay above what real audio needs: a full-scale signal (|x| <= 1) reaches sum(window) = 480
+# with Hann 960, and loud low-frequency SFX do reach ~430. Vocos' 1e2 clipped such bins (a third of the
+# sfx-dev train clips have one), so the decoder could not reproduce them and got no gradient there.
+MAX_MAGNITUDE = 1e3
 
 
 class AudioEncoder(nn.Module):

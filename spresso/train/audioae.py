@@ -222,6 +222,12 @@ class AudioAETrainer:
             out["loss/d"] = float(loss_d.detach())
         loss_mel = self.mel(y, x)
         loss_g = tc.mel_weight * loss_mel
+        if tc.waveform_l1_weight > 0:
+            # Phase-aware reconstruction: without it nothing but the GAN ties the predicted phase to
+            # the input's, and the reconstruction is uncorrelated with it (SI-SDR ~ -60 dB) for a long time.
+            loss_wave = (y - x.float()).abs().mean()
+            loss_g = loss_g + tc.waveform_l1_weight * loss_wave
+            out["loss/wave"] = float(loss_wave.detach())
         if use_disc:
             with self.autocast():
                 logits, fmaps = self.discriminator(torch.cat([x, y]))
