@@ -8,6 +8,8 @@ that run's id (or, when the library reused an identical earlier run, that run's)
 """
 from __future__ import annotations
 
+from ..runtime.paths import absolute as _abs
+
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,6 @@ from ..errors import SpressoError
 from .stage import Stage, StageContext, StageResult
 
 
-def _abs(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def _run_that_wrote(ctx: StageContext, cfg, kind: str, output: str, location: str) -> str | None:

@@ -12,6 +12,8 @@ Pieces, each usable alone:
 """
 from __future__ import annotations
 
+from ..runtime.paths import absolute as _abs
+
 import logging
 import math
 import tempfile
@@ -360,8 +362,6 @@ def train_loop(loop_config: dict) -> None:
 
 
 # -- the stage driver -------------------------------------------------------------------------
-def _abs(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def data_digest(shards_dir: str) -> str:

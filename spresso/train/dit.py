@@ -11,6 +11,8 @@ Pieces, each usable alone:
 """
 from __future__ import annotations
 
+from ..runtime.paths import absolute as _abs
+
 import logging
 import math
 import tempfile
@@ -398,8 +400,6 @@ def train_loop(loop_config: dict) -> None:
 
 
 # -- the stage driver --------------------------------------------------------------------------
-def _abs(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def stage_key(cfg: SpressoConfig, x0_identity: dict, text_identity: dict) -> str:

@@ -9,6 +9,8 @@ NAME from that artifact and points ``alias`` (default "champion") at it, so
 """
 from __future__ import annotations
 
+from ..runtime.paths import absolute as _abs
+
 import logging
 import tempfile
 from pathlib import Path
@@ -21,8 +23,6 @@ STAGE = "export"
 ARTIFACT = "bundle"
 
 
-def _abs(path: str | Path) -> str:
-    return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
 def upstream_run(uri: str, checkpoint_dir: str | Path | None, meta_run_id: str | None = None) -> str | None:

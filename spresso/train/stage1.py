@@ -11,6 +11,8 @@ Pieces, each usable alone:
 """
 from __future__ import annotations
 
+from ..runtime.paths import absolute as _abs
+
 import logging
 import time
 from pathlib import Path
@@ -232,8 +234,6 @@ def run_steps(ctx, trainer: DAETrainer, stream, generator, start: int, tc, meta:
 
 
 # -- the stage driver -----------------------------------------------------------------------------
-def _abs(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def stage_key(cfg: SpressoConfig, stage: str, inputs: dict) -> str:

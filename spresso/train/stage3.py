@@ -15,7 +15,8 @@ import torch
 
 from ..config import SpressoConfig
 from ..errors import SpressoError
-from .stage1 import _abs, dae_from_dit, open_x0_inputs, per_worker_batch, run_stage, stage_output
+from ..runtime.paths import absolute as _abs
+from .stage1 import dae_from_dit, open_x0_inputs, per_worker_batch, run_stage, stage_output
 
 log = logging.getLogger(__name__)
 STAGE = "train_stage3"
