@@ -115,3 +115,16 @@ def test_cache_dataset_with_forked_workers(cache):
     assert got_keys == [KEYS[r] for r in rows]
     with pytest.raises(CacheError, match="no array"):
         CacheDataset(cache.path, ["nope"])
+
+
+def test_replace_stale_resumes_compatible_and_rebuilds_incompatible(tmp_path):
+    keys = [f"k{i}" for i in range(4)]
+    spec = {"x": ((3,), "float32")}
+    cache = ClipCache.create(tmp_path / "c.zarr", keys, spec, 2, {"model": "a"})
+    cache.write_block(0, 2, x=np.ones((2, 3), np.float32))
+    same = ClipCache.create(tmp_path / "c.zarr", keys, spec, 2, {"model": "a"}, replace_stale=True)
+    assert same.missing_blocks() == [(2, 4)]  # compatible: resumed, nothing lost
+    with pytest.raises(CacheError, match="model='a', not 'b'"):
+        ClipCache.create(tmp_path / "c.zarr", keys, spec, 2, {"model": "b"})
+    fresh = ClipCache.create(tmp_path / "c.zarr", keys, spec, 2, {"model": "b"}, replace_stale=True)
+    assert fresh.missing_blocks() == [(0, 2), (2, 4)] and fresh.attrs["model"] == "b"

@@ -247,7 +247,8 @@ def _resolve_inputs(cfg: SpressoConfig, audioae_dir: str | None, shards_dir: str
     return audioae_dir, shards_dir
 
 
-def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, *, overwrite: bool = False) -> ClipCache:
+def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, *, overwrite: bool = False,
+                         replace_stale: bool = False) -> ClipCache:
     """Size the x0 cache from the manifest and the checkpoint's model settings (no model loaded)."""
     from ..runtime.digest import digest_tree
     from ..train.checkpoint import read_checkpoint_config
@@ -270,7 +271,7 @@ def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, 
     }
     return ClipCache.create(
         cfg.path(cfg.audioae.latents_path), keys, latent_arrays(latent_dim, clip_samples // hop),
-        cfg.audioae.cache.chunk_clips, attrs, overwrite=overwrite,
+        cfg.audioae.cache.chunk_clips, attrs, overwrite=overwrite, replace_stale=replace_stale,
     )
 
 
@@ -287,6 +288,7 @@ def precompute_latents(
     shards_dir: str | None = None,
     *,
     overwrite: bool = False,
+    replace_stale: bool = False,
     max_blocks: int | None = None,
     mapper: type = EncodeLatents,
     parent_run_id: str | None = None,
@@ -301,7 +303,7 @@ def precompute_latents(
     from ..runtime.tracking import ensure_experiment
 
     audioae_dir, shards_dir = _resolve_inputs(cfg, audioae_dir, shards_dir)
-    cache = open_or_create_cache(cfg, audioae_dir, shards_dir, overwrite=overwrite)
+    cache = open_or_create_cache(cfg, audioae_dir, shards_dir, overwrite=overwrite, replace_stale=replace_stale)
     key = _stage_key(cache)
     attrs = cache.attrs
     if cache.complete and "x0_mean" in attrs:

@@ -108,7 +108,7 @@ def _x0_cache(cfg: SpressoConfig) -> ClipCache:
     return x0
 
 
-def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite: bool = False, max_blocks: int | None = None,
+def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite: bool = False, replace_stale: bool = False, max_blocks: int | None = None,
                  parent_run_id: str | None = None, progress: bool = True) -> str:
     """Fill (or finish) the z cache of operating point ``cfg.dae.t``; return its path."""
     from ..models.latent_encoder import pooled_frames
@@ -131,7 +131,8 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
     attrs = {"stage1_digest": digest_tree(stage1_dir), "x0_digest": cache_digest(x0), "t": t, "frame_rate": 100.0 / t,
              "stage1_run_id": info.get("meta", {}).get("mlflow_run_id", "")}
     arrays = {"z": ((z_channels, pooled_frames(T, t)), "float32"), "valid_frames": ((), "int32"), "split": ((), "str")}
-    cache = ClipCache.create(z_cache_path(cfg), x0.keys, arrays, cfg.dae.zcache.chunk_clips, attrs, overwrite=overwrite)
+    cache = ClipCache.create(z_cache_path(cfg), x0.keys, arrays, cfg.dae.zcache.chunk_clips, attrs, overwrite=overwrite,
+                             replace_stale=replace_stale)
     key = cache_digest(cache)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     if cache.complete and find_finished_run(uri, ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir), STAGE, key):

@@ -21,6 +21,7 @@ outputs. Statistics computed after the fill go in with :meth:`ClipCache.update_a
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -32,6 +33,8 @@ from ..errors import SpressoError
 LAYOUT_ATTR = "spresso_layout"
 KEYS = "keys"
 DONE = "done"
+log = logging.getLogger(__name__)
+
 RESERVED = (KEYS, DONE)
 
 ArraySpec = tuple[Sequence[int], Any]  # (row_shape, dtype); dtype "str" for strings
@@ -81,6 +84,17 @@ def _describe_difference(old: dict, new: dict) -> str:
     return f"its arrays differ ({old.get('arrays')} there, {new['arrays']} requested)"
 
 
+def _incompatibility(cache: "ClipCache", layout: dict, attrs: Mapping[str, Any]) -> str | None:
+    """Why an existing cache cannot be resumed for this layout and these identity attrs (None: it can)."""
+    if cache._layout != layout:
+        return f"an existing cache is incompatible: {_describe_difference(cache._layout, layout)}"
+    old = cache.attrs
+    for k, v in attrs.items():
+        if k in old and old[k] != v:
+            return f"an existing cache has {k}={old[k]!r}, not {v!r}"
+    return None
+
+
 class ClipCache:
     """A Zarr v3 group of row-aligned arrays filled block by block; see the module docstring."""
 
@@ -102,13 +116,15 @@ class ClipCache:
         attrs: Mapping[str, Any] | None = None,
         *,
         overwrite: bool = False,
+        replace_stale: bool = False,
         compressor=None,
     ) -> "ClipCache":
         """Create the group, or open the existing one when it is compatible; raise otherwise.
 
         Compatible means same keys (in order), same arrays (row shapes, dtypes), same
         ``chunk_rows`` and the same values for every attr given here. ``overwrite=True``
-        replaces an incompatible group instead of raising.
+        always starts afresh; ``replace_stale=True`` resumes a compatible group and replaces an
+        incompatible one (what a pipeline wants when an upstream model changed) instead of raising.
         """
         import zarr
 
@@ -127,18 +143,17 @@ class ClipCache:
         store = _store_path(path)
         if cls.exists(store) and not overwrite:
             cache = cls.open(store)
-            if cache._layout != layout:
-                raise CacheError(f"{path}: an existing cache is incompatible: {_describe_difference(cache._layout, layout)}; delete it or overwrite")
-            old = cache.attrs
             # Compare as stored: attrs round-trip through JSON (tuples come back as lists).
             attrs = json.loads(json.dumps(attrs))
-            for k, v in attrs.items():
-                if k in old and old[k] != v:
-                    raise CacheError(f"{path}: an existing cache has {k}={old[k]!r}, not {v!r}; delete it or overwrite")
-            missing = {k: v for k, v in attrs.items() if k not in old}
-            if missing:
-                cache.update_attrs(**missing)
-            return cache
+            problem = _incompatibility(cache, layout, attrs)
+            if problem is None:
+                missing = {k: v for k, v in attrs.items() if k not in cache.attrs}
+                if missing:
+                    cache.update_attrs(**missing)
+                return cache
+            if not replace_stale:
+                raise CacheError(f"{path}: {problem}; delete it or overwrite")
+            log.warning("%s: %s; rebuilding it", path, problem)
 
         compressor = compressor or default_compressor()
         chunk_rows = int(chunk_rows)

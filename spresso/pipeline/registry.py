@@ -58,8 +58,9 @@ def train_audioae_stage(cfg, ctx: StageContext) -> StageResult:
 def precompute_latents_stage(cfg, ctx: StageContext) -> StageResult:
     from ..data.latents import precompute_latents
 
+    # The DAG owns this output: a cache built from an older AudioAE is stale and is rebuilt.
     path = precompute_latents(cfg, ctx.inputs["audioae"].uri, ctx.inputs["shards"].uri,
-                              parent_run_id=ctx.parent_run_id, progress=False)
+                              parent_run_id=ctx.parent_run_id, progress=False, replace_stale=True)
     return StageResult({}, _run_that_wrote(ctx, cfg, "precompute_latents", "x0_cache", path))
 
 
@@ -120,7 +121,7 @@ def precompute_z_stage(cfg, ctx: StageContext) -> StageResult:
     from ..data.z_latents import precompute_z
 
     pcfg = point_config(cfg, ctx.point)
-    path = precompute_z(pcfg, ctx.inputs["stage1"].uri, parent_run_id=ctx.parent_run_id, progress=False)
+    path = precompute_z(pcfg, ctx.inputs["stage1"].uri, parent_run_id=ctx.parent_run_id, progress=False, replace_stale=True)
     return StageResult({}, _run_that_wrote(ctx, cfg, "precompute_z", "z_cache", path))
 
 
