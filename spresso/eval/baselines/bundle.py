@@ -22,6 +22,14 @@ class BundleAdapter(CodecAdapter):
         variant = f"{kbps:g} kbps" if kbps else (f"{codebooks} codebooks" if codebooks else "full rate")
         self.info = CodecInfo("S-PRESSO", f"{Path(self.path).name} {variant}", 48000,
                               nominal_bitrate_bps=kbps * 1000 if kbps else None)
+        # The table is built in the driver, which never loads the weights: describe the
+        # operating point from the bundle's manifest alone.
+        try:
+            from ...codec.bundle import read_manifest
+
+            self._describe_manifest(read_manifest(self.path), variant)
+        except Exception:  # no or broken bundle: available() reports it
+            pass
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -41,20 +49,22 @@ class BundleAdapter(CodecAdapter):
             import spresso
 
             self._codec = spresso.load(self.path)
-            self._describe()
         return self._codec
 
-    def _describe(self) -> None:
-        """Frame rate, nominal bitrate and compression from the bundle itself when it says."""
-        c = self._codec
-        from ...rates import bitrate_bps, compression_ratio, frame_rate
+    def _describe_manifest(self, manifest: dict, variant: str) -> None:
+        from ...rates import bitrate_bps, compression_ratio, continuous_bitrate_bps, frame_rate
 
-        t, K, M = (getattr(c, a, None) for a in ("t", "K", "M"))
-        m = self.codebooks or M
-        if t and K and m:
-            self.info = CodecInfo("S-PRESSO", f"t={t} K=2^{int(K).bit_length() - 1} M={m}", 48000, frame_rate_hz=frame_rate(t),
-                                  nominal_bitrate_bps=self.kbps * 1000 if self.kbps else bitrate_bps(m, K, t),
-                                  compression=compression_ratio(t))
+        t = int(manifest["t"])
+        channels = int(manifest.get("configs", {}).get("encoder", {}).get("z_channels", 64))
+        if manifest.get("mode") == "discrete":
+            K, m = int(manifest["K"]), int(self.codebooks or manifest.get("m") or manifest["M"])
+            nominal = self.kbps * 1000 if self.kbps else bitrate_bps(m, K, t)
+            variant = f"{Path(self.path).name} t={t} K=2^{K.bit_length() - 1} m={m}"
+        else:
+            nominal = continuous_bitrate_bps(channels, t)
+            variant = f"{Path(self.path).name} t={t} continuous float16"
+        self.info = CodecInfo("S-PRESSO", variant, 48000, frame_rate_hz=frame_rate(t), nominal_bitrate_bps=nominal,
+                              compression=compression_ratio(t, channels))
 
     def encode(self, wave: np.ndarray) -> bytes:
         return self.codec.encode(np.asarray(wave, np.float32), 48000, kbps=self.kbps, codebooks=self.codebooks)
