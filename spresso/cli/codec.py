@@ -6,7 +6,8 @@
 
 IN may be a file, a folder (every audio / .spr file in it) or a glob; with several inputs OUT is
 a folder and each output is named after its input. Files are read and coded in groups so their
-windows share device batches.
+windows share device batches; files longer than two minutes stream from and to disk block by
+block, so a recording of hours needs no more memory than a short one.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".m4a", ".opus")
 GROUP = 8  # files read and coded together
+LONG_SECONDS = 120.0  # longer files stream from and to disk block by block (bounded memory)
 
 
 def expand_inputs(pattern: str, suffixes: tuple[str, ...]) -> tuple[list[Path], bool]:
@@ -134,7 +136,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
     inputs, many = expand_inputs(args.input, AUDIO_SUFFIXES)
     outputs = _outputs(inputs, many, args.output, ".spr", args.input)
     codec = _codec(args)
-    for group in _groups(list(zip(inputs, outputs))):
+    from ..codec.streaming import duration_seconds
+
+    pairs = list(zip(inputs, outputs))
+    long = [p for p in pairs if (duration_seconds(p[0]) or 0.0) > LONG_SECONDS]
+    for src, dst in long:  # one at a time, read block by block
+        try:
+            data = codec.encode_file(src, kbps=args.kbps, codebooks=args.codebooks, progress=not args.quiet)
+        except SpressoError as err:
+            raise SpressoError(f"{src}: {err}") from None
+        _write(dst, data)
+        if not args.quiet:
+            print(f"{dst}: {len(data)} bytes")
+    for group in _groups([p for p in pairs if p not in long]):
         items = []
         for src, _ in group:
             try:
@@ -169,23 +183,32 @@ def _write(path: Path, data: bytes) -> None:
 def cmd_decode(args: argparse.Namespace) -> int:
     from ..audio.io import write_audio
 
+    if not 1 <= args.variations <= 1000:
+        raise SpressoError(f"--variations must be 1..1000, got {args.variations}")
     inputs, many = expand_inputs(args.input, (".spr",))
     suffix = Path(args.output).suffix if not many and Path(args.output).suffix else ".wav"
     outputs = _outputs(inputs, many, args.output, suffix, args.input)
     codec = _codec(args)
     for group in _groups(list(zip(inputs, outputs))):
         datas = [_read(str(src)) for src, _ in group]
-        for (src, _), data in zip(group, datas):  # verify each first, so an error names its file
+        short = []
+        for (src, dst), data in zip(group, datas):  # verify each first, so an error names its file
             try:
-                codec.parse(data)
+                stream = codec.parse(data)
             except SpressoError as err:
                 raise SpressoError(f"{src}: {err}") from None
-        results = codec.decode_batch(datas, steps=args.steps, seed=args.seed, variations=args.variations,
+            if stream.sample_count / stream.sample_rate > LONG_SECONDS:
+                _decode_long(codec, args, src, dst, data)
+            else:
+                short.append(((src, dst), data))
+        if not short:
+            continue
+        results = codec.decode_batch([d for _, d in short], steps=args.steps, seed=args.seed, variations=args.variations,
                                      original_rate=args.original_rate, solver=args.solver, progress=not args.quiet)
-        for (src, dst), (wave, sr) in zip(group, results):
+        for ((src, dst), _), (wave, sr) in zip(short, results):
             takes = [wave] if args.variations == 1 else list(wave)
             for v, take in enumerate(takes):
-                path = dst if args.variations == 1 else dst.with_name(f"{dst.stem}.v{v + 1}{dst.suffix}")
+                path = _take_path(dst, v, args.variations)
                 try:
                     write_audio(path, take, sr)
                 except SpressoError:
@@ -195,6 +218,23 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 if not args.quiet:
                     print(f"{path}: {take.shape[-1] / sr:.2f} s at {sr} Hz")
     return 0
+
+
+def _take_path(dst: Path, v: int, variations: int) -> Path:
+    return dst if variations == 1 else dst.with_name(f"{dst.stem}.v{v + 1}{dst.suffix}")
+
+
+def _decode_long(codec, args, src: Path, dst: Path, data: bytes) -> None:
+    """A long stream decoded straight to its file(s), window batch by window batch."""
+    for v in range(args.variations):
+        path = _take_path(dst, v, args.variations)
+        try:
+            n, sr = codec.decode_to_file(data, path, steps=args.steps, seed=args.seed, variation=v,
+                                         original_rate=args.original_rate, solver=args.solver, progress=not args.quiet)
+        except SpressoError as err:
+            raise SpressoError(f"{src}: {err}") from None
+        if not args.quiet:
+            print(f"{path}: {n / sr:.2f} s at {sr} Hz")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

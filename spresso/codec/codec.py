@@ -9,8 +9,9 @@ Encoding: downmix to mono, soxr to 48 kHz, cut into 5 s windows overlapping by 0
 (:mod:`.windowing`), then per window AudioAE -> normalised x0 -> g_psi -> z -> QINCo2 codes with
 the first m codebooks (or z as float16 for a continuous bundle), windows batched on the device.
 Decoding: codes -> z_q -> diffusion (DPM-Solver++(2M) by default, :mod:`.fast_decode`) -> x0 ->
-AudioAE decoder, windows overlap-added with the Hann crossfade. Both stream window by window in
-batches: a 2-hour file costs its own samples plus one batch of windows, never all windows at once.
+AudioAE decoder, windows overlap-added with the Hann crossfade. Both go window by window in
+batches over a signal held in memory; ``encode_file``/``decode_to_file`` (:mod:`.streaming`) do the
+same from and to files block by block, for recordings of any length in bounded memory.
 
 Empty input, NaN/Inf, and digital silence (peak below -120 dBFS) are refused with one line:
 a silent file carries nothing to code, and a generative decoder would not give silence back.
@@ -185,17 +186,25 @@ class Codec:
                 if m is None and outs[i].shape[1] == 0:
                     outs[i] = np.empty((plans[i].n_windows,) + r.shape, np.float32)
                 outs[i][k] = r
-        streams = []
-        for (wave, sr), plan, out in zip(items, plans, outs):
-            n = int(np.asarray(wave).shape[-1])
-            common = dict(model_id=self.model_id, time_factor=self.t, sample_count=n, sample_rate=int(sr),
-                          overlap=plan.overlap // win.X0_HOP)
-            if m is None:  # [n_win, C, T'] -> [C, n_win * T'] (windows one after another)
-                stream = bs.Stream.continuous(np.concatenate(list(out), axis=1), **common)
-            else:
-                stream = bs.Stream.discrete(out.reshape(-1, m), int(self.K), **common)
-            streams.append(bs.encode_stream(stream))
-        return streams
+        return [self._stream_bytes(out, plan, int(np.asarray(wave).shape[-1]), int(sr), m)
+                for (wave, sr), plan, out in zip(items, plans, outs)]
+
+    def _stream_bytes(self, out: np.ndarray, plan: win.WindowPlan, sample_count: int, sample_rate: int, m: int | None) -> bytes:
+        """Per-window codes [n_win, T', m] (or z [n_win, C, T']) of one signal -> `.spr` bytes."""
+        common = dict(model_id=self.model_id, time_factor=self.t, sample_count=sample_count, sample_rate=sample_rate,
+                      overlap=plan.overlap // win.X0_HOP)
+        if m is None:  # [n_win, C, T'] -> [C, n_win * T'] (windows one after another)
+            stream = bs.Stream.continuous(np.concatenate(list(out), axis=1), **common)
+        else:
+            stream = bs.Stream.discrete(out.reshape(-1, m), int(self.K), **common)
+        return bs.encode_stream(stream)
+
+    def encode_file(self, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
+                    progress: bool = False) -> bytes:
+        """An audio file of any length -> `.spr` bytes, read block by block (bounded memory)."""
+        from .streaming import encode_file
+
+        return encode_file(self, path, kbps, codebooks, progress=progress)
 
     # --------------------------------------------------------------------------- decode
     def parse(self, data) -> bs.Stream:
@@ -237,6 +246,30 @@ class Codec:
                    sigma_max=s.get("sigma_max", 80.0), rho=rho)
         return self.audioae.decode(self.normalizer.denormalize(y)).float().cpu().numpy()
 
+    def _sampler_settings(self, steps: int | None, solver: str | None, rho: float | None) -> tuple[int, str, float]:
+        """Steps, solver and rho: the caller's, else the bundle's, validated."""
+        sampler = self.manifest.get("sampler", {})
+        steps = int(steps if steps is not None else sampler.get("steps", 32))
+        solver = solver or sampler.get("solver", "dpmpp2m")
+        rho = float(rho if rho is not None else sampler.get("rho", 7.0))
+        if steps < 1 or steps > 1000:
+            raise CodecError(f"steps must be 1..1000, got {steps}")
+        if solver not in SOLVERS:
+            raise CodecError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+        return steps, solver, rho
+
+    def decode_to_file(self, data, path: str | Path, steps: int | None = None, seed: int = 0, variation: int = 0, *,
+                       original_rate: bool = False, solver: str | None = None, rho: float | None = None,
+                       subtype: str | None = None, progress: bool = False) -> tuple[int, int]:
+        """`.spr` bytes -> an audio file, written as windows are decoded (bounded memory, any length).
+
+        ``variation`` v gives the same audio as ``decode(..., variations=N)[v]``. Returns (samples, rate).
+        """
+        from .streaming import decode_to_file
+
+        return decode_to_file(self, data, path, steps, seed, variation, original_rate=original_rate, solver=solver,
+                              rho=rho, subtype=subtype, progress=progress)
+
     def decode(self, data, steps: int | None = None, seed: int = 0, variations: int = 1, *, original_rate: bool = False,
                solver: str | None = None, rho: float | None = None, progress: bool = False) -> tuple[np.ndarray, int]:
         """`.spr` bytes -> (wave [n] float32, or [variations, n] when variations > 1; sample rate)."""
@@ -247,14 +280,7 @@ class Codec:
                      original_rate: bool = False, solver: str | None = None, rho: float | None = None,
                      progress: bool = False) -> list[tuple[np.ndarray, int]]:
         """Several streams at once; windows of every stream and variation share device batches."""
-        sampler = self.manifest.get("sampler", {})
-        steps = int(steps if steps is not None else sampler.get("steps", 32))
-        solver = solver or sampler.get("solver", "dpmpp2m")
-        rho = float(rho if rho is not None else sampler.get("rho", 7.0))
-        if steps < 1 or steps > 1000:
-            raise CodecError(f"steps must be 1..1000, got {steps}")
-        if solver not in SOLVERS:
-            raise CodecError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
+        steps, solver, rho = self._sampler_settings(steps, solver, rho)
         if not isinstance(variations, (int, np.integer)) or not 1 <= variations <= 1000:
             raise CodecError(f"variations must be 1..1000, got {variations!r}")
         streams = [self.parse(d) for d in datas]
