@@ -14,8 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
 
-from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
+from spresso.cli.common import add_config_args, config_from_args, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from spresso.data.captions import build_caption_cache
 
-    try:
-        cache = build_caption_cache(config_from_args(args), progress=False)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(cache.path)
-    return 0
+    return run_entry(lambda: build_caption_cache(config_from_args(args), progress=False), lambda cache: str(cache.path))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
 
 from spresso.cli.stages import add_stage_args, stage_config  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
+from spresso.cli.common import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,17 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from spresso.train.export import export
 
-    try:
+    def work():
         cfg = stage_config(args)
         out = args.out if Path(args.out).is_absolute() or "://" in args.out else cfg.path(args.out)
-        summary = export(cfg, out, audioae=args.audioae, stage=args.stage, quantizer=args.quantizer,
-                         continuous=args.continuous, register=args.register, alias=args.alias,
-                         parent_run_id=args.parent_run_id, m=args.m)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+        return export(cfg, out, audioae=args.audioae, stage=args.stage, quantizer=args.quantizer,
+                      continuous=args.continuous, register=args.register, alias=args.alias,
+                      parent_run_id=args.parent_run_id, m=args.m)
+
+    return run_entry(work, json.dumps)
 
 
 if __name__ == "__main__":

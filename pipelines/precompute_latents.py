@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
 
 from spresso.cli.latents import add_latents_args, run_from_args  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
+from spresso.cli.common import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,13 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     add_latents_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        path = run_from_args(args, progress=False)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_entry(lambda: run_from_args(args, progress=False))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
 
 from spresso.cli.stages import add_stage_args, stage_config  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
+from spresso.cli.common import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,14 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from spresso.data.z_latents import precompute_z
 
-    try:
-        path = precompute_z(stage_config(args), args.stage1, overwrite=args.overwrite, max_blocks=args.max_blocks,
-                            parent_run_id=args.parent_run_id, progress=False)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_entry(lambda: precompute_z(stage_config(args), args.stage1, overwrite=args.overwrite,
+                                          max_blocks=args.max_blocks, parent_run_id=args.parent_run_id, progress=False))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir
 
-from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
+from spresso.cli.common import add_config_args, config_from_args, run_entry  # noqa: E402
 from spresso.data.shard import shard  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = shard(args.input, config_from_args(args), output=args.output, captions_csv=args.captions, progress=False)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0
+    return run_entry(lambda: shard(args.input, config_from_args(args), output=args.output, captions_csv=args.captions,
+                                   progress=False), lambda result: result.summary())
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir holds the spresso package
 
-from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
+from spresso.cli.common import add_config_args, config_from_args, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from spresso.train.audioae import train_audioae
 
-    try:
-        final = train_audioae(config_from_args(args), parent_run_id=args.parent_run_id, force=args.force)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(final)
-    return 0
+    return run_entry(lambda: train_audioae(config_from_args(args), parent_run_id=args.parent_run_id, force=args.force))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
 
 from spresso.cli.stages import add_stage_args, stage_config  # noqa: E402
-from spresso.errors import SpressoError  # noqa: E402
+from spresso.cli.common import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from spresso.train.stage3 import train_stage3
 
-    try:
-        final = train_stage3(stage_config(args), parent_run_id=args.parent_run_id, force=args.force, progress=False)
-    except SpressoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(final)
-    return 0
+    return run_entry(lambda: train_stage3(stage_config(args), parent_run_id=args.parent_run_id, force=args.force, progress=False))
 
 
 if __name__ == "__main__":

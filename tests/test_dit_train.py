@@ -93,6 +93,8 @@ def test_train_dit_stage_logs_and_checkpoints(workdir, mlflow_env, ray_local, tm
     metrics = run.data.metrics
     assert np.isfinite(metrics["loss"]) and any(k.startswith("loss_sigma/") for k in metrics)
     assert any(k.startswith("mse_ratio_sigma/") for k in metrics)
+    held_out = {k: v for k, v in metrics.items() if k.startswith("valid_mse_ratio/sigma_")}
+    assert len(held_out) == 8 and all(np.isfinite(v) and v > 0 for v in held_out.values())
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2  # logged at steps 2 and 4
     examples = [f.path for f in client.list_artifacts(run.info.run_id, "examples/step-0000004")]
     assert any(p.endswith(".png") for p in examples) and any(p.endswith(".flac") for p in examples)
@@ -163,3 +165,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     rc = main(["train", "dit", "--set", f"workdir={tmp_path}"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no x0 cache" in err
+
+
+def test_held_out_report_equals_one_for_the_trivial_network(workdir):
+    """At adaLN-zero init F = 0, so the network *is* the trivial denoiser c_skip x: every ratio is 1."""
+    from spresso.data.captions import build_caption_cache
+    from spresso.diffusion.normalize import LatentNormalizer
+    from spresso.train.dit import HELD_OUT_SIGMAS, DiTTrainer, held_out_sigma_report
+
+    x0_path = workdir.path(workdir.audioae.latents_path)
+    captions = build_caption_cache(workdir, HashEncoder(), progress=False)
+    norm = LatentNormalizer.from_attrs(ClipCache.open(x0_path, mode="r").attrs, workdir.dit.diffusion.sigma_data)
+    trainer = DiTTrainer(workdir.dit, (12, 10), norm)
+    report = held_out_sigma_report(trainer.ema.state_dict(), trainer, x0_path, str(captions.path), batch=2)
+    assert len(report) == 2 * len(HELD_OUT_SIGMAS)
+    for s in HELD_OUT_SIGMAS:
+        assert report[f"valid_mse_ratio/sigma_{s:g}"] == pytest.approx(1.0, rel=1e-5)
+    # A network that learned something different from c_skip x scores otherwise, on the same noise.
+    g = torch.Generator().manual_seed(0)
+    moved = {k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in trainer.ema.state_dict().items()}
+    other = held_out_sigma_report(moved, trainer, x0_path, str(captions.path), batch=2)
+    assert any(abs(other[f"valid_mse_ratio/sigma_{s:g}"] - 1.0) > 1e-3 for s in HELD_OUT_SIGMAS)

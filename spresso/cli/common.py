@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Callable
 
 from ..config import SpressoConfig, load_config
+from ..errors import SpressoError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -16,3 +19,15 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SpressoConfig:
     return load_config(args.config, args.overrides)
+
+
+def run_entry(body: Callable[[], object], show: Callable[[object], str] = str) -> int:
+    """Run a `pipelines/*.py` entry point's work: print ``show(result)`` and return 0, or print a
+    :class:`SpressoError` as one ``error:`` line on stderr and return 2 (a clear failed job, no traceback)."""
+    try:
+        result = body()
+    except SpressoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(show(result))
+    return 0
