@@ -262,8 +262,9 @@ HELD_OUT_SIGMAS = (0.02, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)  # at least one pe
 
 
 @torch.no_grad()
-def held_out_sigma_report(weights: dict, trainer: DiTTrainer, x0_path: str, captions_path: str, *,
-                          sigmas=HELD_OUT_SIGMAS, max_clips: int = 64, batch: int = 8, seed: int = 0) -> dict[str, float]:
+def held_out_sigma_report(model: torch.nn.Module, normalizer: LatentNormalizer, x0_path: str, captions_path: str, *,
+                          sigma_data: float = 0.5, sigmas=HELD_OUT_SIGMAS, max_clips: int = 64, batch: int = 8,
+                          seed: int = 0) -> dict[str, float]:
     """Denoising MSE of the EMA model on valid clips at fixed sigmas, against the trivial denoiser.
 
     Same clips, same seeded noise for both: ``ratio = E|D(y + s n) - y|^2 / E|c_skip(s) (y + s n) - y|^2``.
@@ -275,22 +276,19 @@ def held_out_sigma_report(weights: dict, trainer: DiTTrainer, x0_path: str, capt
     if rows.size == 0:
         return {}
     rows = rows[:max_clips]
-    model = build_denoiser(trainer.cfg, *trainer.text_dims)
-    model.load_state_dict(weights, strict=True)
-    model.to(trainer.device).eval()
+    model.eval()
+    device = next(model.parameters()).device
     data = LatentCaptionDataset(x0_path, captions_path, rows)
-    sigma_data = trainer.cfg.diffusion.sigma_data
     net_err = np.zeros(len(sigmas))
     triv_err = np.zeros(len(sigmas))
     g = torch.Generator().manual_seed(seed)
     for start in range(0, len(rows), batch):
         b = _collate(data.__getitems__(list(range(start, min(start + batch, len(rows))))))
-        y = trainer.normalizer.normalize(b["x0"].to(trainer.device)).float()
-        text = TextEmbedding(b["text"].to(trainer.device).float(), b["text_mask"].to(trainer.device).bool(),
-                             b["pooled"].to(trainer.device).float())
+        y = normalizer.normalize(b["x0"].to(device)).float()
+        text = TextEmbedding(b["text"].to(device).float(), b["text_mask"].to(device).bool(), b["pooled"].to(device).float())
         for i, s in enumerate(sigmas):
-            noise = torch.randn(y.shape, generator=g).to(trainer.device)
-            sigma = torch.full((y.shape[0],), float(s), device=trainer.device)
+            noise = torch.randn(y.shape, generator=g).to(device)
+            sigma = torch.full((y.shape[0],), float(s), device=device)
             x = y + noise * s
             c_skip = preconditioning(sigma, sigma_data)[0].view(-1, 1, 1)
             net_err[i] += float(((model(x, sigma, text=text).float() - y) ** 2).sum())
@@ -441,7 +439,10 @@ def train_loop(loop_config: dict) -> None:
         if last:  # the held-out report, once, on the final EMA weights
             weights = {k: _full(v) for k, v in trainer.ema.state_dict().items()}  # collective under FSDP
             if ctx.is_main:
-                report = held_out_sigma_report(weights, trainer, x0_path, captions_path, seed=tc.seed)
+                model = build_denoiser(dc, *trainer.text_dims)
+                model.load_state_dict(weights, strict=True)
+                report = held_out_sigma_report(model.to(ctx.device), normalizer, x0_path, captions_path,
+                                               sigma_data=dc.diffusion.sigma_data, seed=tc.seed)
                 ctx.log_metrics(report, step)
                 log.info("held-out denoising MSE / trivial denoiser's: %s", ", ".join(
                     f"{k.split('_')[-1]}: {v:.3f}" for k, v in report.items() if k.startswith("valid_mse_ratio")))
