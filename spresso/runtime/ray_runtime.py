@@ -28,10 +28,9 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
     if ray.is_initialized():
         return ray
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    common = dict(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
+    common = dict(ignore_reinit_error=True, log_to_driver=True)
     common.update(kwargs)
     if address:
-        common.pop("include_dashboard", None)
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, **common)
     else:
@@ -39,6 +38,9 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
         log.info("starting a local Ray with %d CPUs", num_cpus)
         # address="local": start our own, never silently join a `ray start` cluster another
         # process left running on this machine (it would also refuse num_cpus).
+        common.setdefault("include_dashboard", cfg.dashboard)
+        if common["include_dashboard"]:
+            common.setdefault("dashboard_host", "127.0.0.1")  # never exposed beyond this machine
         ray.init(address="local", num_cpus=num_cpus, **common)
     return ray
 
