@@ -91,6 +91,25 @@ def split_rows(x0_path: str, split: str) -> np.ndarray:
     return cache.rows_where("split", split)
 
 
+def train_rows(x0_path: str) -> np.ndarray:
+    """The finished train rows of an x0 cache (a one-line error when there are none)."""
+    rows = split_rows(x0_path, "train")
+    if rows.size == 0:
+        raise SpressoError(f"{x0_path}: no finished train rows")
+    return rows
+
+
+def resumed_stream(dataset, batch_size: int, ctx, tc, start: int) -> tuple[Iterator[dict[str, torch.Tensor]], torch.Generator]:
+    """Batches and noise generator for a run (re)starting at step ``start`` on this rank.
+
+    Both are seeded by (seed, rank, start): a resumed run draws fresh batches and noise instead of
+    replaying those of its first steps, and ranks never share noise.
+    """
+    stream = batch_stream(dataset, batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=tc.seed * 1_000_003 + start,
+                          workers=tc.loader_workers)
+    return stream, torch.Generator().manual_seed(tc.seed * 7919 + ctx.rank * 104729 + start)
+
+
 # -- metrics ---------------------------------------------------------------------------------
 class SigmaBuckets:
     """Running loss and denoising MSE per sigma bucket.
@@ -389,12 +408,8 @@ def train_loop(loop_config: dict) -> None:
             trainer.restore(ckpt)
             log.info("rank %d resumed from step %d", ctx.rank, trainer.step)
     start = trainer.step
-    rows = split_rows(x0_path, "train")
-    if rows.size == 0:
-        raise SpressoError(f"{x0_path}: no finished train rows")
-    stream = batch_stream(LatentCaptionDataset(x0_path, captions_path, rows), tc.batch_size, rank=ctx.rank,
-                          world_size=ctx.world_size, seed=tc.seed * 1_000_003 + start, workers=tc.loader_workers)
-    generator = torch.Generator().manual_seed(tc.seed * 7919 + ctx.rank * 104729 + start)
+    stream, generator = resumed_stream(LatentCaptionDataset(x0_path, captions_path, train_rows(x0_path)), tc.batch_size,
+                                       ctx, tc, start)
     audioae = None
     examples = None
     if ctx.is_main and tc.num_samples:

@@ -150,7 +150,7 @@ def train_loop(loop_config: dict) -> None:
     """``train_loop_per_worker`` of stage 1: resume, train ``dae.stage1.steps`` steps, log, checkpoint."""
     from ..config import config_from_dict
     from ..data.zarr_cache import ClipCache
-    from .dit import LatentCaptionDataset, SigmaBuckets, batch_stream, split_rows
+    from .dit import LatentCaptionDataset, SigmaBuckets, resumed_stream, train_rows
     from .harness import TrainContext
 
     ctx = TrainContext(loop_config)
@@ -167,12 +167,8 @@ def train_loop(loop_config: dict) -> None:
             trainer.restore(ckpt)
             log.info("rank %d resumed stage 1 from step %d", ctx.rank, trainer.step)
     start = trainer.step
-    rows = split_rows(x0_path, "train")
-    if rows.size == 0:
-        raise SpressoError(f"{x0_path}: no finished train rows")
-    stream = batch_stream(LatentCaptionDataset(x0_path, captions_path, rows), per_worker_batch(tc.batch_size, ctx.world_size),
-                          rank=ctx.rank, world_size=ctx.world_size, seed=tc.seed * 1_000_003 + start, workers=tc.loader_workers)
-    generator = torch.Generator().manual_seed(tc.seed * 7919 + ctx.rank * 104729 + start)
+    stream, generator = resumed_stream(LatentCaptionDataset(x0_path, captions_path, train_rows(x0_path)),
+                                       per_worker_batch(tc.batch_size, ctx.world_size), ctx, tc, start)
     meta = checkpoint_meta(cfg, "stage1", dit_info, normalizer, loop_config)
     trainable = sum(p.numel() for p in trainer.params)
     if ctx.is_main:

@@ -64,7 +64,7 @@ def train_loop(loop_config: dict) -> None:
     from ..data.zarr_cache import ClipCache
     from ..diffusion.normalize import LatentNormalizer
     from .checkpoint import load_strict, load_weights
-    from .dit import SigmaBuckets, batch_stream, split_rows
+    from .dit import SigmaBuckets, resumed_stream, train_rows
     from .harness import TrainContext
     from .stage1 import DAETrainer, checkpoint_meta, run_steps
 
@@ -83,11 +83,9 @@ def train_loop(loop_config: dict) -> None:
         if ckpt is not None:
             trainer.restore(ckpt)
     start = trainer.step
-    rows = split_rows(x0_path, "train")
-    dataset = Stage3Dataset(x0_path, loop_config["captions_path"], loop_config["z_path"], loop_config["zq_path"], rows)
-    stream = batch_stream(dataset, per_worker_batch(tc.batch_size, ctx.world_size), rank=ctx.rank, world_size=ctx.world_size,
-                          seed=tc.seed * 1_000_003 + start, workers=tc.loader_workers)
-    generator = torch.Generator().manual_seed(tc.seed * 7919 + ctx.rank * 104729 + start)
+    dataset = Stage3Dataset(x0_path, loop_config["captions_path"], loop_config["z_path"], loop_config["zq_path"],
+                            train_rows(x0_path))
+    stream, generator = resumed_stream(dataset, per_worker_batch(tc.batch_size, ctx.world_size), ctx, tc, start)
 
     def z_fn(batch, gen):
         z, keep = mix_z(batch["z"].float(), batch["zq"].float(), tc.keep_z, gen)
