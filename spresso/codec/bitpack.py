@@ -12,15 +12,16 @@ import numpy as np
 
 from .errors import BitstreamError
 
-MIN_BITS, MAX_BITS = 1, 16
+MIN_BITS, MAX_BITS = 1, 16  # code widths of the .spr format (K = 2..65536); the stream code checks them
+WORD_BITS = 32  # what the packer itself handles: other codecs' streams in the evaluation harness (SQCodec: 17)
 # Values per chunk when expanding to one byte per bit: bounds the temporary memory (~16 MiB at 16 bits)
 # for 2-hour files. A multiple of 8, so each chunk ends on a byte boundary.
 _CHUNK = 1 << 20
 
 
 def _check_bits(bits: int) -> int:
-    if not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise BitstreamError(f"code width must be {MIN_BITS}..{MAX_BITS} bits (K = 2..65536), got {bits!r}")
+    if not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= WORD_BITS:
+        raise BitstreamError(f"code width must be {MIN_BITS}..{WORD_BITS} bits, got {bits!r}")
     return int(bits)
 
 
@@ -38,11 +39,11 @@ def pack_bits(values, bits: int) -> bytes:
     v = v.reshape(-1)
     if v.size:
         lo, hi = int(v.min()), int(v.max())
-        if lo < 0 or hi >= 1 << bits:
+        if lo < 0 or hi >= 1 << bits:  # (Python ints: no overflow at 32 bits)
             bad = lo if lo < 0 else hi
             raise BitstreamError(f"code {bad} out of range for K = {1 << bits} (must be 0..{(1 << bits) - 1})")
-    v = v.astype(np.uint32, copy=False)
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)  # MSB first
+    v = v.astype(np.uint64, copy=False)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)  # MSB first
     parts = []
     for start in range(0, v.size, _CHUNK):
         bitmat = ((v[start:start + _CHUNK, None] >> shifts) & 1).astype(np.uint8)
