@@ -59,3 +59,25 @@ def test_config_round_trips_through_dict():
     from spresso.config import config_from_dict
 
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_extends_merges_over_a_preset_and_refuses_loops(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: demo\nworkdir: elsewhere\ndit:\n  train: {steps: 7}\n")
+    cfg, demo = load_config(child), load_config("demo")
+    assert cfg.workdir == "elsewhere" and cfg.dit.train.steps == 7
+    assert cfg.dit.train.batch_size == demo.dit.train.batch_size  # sections merge key by key
+    assert cfg.pipeline.points == demo.pipeline.points
+    grandchild = tmp_path / "g.yaml"
+    grandchild.write_text("extends: child.yaml\ndit: {train: {batch_size: 3}}\n")  # relative to this file
+    g = load_config(grandchild, ["dit.train.steps=9"])
+    assert (g.workdir, g.dit.train.steps, g.dit.train.batch_size) == ("elsewhere", 9, 3)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("extends: [demo, paper]\n")
+    with pytest.raises(ConfigError, match="names one preset"):
+        load_config(tmp_path / "bad.yaml")
+    checks = load_config("demo-checks")
+    assert [p.t for p in checks.pipeline.points] == [4, 100] and checks.workdir != demo.workdir

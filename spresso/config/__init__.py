@@ -119,19 +119,37 @@ def config_from_dict(tree: dict, source: str = "config") -> SpressoConfig:
         raise ConfigError(_format_error(err, source)) from None
 
 
+def _read_tree(path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, str]:
+    """A YAML config as a dict, with ``extends: <preset or path>`` resolved (the file's keys win)."""
+    p = resolve_preset(path)
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: 'extends' loops back to itself ({' -> '.join(str(s) for s in (*seen, p.resolve()))})")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded, str(p)
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: 'extends' names one preset or YAML path, got {base!r}")
+    # Relative paths are relative to the extending file; bare names are presets.
+    base_path = p.parent / base if base.endswith((".yaml", ".yml")) and not Path(base).is_absolute() else base
+    parent, _ = _read_tree(base_path, (*seen, p.resolve()))
+    return _deep_merge(parent, loaded), str(p)
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> SpressoConfig:
-    """Load a preset or YAML file (None: the built-in defaults) and apply dotted overrides."""
+    """Load a preset or YAML file (None: the built-in defaults) and apply dotted overrides.
+
+    A file may start with ``extends: demo`` (a preset or another YAML): it is loaded first and the
+    file's own keys are merged over it (sections merge key by key, lists are replaced whole).
+    """
     tree: dict = {}
     source = "config"
     if path is not None:
-        p = resolve_preset(path)
-        source = str(p)
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        tree = loaded
+        tree, source = _read_tree(path)
     tree = _deep_merge(tree, parse_overrides(overrides))
     return config_from_dict(tree, source)
