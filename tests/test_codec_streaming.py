@@ -105,8 +105,12 @@ def test_a_two_hour_file_encodes_and_decodes_in_bounded_memory(tmp_path):
         block = (rng.standard_normal((sr * 60, 2)) * 0.05).astype(np.float32)  # one minute, repeated
         for _ in range(seconds // 60):
             f.write(block)
-    out = subprocess.run([sys.executable, "-c", TWO_HOURS, str(src), str(shared_bundle())], capture_output=True,
-                         text=True, timeout=1200)
+    try:
+        out = subprocess.run([sys.executable, "-c", TWO_HOURS, str(src), str(shared_bundle())], capture_output=True,
+                             text=True, timeout=1200)
+    finally:  # 1.9 GB of WAVs: not left behind in pytest's kept temp folders
+        for f in (src, Path(str(src) + ".out.wav")):
+            f.unlink(missing_ok=True)
     assert out.returncode == 0, out.stderr[-2000:]
     count, rate, n_frames, nbytes, n, out_sr, frames, file_sr, grew_mb = map(int, out.stdout.split()[-9:])
     plan = win.plan_windows(win.model_length(sr * seconds, sr))
