@@ -138,8 +138,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     codec = _codec(args)
     from ..codec.streaming import duration_seconds
 
-    pairs = list(zip(inputs, outputs))
-    long = [p for p in pairs if (duration_seconds(p[0]) or 0.0) > LONG_SECONDS]
+    long, short = [], []
+    for pair in zip(inputs, outputs):
+        (long if (duration_seconds(pair[0]) or 0.0) > LONG_SECONDS else short).append(pair)
     for src, dst in long:  # one at a time, read block by block
         try:
             data = codec.encode_file(src, kbps=args.kbps, codebooks=args.codebooks, progress=not args.quiet)
@@ -148,7 +149,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         _write(dst, data)
         if not args.quiet:
             print(f"{dst}: {len(data)} bytes")
-    for group in _groups([p for p in pairs if p not in long]):
+    for group in _groups(short):
         items = []
         for src, _ in group:
             try:

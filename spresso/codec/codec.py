@@ -172,8 +172,7 @@ class Codec:
         prepared, plans = [], []
         for wave, sr in items:
             mono = self._prepare(wave, sr)
-            overlap = win.DEFAULT_OVERLAP_SAMPLES if mono.shape[0] > win.WINDOW_SAMPLES else 0
-            plans.append(win.plan_windows(mono.shape[0], overlap=overlap))
+            plans.append(win.plan_for_signal(mono.shape[0]))
             prepared.append(mono)
         T = self.frames_per_window
         outs = [np.empty((p.n_windows, T, m), np.int64) if m is not None else np.empty((p.n_windows, 0, T), np.float32)
@@ -237,6 +236,12 @@ class Codec:
         z = np.stack([stream.z[:, k * T:(k + 1) * T] for k in windows]).astype(np.float32)
         return torch.from_numpy(z).to(self.device)
 
+    def _window_noise(self, seed: int, windows: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Initial noise [b, C, frames] for (variation, window) pairs, each from its own seeded generator."""
+        C, frames = self.normalizer.channels, win.WINDOW_SAMPLES // win.X0_HOP
+        return torch.stack([torch.randn(C, frames, generator=torch.Generator().manual_seed(_seed(seed, v, k)))
+                            for v, k in windows]).to(self.device)
+
     @torch.no_grad()
     def _decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float) -> np.ndarray:
         frames = win.WINDOW_SAMPLES // win.X0_HOP
@@ -288,11 +293,9 @@ class Codec:
         outs = [[np.zeros(p.padded_samples, np.float32) for _ in range(variations)] for p in plans]
         fades = {}
         jobs = [_Job(i, v, k) for i, p in enumerate(plans) for v in range(variations) for k in range(p.n_windows)]
-        C, frames = self.normalizer.channels, win.WINDOW_SAMPLES // win.X0_HOP
         for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="decode", disable=not progress, leave=False):
             z = torch.cat([self._window_z(streams[j.item], [j.window]) for j in batch])
-            noise = torch.stack([torch.randn(C, frames, generator=torch.Generator().manual_seed(_seed(seed, j.variation, j.window)))
-                                 for j in batch]).to(self.device)
+            noise = self._window_noise(seed, [(j.variation, j.window) for j in batch])
             waves = self._decode_windows(z, noise, steps, solver, rho)
             for j, w in zip(batch, waves):
                 plan = plans[j.item]

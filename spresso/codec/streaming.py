@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import SpressoError
@@ -28,15 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .codec import Codec
 
 BLOCK_SECONDS = 10.0  # input read per block
-
-
-def streamable(path: str | Path) -> bool:
-    """Whether libsndfile can read ``path`` block by block (WAV, FLAC, Ogg, AIFF, MP3, ...)."""
-    try:
-        info = sf.info(str(path))
-    except Exception:
-        return False
-    return info.frames > 0 and info.samplerate > 0
 
 
 def duration_seconds(path: str | Path) -> float | None:
@@ -110,7 +100,7 @@ def encode_file(codec: "Codec", path: str | Path, kbps: float | None = None, cod
     m = codec.codebooks_for(kbps, codebooks)
     frames, sr, blocks = _mono_blocks(path, codec.sample_rate)
     n = win.model_length(frames, sr)
-    plan = win.plan_windows(n, overlap=win.DEFAULT_OVERLAP_SAMPLES if n > win.WINDOW_SAMPLES else 0)
+    plan = win.plan_for_signal(n)
     peak = 0.0
 
     def tracked() -> Iterator[np.ndarray]:
@@ -142,7 +132,7 @@ def decode_to_file(codec: "Codec", data, path: str | Path, steps: int | None = N
                    original_rate: bool = False, solver: str | None = None, rho: float | None = None,
                    subtype: str | None = None, progress: bool = False) -> tuple[int, int]:
     """`.spr` bytes -> an audio file written as it is decoded. Returns (samples written, rate)."""
-    from .codec import CodecError, _seed, _window_weight
+    from .codec import CodecError, _window_weight
 
     steps, solver, rho = codec._sampler_settings(steps, solver, rho)
     stream = codec.parse(data)
@@ -150,7 +140,6 @@ def decode_to_file(codec: "Codec", data, path: str | Path, steps: int | None = N
     out_sr = stream.sample_rate if original_rate else codec.sample_rate
     target = stream.sample_count if original_rate else plan.n_samples
     rs = soxr.ResampleStream(codec.sample_rate, out_sr, 1, dtype="float32", quality="HQ") if out_sr != codec.sample_rate else None
-    C, frames = codec.normalizer.channels, win.WINDOW_SAMPLES // win.X0_HOP
     acc = np.zeros(plan.window, np.float32)  # samples from `done` on, still open to later windows
     done = written = 0
     try:
@@ -171,8 +160,7 @@ def decode_to_file(codec: "Codec", data, path: str | Path, steps: int | None = N
         for b in tqdm(range(0, len(windows), codec.batch_size), desc="decode", disable=not progress, leave=False):
             ks = windows[b:b + codec.batch_size]
             z = codec._window_z(stream, ks)
-            noise = torch.stack([torch.randn(C, frames, generator=torch.Generator().manual_seed(_seed(seed, variation, k)))
-                                 for k in ks]).to(codec.device)
+            noise = codec._window_noise(seed, [(variation, k) for k in ks])
             waves = codec._decode_windows(z, noise, steps, solver, rho)
             for k, w in zip(ks, waves):
                 start = k * plan.hop - done

@@ -78,6 +78,11 @@ def plan_windows(n_samples: int, window: int = WINDOW_SAMPLES, overlap: int = DE
     return WindowPlan(int(n_samples), int(window), int(overlap))
 
 
+def plan_for_signal(n_samples: int) -> WindowPlan:
+    """The encoder's plan for a 48 kHz signal: one window alone needs no overlap, longer ones overlap 0.5 s."""
+    return plan_windows(n_samples, overlap=DEFAULT_OVERLAP_SAMPLES if n_samples > WINDOW_SAMPLES else 0)
+
+
 def plan_for_stream(sample_count: int, sample_rate: int, overlap_frames: int) -> WindowPlan:
     """The windows a stream's header implies: 48 kHz length from the original's, overlap in x0 frames."""
     return WindowPlan(model_length(sample_count, sample_rate), WINDOW_SAMPLES, overlap_frames * X0_HOP)

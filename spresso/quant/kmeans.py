@@ -9,7 +9,21 @@ import torch
 log = logging.getLogger(__name__)
 # faiss's own advice: fewer points per centroid than this and the centroids are poorly estimated.
 FAISS_MIN_POINTS_PER_CENTROID = 39
-_warned: set[tuple[int, int]] = set()
+_warned: set[tuple[str, int, int]] = set()
+
+
+def warn_if_few_vectors(n: int, K: int, what: str) -> bool:
+    """Whether ``n`` vectors are too few for ``K`` centroids by faiss's advice; if so, say it once per (what, n, K).
+
+    Callers then set faiss's ``min_points_per_centroid = 1``: faiss would otherwise print its own
+    warning for every k-means of every residual step (132 lines of a demo log).
+    """
+    few = n < FAISS_MIN_POINTS_PER_CENTROID * K
+    if few and (what, n, K) not in _warned:
+        _warned.add((what, n, K))
+        log.warning("%s: %d vectors for %d centroids (faiss advises at least %d); the codebooks may be poorly estimated",
+                    what, n, K, FAISS_MIN_POINTS_PER_CENTROID * K)
+    return few
 
 
 def faiss_has_gpu() -> bool:
@@ -26,14 +40,10 @@ def kmeans(x: np.ndarray, K: int, *, niter: int = 20, seed: int = 0, gpu: bool |
     if x.shape[0] < K:
         raise ValueError(f"k-means needs at least K={K} vectors, got {x.shape[0]}")
     gpu = faiss_has_gpu() if gpu is None else gpu
-    if x.shape[0] < FAISS_MIN_POINTS_PER_CENTROID * K and (x.shape[0], K) not in _warned:
-        # Said once here, instead of faiss printing it for every step of every residual k-means.
-        _warned.add((x.shape[0], K))
-        log.warning("k-means: %d vectors for %d centroids (faiss advises at least %d); the codebooks may be "
-                    "poorly estimated", x.shape[0], K, FAISS_MIN_POINTS_PER_CENTROID * K)
+    warn_if_few_vectors(x.shape[0], K, "k-means")
     km = faiss.Kmeans(x.shape[1], K, niter=niter, seed=seed, gpu=bool(gpu), verbose=False,
                       max_points_per_centroid=1 << 20,  # use every given vector, no silent subsampling
-                      min_points_per_centroid=1)  # (its warning is ours, above)
+                      min_points_per_centroid=1)  # its warning is ours (warn_if_few_vectors)
     km.train(x)
     _, assign = km.index.search(x, 1)
     return km.centroids.copy(), assign[:, 0]

@@ -7,13 +7,9 @@ encode" treatment as QINCo2. Data are normalised like QINCo2's (per-dim mean, on
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
-
-log = logging.getLogger(__name__)
-
 
 TRAIN_TYPES = {"default": 0, "progressive_dim": 1}  # faiss's ResidualQuantizer.train_type flags
 
@@ -42,14 +38,11 @@ class FaissRQ:
         return np.ascontiguousarray((np.asarray(x, np.float32) - self.mean) / self.std, dtype=np.float32)
 
     def train(self, x: np.ndarray) -> "FaissRQ":
-        from .kmeans import FAISS_MIN_POINTS_PER_CENTROID
+        from .kmeans import warn_if_few_vectors
 
         x = np.asarray(x, np.float32)
-        if x.shape[0] < FAISS_MIN_POINTS_PER_CENTROID * self.K:
-            # One line from us instead of faiss's warning at every k-means of every step.
-            log.warning("faiss RQ: %d training vectors for K=%d (faiss advises at least %d)", x.shape[0], self.K,
-                        FAISS_MIN_POINTS_PER_CENTROID * self.K)
-            self.rq.cp.min_points_per_centroid = 1
+        if warn_if_few_vectors(x.shape[0], self.K, "faiss RQ"):
+            self.rq.cp.min_points_per_centroid = 1  # its per-step warning is replaced by ours
         self.mean = x.mean(0).astype(np.float32)
         self.std = float(np.sqrt(((x - self.mean) ** 2).mean())) or 1.0
         self.rq.train(self._norm(x))
