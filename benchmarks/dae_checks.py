@@ -2,12 +2,13 @@
 
     python benchmarks/dae_checks.py                              # demo preset: the models `make demo` trained
     python benchmarks/dae_checks.py --clips 16 --steps 32 --solver heun --config configs/demo.yaml
+    python benchmarks/dae_checks.py --config demo-checks --clips 32 --seeds 4   # the README's figures
 
 For every trained operating point of ``pipeline.points`` (stage 1, plus QINCo2 and stage 3 for
 discrete points) it decodes the same seeded clips with the same seeded noise and prints mel
-distance and SI-SDR against the AudioAE-decoded original x0 and against the real audio (from the
-shards): (1) stage 1 from z vs z withheld, (2) the smallest t vs the largest t, (3) stage 3 vs
-stage 1 on the same z_q. The table, per-clip JSON and the metrics go to an MLflow run
+distance and SI-SDR against the real audio (from the shards; the verdicts use it) and against the
+AudioAE-decoded original x0: (1) stage 1 from z vs z withheld, (2) the smallest t vs the largest t,
+(3) stage 3 vs stage 1 on the same z_q, each with a paired bootstrap interval. The table, per-clip JSON and the metrics go to an MLflow run
 ``dae_checks`` (``--no-mlflow`` to skip).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     add_config_args(ap)
     ap.add_argument("--clips", type=int, default=16, help="valid-split clips (seeded draw)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the clip draw and of the decoding noise")
+    ap.add_argument("--seeds", type=int, default=1, help="decodings per clip with different noise, scores averaged per clip")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--solver", choices=["dpmpp2m", "heun"], default="dpmpp2m")
     ap.add_argument("--split", default="valid")
@@ -51,7 +53,7 @@ def main() -> None:
     audioae_dir = absolute(cfg.path(cfg.audioae.checkpoint_dir)) + "/final"
     x0_path = absolute(cfg.path(cfg.audioae.latents_path))
     clips = dc.select_clips(x0_path, args.clips, seed=args.seed, split=args.split, shards_dir=absolute(cfg.path(cfg.data.shards_dir)))
-    settings = dc.DecodeSettings(args.steps, args.solver, args.seed)
+    settings = dc.DecodeSettings(args.steps, args.solver, args.seed, args.seeds)
     result = dc.run_checks(points, clips, load_audioae(audioae_dir, map_location=device), settings, batch=args.batch, progress=True)
     result.skipped = skipped
     table = dc.format_table(result)
@@ -62,7 +64,7 @@ def main() -> None:
 
     upstream = {f"{p.name}.{s.stage}": s.run_id for p in points for s in (p.stage1, p.stage3) if s is not None and s.run_id}
     with stage_run("dae_checks", cfg, upstream=upstream or None) as run:
-        run.log_params({"checks.clips": result.clips, "checks.seed": args.seed, "checks.steps": args.steps, "checks.solver": args.solver,
+        run.log_params({"checks.clips": result.clips, "checks.seed": args.seed, "checks.seeds": args.seeds, "checks.steps": args.steps, "checks.solver": args.solver,
                         "checks.split": args.split, "checks.device": device, "checks.reference": clips.audio_note})
         for p in points:
             for s in (p.stage1, p.stage3):

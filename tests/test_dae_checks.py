@@ -74,7 +74,7 @@ def test_checks_table_structure_and_withheld_z_differs(toys, tmp_path):
     points[0].stage1 = dc.StageModel(s1.model, s1.normalizer, "stage1")
     result = dc.run_checks(points, clips, toys["audioae"], SETTINGS, batch=2)
     labels = [r.label for r in result.rows]
-    assert labels == ["-/audioae/original", "c/stage1/z", "c/stage1/withheld", "d/stage1/z", "d/stage1/withheld",
+    assert labels == ["-/audioae/original", "-/audioae/constant", "c/stage1/z", "c/stage1/withheld", "d/stage1/z", "d/stage1/withheld",
                       "d/stage1/z_q", "d/stage3/z_q", "d/stage3/z"]
     assert result.columns() == ["mel_ae", "si_sdr_ae", "mel_audio", "si_sdr_audio"]
     assert set(result.rows[0].scores) == {"mel_audio", "si_sdr_audio"}  # the AudioAE row vs itself is meaningless
@@ -91,15 +91,63 @@ def test_checks_table_structure_and_withheld_z_differs(toys, tmp_path):
     checks = [c.check for c in result.comparisons]
     assert checks == ["conditioning.c", "conditioning.d", "stage3.d"]  # one t only: no frame-rate comparison
     comp = result.comparisons[0]
-    assert comp.holds == (comp.delta("mel_ae") < 0 and comp.delta("si_sdr_ae") > 0)
+    # With real audio at hand the verdict is taken against it, not against the AudioAE decoding.
+    assert comp.reference == "audio"
+    assert comp.holds == (comp.delta("mel_audio") < 0 and comp.delta("si_sdr_audio") > 0)
     assert 0 <= comp.wins("mel_ae") <= 3
+    lo, hi = comp.interval("si_sdr_audio")
+    assert lo <= comp.delta("si_sdr_audio") <= hi
     table = dc.format_table(result)
-    for needle in labels + checks + ["holds", "d_mel_ae", "AudioAE-decoded"]:
+    for needle in labels + checks + ["holds", "d_mel_ae", "AudioAE-decoded", "bootstrap"]:
         assert needle in table
     metrics = result.metrics()
     assert "c.stage1.withheld.mel_ae" in metrics and "check.stage3.d.holds" in metrics
+    assert "check.stage3.d.ci_low_si_sdr_audio" in metrics and "-.audioae.constant.si_sdr_ae" in metrics
     assert all(np.isfinite(v) for v in metrics.values())
     assert '"comparisons"' in result.to_json()
+
+
+def test_seeds_average_decodings_per_clip(toys, tmp_path):
+    clips = dc.select_clips(str(x0_cache(tmp_path / "x0.zarr")), 3, seed=0)
+    point = [dc.PointModels("c", toys["s1"])]
+    single = [dc.run_checks(point, clips, toys["audioae"], dc.DecodeSettings(2, "dpmpp2m", seed), batch=2)
+              for seed in (3, 3 + dc.SEED_STRIDE)]
+    both = dc.run_checks(point, clips, toys["audioae"], dc.DecodeSettings(2, "dpmpp2m", 3, seeds=2), batch=2)
+    for label in ("c/stage1/z", "c/stage1/withheld"):
+        rows = [{r.label: r for r in res.rows}[label] for res in single]
+        assert not np.allclose(rows[0].scores["mel_ae"], rows[1].scores["mel_ae"])  # the second draw is new noise
+        expected = (rows[0].scores["si_sdr_ae"] + rows[1].scores["si_sdr_ae"]) / 2
+        np.testing.assert_allclose({r.label: r for r in both.rows}[label].scores["si_sdr_ae"], expected, rtol=1e-6)
+    assert "2 noise seeds" in both.settings.describe()
+
+
+def test_constant_latent_row_scores_a_latent_that_knows_no_clip(toys, tmp_path):
+    clips = dc.select_clips(str(x0_cache(tmp_path / "x0.zarr")), 3, seed=0)
+    scorer = dc.Scorer(toys["audioae"], clips)
+    const = scorer.constant_latent()
+    assert const.shape == clips.x0.shape
+    assert torch.equal(const[0], const[2]) and torch.allclose(const[..., 0], const[..., -1])
+    torch.testing.assert_close(const[0, :, 0], clips.x0.mean(dim=(0, 2)))
+
+
+def test_bootstrap_interval_and_reference_choice():
+    def row(label, mel, sdr, audio=False):
+        ref = "audio" if audio else "ae"
+        return dc.Row(label, 4, "stage1", dc.FROM_Z, {f"mel_{ref}": np.asarray(mel), f"si_sdr_{ref}": np.asarray(sdr)})
+
+    # Every clip better by exactly 1 dB: a zero-width interval at +1, clear of zero.
+    comp = dc.Comparison("x", "", row("a", [1.0, 2.0, 3.0], [0.0, 1.0, 2.0]), row("b", [2.0, 3.0, 4.0], [-1.0, 0.0, 1.0]))
+    assert comp.reference == "ae" and comp.interval("si_sdr_ae") == pytest.approx((1.0, 1.0)) and comp.significant
+    # Mixed signs: the mean holds but the interval straddles zero.
+    comp = dc.Comparison("y", "", row("a", [0.0] * 4, [3.0, -2.0, 3.0, -2.0]), row("b", [1.0] * 4, [0.0] * 4))
+    lo, hi = comp.interval("si_sdr_ae")
+    assert comp.holds and lo < 0 < hi and not comp.significant
+    # The real audio takes over the verdict when both rows have it.
+    a, b = row("a", [1.0], [5.0]), row("b", [2.0], [0.0])
+    a.scores.update(mel_audio=np.asarray([3.0]), si_sdr_audio=np.asarray([-9.0]))
+    b.scores.update(mel_audio=np.asarray([2.0]), si_sdr_audio=np.asarray([-8.0]))
+    comp = dc.Comparison("z", "", a, b)
+    assert comp.reference == "audio" and not comp.holds  # it wins against the AudioAE decoding, loses against the audio
 
 
 def test_frame_rate_comparison_orders_by_t(toys):

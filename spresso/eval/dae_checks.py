@@ -11,10 +11,15 @@ only in the model or the conditioning they name:
 3. *stage 3 helps* -- with z_q (z quantized by the frozen QINCo2 with the point's m codebooks) the
    stage-3 model must beat the stage-1 model fed the same z_q.
 
-Every reconstruction is scored twice: against the AudioAE decoding of the original x0 (the
-diffusion autoencoder's own target: this isolates its error from the AudioAE's) and, when the
-shards are at hand, against the real audio. Metrics are per clip over the clip's valid samples
-(the cache pads short clips), then averaged; each comparison also counts the clips it wins.
+Every reconstruction is scored twice: against the real audio (the clip's original, from the
+shards) and against the AudioAE decoding of the original x0 (the diffusion autoencoder's own
+target). The verdicts use the real audio when it is at hand: a weak AudioAE adds an output that
+does not depend on its latent (the demo one puts a low-frequency waveform under every clip), and
+SI-SDR against its decodings then rewards reproducing that artifact -- the ``constant`` row, the
+AudioAE decoding one mean latent frame for every clip, measures how much. Metrics are per clip
+over the clip's valid samples (the cache pads short clips), averaged over ``seeds`` decodings of
+each clip, then over clips; each comparison also counts the clips it wins and gives a paired
+bootstrap interval for its mean difference.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from .metrics import mel_distance, si_sdr
 
 # Row conditions.
 FROM_Z, WITHHELD, FROM_ZQ = "z", "withheld", "z_q"
+ORIGINAL, CONSTANT = "original", "constant"  # the AudioAE rows: decoding the clip's x0 / one mean frame
 # Metric columns: <metric>_<reference>; "ae" = AudioAE-decoded original x0, "audio" = the real clip.
 METRICS = ("mel", "si_sdr")
 REFERENCES = ("ae", "audio")
@@ -44,9 +50,18 @@ class DecodeSettings:
     steps: int = 32
     solver: str = "dpmpp2m"
     seed: int = 0
+    seeds: int = 1  # decodings per clip (noise seeds seed, seed + SEED_STRIDE, ...), scores averaged per clip
 
     def describe(self) -> str:
-        return f"{self.solver} {self.steps} steps, noise seed {self.seed}, null caption"
+        noise = f"noise seed {self.seed}" if self.seeds == 1 else f"{self.seeds} noise seeds from {self.seed}, scores averaged per clip"
+        return f"{self.solver} {self.steps} steps, {noise}, null caption"
+
+    def draws(self) -> list["DecodeSettings"]:
+        """One single-seed setting per decoding of a clip."""
+        return [DecodeSettings(self.steps, self.solver, self.seed + SEED_STRIDE * k) for k in range(max(1, int(self.seeds)))]
+
+
+SEED_STRIDE = 1_000_000  # above every batch offset (seed + clip index), so no two decodings share noise
 
 
 @dataclass
@@ -255,6 +270,12 @@ class Scorer:
     def score(self, x0_hat: torch.Tensor) -> dict[str, np.ndarray]:
         return self.score_audio(self.to_audio(x0_hat.cpu()))
 
+    def constant_latent(self) -> torch.Tensor:
+        """Every clip's x0 replaced by the clips' mean frame, held for the whole clip: a latent that
+        carries nothing about any clip, so whatever its decoding scores is the AudioAE's own."""
+        x0 = self.clips.x0
+        return x0.mean(dim=(0, 2), keepdim=True).expand_as(x0).contiguous()
+
 
 # -- results --------------------------------------------------------------------------------------
 @dataclass
@@ -276,16 +297,33 @@ class Row:
 
 @dataclass
 class Comparison:
-    """``better`` should beat ``worse``: lower mel distance and higher SI-SDR (vs the AudioAE reference)."""
+    """``better`` should beat ``worse``: lower mel distance and higher SI-SDR against the primary
+    reference (the real audio when both rows have it, else the AudioAE decoding)."""
 
     check: str
     claim: str
     better: Row
     worse: Row
 
+    @property
+    def reference(self) -> str:
+        both = set(self.better.scores) & set(self.worse.scores)
+        return "audio" if {"mel_audio", "si_sdr_audio"} <= both else "ae"
+
     def delta(self, column: str) -> float:
         """better - worse, averaged over clips (mel: negative is good; SI-SDR: positive is good)."""
         return self.better.mean(column) - self.worse.mean(column)
+
+    def interval(self, column: str, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """Paired bootstrap interval of ``delta(column)``: clips resampled with replacement."""
+        b, w = self.better.scores.get(column), self.worse.scores.get(column)
+        if b is None or w is None:
+            return float("nan"), float("nan")
+        diff = np.asarray(b, np.float64) - np.asarray(w, np.float64)
+        idx = np.random.default_rng(seed).integers(0, diff.size, size=(int(resamples), diff.size))
+        means = diff[idx].mean(axis=1)
+        tail = (1.0 - level) / 2 * 100
+        return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
     def wins(self, column: str) -> int:
         b, w = self.better.scores.get(column), self.worse.scores.get(column)
@@ -295,7 +333,14 @@ class Comparison:
 
     @property
     def holds(self) -> bool:
-        return self.delta("mel_ae") < 0 and self.delta("si_sdr_ae") > 0
+        ref = self.reference
+        return self.delta(f"mel_{ref}") < 0 and self.delta(f"si_sdr_{ref}") > 0
+
+    @property
+    def significant(self) -> bool:
+        """Both primary deltas hold with their 95% bootstrap interval clear of zero."""
+        ref = self.reference
+        return self.interval(f"mel_{ref}")[1] < 0 and self.interval(f"si_sdr_{ref}")[0] > 0
 
 
 @dataclass
@@ -322,7 +367,11 @@ class DAEChecks:
             for c in self.columns():
                 out[f"check.{comp.check}.delta_{c}"] = comp.delta(c)
                 out[f"check.{comp.check}.wins_{c}"] = float(comp.wins(c))
+            for c in (f"mel_{comp.reference}", f"si_sdr_{comp.reference}"):
+                lo, hi = comp.interval(c)
+                out[f"check.{comp.check}.ci_low_{c}"], out[f"check.{comp.check}.ci_high_{c}"] = lo, hi
             out[f"check.{comp.check}.holds"] = float(comp.holds)
+            out[f"check.{comp.check}.significant"] = float(comp.significant)
         return out
 
     def to_dict(self) -> dict:
@@ -330,7 +379,9 @@ class DAEChecks:
                 "rows": [{"label": r.label, "point": r.point, "t": r.t, "model": r.model, "condition": r.condition,
                           "seconds": r.seconds, **{c: r.scores[c].tolist() for c in r.scores}} for r in self.rows],
                 "comparisons": [{"check": c.check, "claim": c.claim, "better": c.better.label, "worse": c.worse.label,
-                                 "holds": c.holds, **{f"delta_{k}": c.delta(k) for k in self.columns()},
+                                 "reference": c.reference, "holds": c.holds, "significant": c.significant,
+                                 **{f"delta_{k}": c.delta(k) for k in self.columns()},
+                                 **{f"ci95_{k}": list(c.interval(k)) for k in self.columns()},
                                  **{f"wins_{k}": c.wins(k) for k in self.columns()}} for c in self.comparisons]}
 
     def to_json(self) -> str:
@@ -351,7 +402,8 @@ def run_checks(points: Iterable[PointModels], clips: EvalClips, audioae, setting
     rows: list[Row] = []
     if "audio" in scorer.references:  # the AudioAE alone: the ceiling every DAE row sits under (vs real audio)
         vs_audio = {k: v for k, v in scorer.score_audio(scorer.references["ae"]).items() if k.endswith("_audio")}
-        rows.append(Row("-", 0, "audioae", "original", vs_audio))
+        rows.append(Row("-", 0, "audioae", ORIGINAL, vs_audio))
+    rows.append(Row("-", 0, "audioae", CONSTANT, scorer.score(scorer.constant_latent())))
     jobs = []
     for p in points:
         jobs += [(p, p.stage1, FROM_Z), (p, p.stage1, WITHHELD)]
@@ -368,12 +420,15 @@ def run_checks(points: Iterable[PointModels], clips: EvalClips, audioae, setting
             cache[(p.name, FROM_Z)] = encode_z(p.stage1, clips.x0)  # g_psi is frozen after stage 1: one z per point
         if condition == FROM_ZQ and (p.name, FROM_ZQ) not in cache:
             cache[(p.name, FROM_ZQ)] = quantize_z(p.quantizer, cache[(p.name, FROM_Z)], p.m, p.beam)
-        parts = []
-        for i in range(0, clips.x0.shape[0], batch):
-            z = None if condition == WITHHELD else cache[(p.name, condition)][i:i + batch]
-            parts.append(decode_x0(stage, z, clips.frames, min(batch, clips.x0.shape[0] - i),
-                                   DecodeSettings(settings.steps, settings.solver, settings.seed + i)))
-        scores = scorer.score(torch.cat(parts))
+        per_draw = []
+        for draw in settings.draws():
+            parts = []
+            for i in range(0, clips.x0.shape[0], batch):
+                z = None if condition == WITHHELD else cache[(p.name, condition)][i:i + batch]
+                parts.append(decode_x0(stage, z, clips.frames, min(batch, clips.x0.shape[0] - i),
+                                       DecodeSettings(draw.steps, draw.solver, draw.seed + i)))
+            per_draw.append(scorer.score(torch.cat(parts)))
+        scores = {c: np.mean([d[c] for d in per_draw], axis=0) for c in per_draw[0]}
         rows.append(Row(p.name, p.t, stage.stage, condition, scores, time.perf_counter() - start))
     return DAEChecks(rows, compare(rows), int(clips.x0.shape[0]), settings, clips.audio_note)
 
@@ -403,15 +458,23 @@ def format_table(result: DAEChecks) -> str:
     head = f"{'row':<28}{'t':>4}" + "".join(f"{c:>14}" for c in cols) + f"{'sec':>7}"
     lines = [f"DAE checks: {result.clips} valid-split clips; {result.settings.describe()}; {result.audio_note}",
              "mel = multi-scale log-mel L1 (lower is better), si_sdr in dB (higher is better);",
-             "_ae = against the AudioAE-decoded original x0, _audio = against the real clip", "", head, "-" * len(head)]
+             "_audio = against the real clip, _ae = against the AudioAE-decoded original x0;",
+             "-/audioae/constant = the AudioAE decoding one mean latent frame for every clip (knows no clip)", "",
+             head, "-" * len(head)]
     for r in result.rows:
         t = str(r.t) if r.t else "-"
         lines.append(f"{r.label:<28}{t:>4}" + "".join(f"{r.mean(c):>14.3f}" if c in r.scores else f"{'-':>14}" for c in cols) + f"{r.seconds:>7.1f}")
-    lines += ["", f"{'check':<22}{'holds':>6}" + "".join(f"{'d_' + c:>16}{'wins':>7}" for c in cols) + "  claim"]
+    lines += ["", f"{'check':<22}{'holds':>6}{'ref':>6}" + "".join(f"{'d_' + c:>16}{'wins':>7}" for c in cols) + "  claim"]
     for c in result.comparisons:
-        lines.append(f"{c.check:<22}{'yes' if c.holds else 'NO':>6}"
+        lines.append(f"{c.check:<22}{'yes' if c.holds else 'NO':>6}{c.reference:>6}"
                      + "".join(f"{c.delta(k):>16.3f}{f'{c.wins(k)}/{result.clips}':>7}" for k in cols) + f"  {c.claim}")
-    lines.append("(d_ = better row minus worse row; holds = lower mel and higher SI-SDR vs the AudioAE reference)")
+    lines += ["", "95% paired bootstrap intervals of the deltas against the verdict's reference:"]
+    for c in result.comparisons:
+        ivs = "   ".join(f"d_{k} [{lo:+.3f}, {hi:+.3f}]" for k in (f"mel_{c.reference}", f"si_sdr_{c.reference}")
+                       for lo, hi in [c.interval(k)])
+        lines.append(f"{c.check:<22}{ivs}   {'clear of zero' if c.significant else 'overlaps zero'}")
+    lines.append("(d_ = better row minus worse row; holds = lower mel and higher SI-SDR against `ref`:"
+                 " the real audio when present, else the AudioAE decoding)")
     for s in result.skipped:
         lines.append(f"skipped: {s}")
     return "\n".join(lines)
