@@ -7,8 +7,9 @@ import pytest
 
 from spresso import rates
 from spresso.codec.bitstream import (
-    SAMPLE_RATES, Stream, decode_stream, decode_varint, describe, encode_stream, encode_varint, header_nbytes, peel,
+    FORMAT_VERSION, SAMPLE_RATES, Stream, decode_stream, decode_varint, describe, encode_stream, encode_varint, header_nbytes, peel,
 )
+from spresso.codec import windowing as win
 from spresso.codec.errors import BitstreamError
 from spresso.errors import SpressoError
 
@@ -74,14 +75,14 @@ def test_header_fields_and_size():
     # 5 s at 0.096 kbps: 60 bytes of codes, 21 bytes of header + CRC
     assert s.bitrate_bps == pytest.approx(96.0) and s.payload_nbytes() == 60
     assert header_nbytes(s) == 21 and len(data) == 81
-    assert data[:4] == b"SPR\x01" and data[4:8] == bytes.fromhex(MODEL[:8])
+    assert data[:4] == b"SPR\x02" and data[4:8] == bytes.fromhex(MODEL[:8])
     assert data[8] == 0x03 and data[9] == 12 and data[10] == 8  # discrete, rate index 3 (t=100); log2K; m
     assert int.from_bytes(data[-4:], "big") == zlib.crc32(data[:-4])
     info = describe(data)
     assert info["overhead_bytes"] == 21 and info["file_bitrate_bps"] == pytest.approx(81 * 8 / 5)
     d = decode_stream(data)
     assert d.fields() == {
-        "version": 1, "model_id": MODEL[:8], "mode": "discrete", "time_factor": 100, "rate_index": 3,
+        "version": 2, "model_id": MODEL[:8], "mode": "discrete", "time_factor": 100, "rate_index": 3,
         "frame_rate_hz": 1.0, "n_frames": 5, "sample_count": 240000, "sample_rate": 48000, "duration_s": 5.0,
         "overlap": 0, "log2k": 12, "K": 4096, "m": 8, "bitrate_bps": 96.0,
     }
@@ -128,7 +129,8 @@ def _reseal(body: bytes) -> bytes:
     (lambda d: b"RIFF" + d[4:], "wrong magic"),
     (lambda d: b"", "empty"),
     (lambda d: d[:2], "truncated"),
-    (lambda d: d[:3] + b"\x02" + d[4:], "unknown .spr format version 2"),
+    (lambda d: d[:3] + b"\x03" + d[4:], "unknown .spr format version 3"),
+    (lambda d: d[:3] + b"\x00" + d[4:], "unknown .spr format version 0"),
     (lambda d: d[:-1], "truncated"),
     (lambda d: d[:12], "truncated"),
     (lambda d: d + b"\x00", "1 trailing bytes"),
@@ -177,11 +179,11 @@ def test_peel_needs_no_unpacking():
 
 # ------------------------------------------------------------ test vectors (catch format changes)
 
-VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.spr"))
+VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.spr")) + sorted(f"v1/{p.stem}" for p in (VECTORS / "v1").glob("*.spr"))
 
 
 def test_vectors_present():
-    assert len(VECTOR_NAMES) >= 6
+    assert sum(not n.startswith("v1/") for n in VECTOR_NAMES) >= 6 and sum(n.startswith("v1/") for n in VECTOR_NAMES) >= 6
 
 
 @pytest.mark.parametrize("name", VECTOR_NAMES)
@@ -191,20 +193,24 @@ def test_vector(name):
     assert data.hex() == want["hex"]
     s = decode_stream(data)
     f = want["fields"]
-    assert s.fields() == f
+    assert s.fields() == f and f["version"] == (1 if name.startswith("v1/") else FORMAT_VERSION)
+    common = dict(model_id=f["model_id"], time_factor=f["time_factor"], sample_count=f["sample_count"],
+                  sample_rate=f["sample_rate"], overlap=f["overlap"], version=f["version"])
     if "codes" in want:
         np.testing.assert_array_equal(s.codes, np.array(want["codes"]))
-        rebuilt = Stream.discrete(np.array(want["codes"]), f["K"], model_id=f["model_id"], time_factor=f["time_factor"],
-                                  sample_count=f["sample_count"], sample_rate=f["sample_rate"], overlap=f["overlap"])
+        rebuilt = Stream.discrete(np.array(want["codes"]), f["K"], **common)
     else:
         bits = np.array(want["z_float16_bits"], dtype=np.uint16)
         assert np.array_equal(s.z.view(np.uint16), bits)
         np.testing.assert_array_equal(s.z.astype(float), np.array(want["z"]))
-        rebuilt = Stream.continuous(bits.view(np.float16), model_id=f["model_id"], time_factor=f["time_factor"],
-                                    sample_count=f["sample_count"], sample_rate=f["sample_rate"], overlap=f["overlap"])
+        rebuilt = Stream.continuous(bits.view(np.float16), **common)
     assert encode_stream(rebuilt) == data
+    if f["version"] == 2:  # the current vectors are also streams a model of their rate accepts (section 6)
+        plan = win.plan_for_stream(f["sample_count"], f["sample_rate"], f["overlap"])
+        assert f["n_frames"] == win.stream_frames(plan, f["time_factor"], 2)
 
 
 def test_peeled_vector_is_peel_of_full():
-    full = (VECTORS / "t100_k4096_m8_5s.spr").read_bytes()
-    assert peel(full, 3) == (VECTORS / "t100_k4096_m3_peeled.spr").read_bytes()
+    for folder in (VECTORS, VECTORS / "v1"):
+        full = (folder / "t100_k4096_m8_5s.spr").read_bytes()
+        assert peel(full, 3) == (folder / "t100_k4096_m3_peeled.spr").read_bytes()  # peeling keeps the version

@@ -22,14 +22,18 @@ def noise(n, ch=None, seed=0):
     return (rng.standard_normal(n if ch is None else (ch, n)) * 0.1).astype(np.float32)
 
 
-@pytest.mark.parametrize("seconds,sr,ch,windows", [(0.01, 48000, None, 1), (1.3, 44100, 2, 1), (5.0, 48000, None, 1),
-                                                    (7.2, 22050, 1, 2), (11.0, 16000, 3, 3), (2.0, 37800, None, 1)])
-def test_round_trip_lengths_rates_channels(codec, seconds, sr, ch, windows):
+# frames: 5 per full window at t = 100; the last window keeps ceil(ceil(samples / 480) / 100) of them,
+# e.g. 7.2 s at 22.05 kHz = 345600 samples at 48 kHz: windows at 0 and 216000, the last holding
+# 129600 samples = 270 x0 frames -> 3 z frames, 5 + 3 in all.
+@pytest.mark.parametrize("seconds,sr,ch,windows,frames", [(0.01, 48000, None, 1, 1), (1.3, 44100, 2, 1, 2),
+                                                          (5.0, 48000, None, 1, 5), (7.2, 22050, 1, 2, 8),
+                                                          (11.0, 16000, 3, 3, 12), (2.0, 37800, None, 1, 2)])
+def test_round_trip_lengths_rates_channels(codec, seconds, sr, ch, windows, frames):
     n = max(1, int(seconds * sr))
     data = codec.encode(noise(n, ch), sr)
     s = bs.decode_stream(data)
-    assert (s.sample_count, s.sample_rate, s.m, s.K) == (n, sr, codec.default_m, 16)
-    assert s.n_frames == windows * codec.frames_per_window
+    assert (s.sample_count, s.sample_rate, s.m, s.K, s.version) == (n, sr, codec.default_m, 16, bs.FORMAT_VERSION)
+    assert s.n_frames == frames
     assert s.overlap == (DEFAULT_OVERLAP_FRAMES if windows > 1 else 0)
     w48, r48 = codec.decode(data, steps=1)
     assert r48 == 48000 and w48.shape == (-(-n * 48000 // sr),) and w48.dtype == np.float32 and np.isfinite(w48).all()
@@ -104,9 +108,15 @@ def test_continuous_bundle_round_trip(tmp_path):
     c = spresso.load(shared_bundle(continuous=True))
     data = c.encode(noise(48000 * 6), 48000)
     s = bs.decode_stream(data)
-    assert s.mode == "continuous" and s.channels == 6 and s.n_frames == 2 * c.frames_per_window
+    assert s.mode == "continuous" and s.channels == 6 and s.n_frames == c.frames_per_window + 2  # 1.5 s in the last window
     w, sr = c.decode(data, steps=1)
     assert w.shape == (48000 * 6,)
+    # The dropped frames decode as the model's z of silence: the same as a version-1 stream that stores them.
+    tail = c.silence_z[:, 2:].cpu().numpy()
+    full = bs.Stream.continuous(np.concatenate([s.z, tail.astype(np.float16)], axis=1), model_id=c.model_id, time_factor=s.time_factor,
+                                sample_count=s.sample_count, sample_rate=s.sample_rate, overlap=s.overlap, version=1)
+    w1, _ = c.decode(bs.encode_stream(full), steps=1)
+    np.testing.assert_allclose(w1, w, atol=2e-3 * np.abs(w).max())
     with pytest.raises(CodecError, match="continuous bundle"):
         c.encode(noise(100), 48000, kbps=0.1)
 
@@ -123,9 +133,18 @@ def test_bad_audio_and_streams_give_one_line_errors(codec):
         codec.decode(data[:-1] + bytes([data[-1] ^ 1]))
     # A valid stream whose frame count does not fit the model's windows.
     s = bs.decode_stream(data)
-    bad = bs.encode_stream(bs.Stream.discrete(s.codes[:3], 16, model_id=codec.model_id, time_factor=100, sample_count=1000))
-    with pytest.raises(CodecError, match="need 5"):
+    assert s.n_frames == 1  # 1000 samples: 3 x0 frames, one z frame at 1 Hz
+    bad = bs.encode_stream(bs.Stream.discrete(np.repeat(s.codes, 3, axis=0), 16, model_id=codec.model_id, time_factor=100,
+                                              sample_count=1000))
+    with pytest.raises(CodecError, match="need 1"):
         codec.decode(bad)
+    # Version 1 stored every frame of every window: one frame is a corrupt version-1 stream.
+    v1 = bs.Stream.discrete(s.codes, 16, model_id=codec.model_id, time_factor=100, sample_count=1000, version=1)
+    with pytest.raises(CodecError, match=r"need 5 \(format version 1\)"):
+        codec.decode(bs.encode_stream(v1))
+    v1_full = bs.Stream.discrete(np.repeat(s.codes, 5, axis=0), 16, model_id=codec.model_id, time_factor=100, sample_count=1000,
+                                 version=1)
+    assert codec.decode(bs.encode_stream(v1_full), steps=1)[0].shape == (1000,)
     wrong_t = bs.encode_stream(bs.Stream.discrete(s.codes, 16, model_id=codec.model_id, time_factor=20, sample_count=1000))
     with pytest.raises(CodecError, match="frame rate"):
         codec.decode(wrong_t)

@@ -5,6 +5,7 @@ from spresso.codec.windowing import (
     DEFAULT_OVERLAP_FRAMES, FADES, WINDOW_SAMPLES, cut, fade_in, join, model_length, plan_for_stream, plan_windows,
     window_weights,
 )
+from spresso.codec import windowing as win
 from spresso.errors import SpressoError
 
 
@@ -110,3 +111,24 @@ def test_plan_from_stream_header():
     assert (p.n_samples, p.overlap, p.hop, p.n_windows) == (480000, 24000, 216000, 3)
     with pytest.raises(SpressoError, match="overlap"):
         plan_for_stream(48000, 48000, 500)  # an overlap as long as the window (a damaged header)
+
+
+@pytest.mark.parametrize("t", [4, 9, 20, 100])
+@pytest.mark.parametrize("n", [1, 479, 480, 481, 4 * 480, 9 * 480 + 1, 100 * 480, 239999, 240000, 240001, 456000, 456001, 480000])
+def test_stream_keeps_exactly_the_frames_that_see_the_signal(n, t):
+    plan = win.plan_for_signal(n)
+    full = win.frames_per_window(t)
+    last_start = int(plan.starts[-1])
+    # z frame j of the last window pools x0 frames [j t, (j + 1) t), i.e. samples [480 j t, 480 (j + 1) t) of it.
+    sees_signal = [j for j in range(full) if last_start + 480 * j * t < n]
+    assert win.last_window_frames(plan, t) == len(sees_signal) == max(sees_signal) + 1
+    assert win.stream_frames(plan, t, version=1) == plan.n_windows * full
+    assert win.stream_frames(plan, t) == (plan.n_windows - 1) * full + len(sees_signal)
+
+
+def test_stream_frames_worked_numbers():
+    assert win.frames_per_window(9) == 56 and win.frames_per_window(100) == 5
+    one_and_a_half_s = win.plan_for_signal(72000)  # 150 x0 frames
+    assert [win.stream_frames(one_and_a_half_s, t) for t in (4, 9, 20, 100)] == [38, 17, 8, 2]
+    ten_s = win.plan_for_signal(480000)  # windows at 0, 4.5 and 9 s; the last holds 1 s
+    assert ten_s.n_windows == 3 and win.stream_frames(ten_s, 9) == 2 * 56 + 12

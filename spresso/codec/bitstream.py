@@ -1,6 +1,6 @@
 """The `.spr` bitstream: a compact header, bit-packed codes (or float16 z), and a CRC-32.
 
-Layout (format version 1; ``docs/bitstream.md`` is the normative description)::
+Layout (format versions 1 and 2 share it; ``docs/bitstream.md`` is the normative description)::
 
     "SPR" | version u8 | model id prefix (4 bytes) | mode<<4 | rate index (u8)
     discrete:   log2K u8 | m varint            continuous: C varint
@@ -26,7 +26,10 @@ from . import bitpack
 from .errors import BitstreamError
 
 MAGIC = b"SPR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this build writes
+# What it reads. The layout is the same; they differ in the frame count (docs/bitstream.md, section 6):
+# version 1 stores every frame of every window, version 2 drops the last window's frames past the signal.
+READ_VERSIONS = (1, 2)
 MODEL_ID_BYTES = 4
 CRC_BYTES = 4
 MODE_DISCRETE, MODE_CONTINUOUS = 0, 1
@@ -123,23 +126,23 @@ class Stream:
     # -- constructors
     @classmethod
     def discrete(cls, codes, K: int, *, model_id, time_factor: int, sample_count: int,
-                 sample_rate: int = 48000, overlap: int = 0) -> "Stream":
+                 sample_rate: int = 48000, overlap: int = 0, version: int = FORMAT_VERSION) -> "Stream":
         if not isinstance(K, (int, np.integer)) or K < 2 or K & (K - 1):
             raise BitstreamError(f"codebook size K must be a power of two 2..65536, got {K!r}")
         return cls(model_id=model_id_prefix(model_id), time_factor=time_factor, sample_count=sample_count,
-                   sample_rate=sample_rate, overlap=overlap, codes=codes, log2k=int(K).bit_length() - 1)
+                   sample_rate=sample_rate, overlap=overlap, codes=codes, log2k=int(K).bit_length() - 1, version=version)
 
     @classmethod
     def continuous(cls, z, *, model_id, time_factor: int, sample_count: int,
-                   sample_rate: int = 48000, overlap: int = 0) -> "Stream":
+                   sample_rate: int = 48000, overlap: int = 0, version: int = FORMAT_VERSION) -> "Stream":
         return cls(model_id=model_id_prefix(model_id), time_factor=time_factor, sample_count=sample_count,
-                   sample_rate=sample_rate, overlap=overlap, z=z)
+                   sample_rate=sample_rate, overlap=overlap, z=z, version=version)
 
     def __post_init__(self):
         # Validation here means a Stream that exists can always be encoded, and every decoded one is valid.
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if self.version != FORMAT_VERSION:
-            raise BitstreamError(f"unknown .spr format version {self.version} (this build reads version {FORMAT_VERSION})")
+        if self.version not in READ_VERSIONS:
+            raise BitstreamError(f"unknown .spr format version {self.version} (this build reads versions {_versions()})")
         if not isinstance(self.model_id, bytes) or len(self.model_id) != MODEL_ID_BYTES:
             set_("model_id", model_id_prefix(self.model_id))
         if self.time_factor not in rates.TIME_FACTORS:
@@ -308,6 +311,10 @@ class _Parsed:
     payload_end: int
 
 
+def _versions() -> str:
+    return " and ".join(str(v) for v in READ_VERSIONS)
+
+
 def _parse(data) -> _Parsed:
     """Check everything but the payload's meaning: magic, version, fields, length, checksum, padding."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -320,8 +327,8 @@ def _parse(data) -> _Parsed:
     if data[: len(MAGIC)] != MAGIC:
         raise BitstreamError("not a .spr stream (wrong magic)")
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unknown .spr format version {version} (this build reads version {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise BitstreamError(f"unknown .spr format version {version} (this build reads versions {_versions()})")
     if len(data) < _FIXED:
         raise BitstreamError(f"truncated stream: only {len(data)} bytes")
     model_id = data[len(MAGIC) + 1: len(MAGIC) + 1 + MODEL_ID_BYTES]

@@ -116,7 +116,15 @@ class Codec:
     @property
     def frames_per_window(self) -> int:
         """z frames per 5 s window: ceil(500 / t)."""
-        return -(-(win.WINDOW_SAMPLES // win.X0_HOP) // self.t)
+        return win.frames_per_window(self.t)
+
+    @property
+    def silence_z(self) -> torch.Tensor:
+        """z [C, T'] of an all-zero window: what a stream's dropped padding frames are decoded from."""
+        if getattr(self, "_silence_z", None) is None:
+            zeros = np.zeros((1, win.WINDOW_SAMPLES), np.float32)
+            self._silence_z = torch.from_numpy(self._encode_windows(zeros, None)[0]).to(self.device)
+        return self._silence_z
 
     def codebooks_for(self, kbps: float | None = None, codebooks: int | None = None) -> int | None:
         if self.mode == "continuous":
@@ -189,13 +197,17 @@ class Codec:
                 for (wave, sr), plan, out in zip(items, plans, outs)]
 
     def _stream_bytes(self, out: np.ndarray, plan: win.WindowPlan, sample_count: int, sample_rate: int, m: int | None) -> bytes:
-        """Per-window codes [n_win, T', m] (or z [n_win, C, T']) of one signal -> `.spr` bytes."""
+        """Per-window codes [n_win, T', m] (or z [n_win, C, T']) of one signal -> `.spr` bytes.
+
+        Windows one after another, without the last window's frames that only saw its zero padding.
+        """
         common = dict(model_id=self.model_id, time_factor=self.t, sample_count=sample_count, sample_rate=sample_rate,
                       overlap=plan.overlap // win.X0_HOP)
-        if m is None:  # [n_win, C, T'] -> [C, n_win * T'] (windows one after another)
-            stream = bs.Stream.continuous(np.concatenate(list(out), axis=1), **common)
+        keep = win.stream_frames(plan, self.t)
+        if m is None:  # [n_win, C, T'] -> [C, n_win * T']
+            stream = bs.Stream.continuous(np.concatenate(list(out), axis=1)[:, :keep], **common)
         else:
-            stream = bs.Stream.discrete(out.reshape(-1, m), int(self.K), **common)
+            stream = bs.Stream.discrete(out.reshape(-1, m)[:keep], int(self.K), **common)
         return bs.encode_stream(stream)
 
     def encode_file(self, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
@@ -223,18 +235,29 @@ class Codec:
         plan = win.plan_for_stream(stream.sample_count, stream.sample_rate, stream.overlap)
         if stream.overlap * win.X0_HOP >= win.WINDOW_SAMPLES:
             raise CodecError(f"stream overlap of {stream.overlap} frames is not shorter than a window")
-        if stream.n_frames != plan.n_windows * self.frames_per_window:
-            raise CodecError(f"stream holds {stream.n_frames} frames; {plan.n_windows} windows of {self.frames_per_window} need "
-                             f"{plan.n_windows * self.frames_per_window}")
+        need = win.stream_frames(plan, self.t, stream.version)
+        if stream.n_frames != need:
+            raise CodecError(f"stream holds {stream.n_frames} frames; {plan.n_windows} window(s) of {plan.n_samples} samples "
+                             f"at {100 / self.t:.4g} Hz need {need} (format version {stream.version})")
         return stream
 
     def _window_z(self, stream: bs.Stream, windows: Sequence[int]) -> torch.Tensor:
+        """z [b, C, T'] of the given windows; frames the stream dropped (last window's padding) from :attr:`silence_z`."""
         T = self.frames_per_window
+        spans = [(k * T, min((k + 1) * T, stream.n_frames)) for k in windows]
         if stream.codes is not None:
-            codes = np.stack([stream.codes[k * T:(k + 1) * T] for k in windows])  # [b, T', m]
-            return self.quantizer.decode(torch.from_numpy(codes).to(self.device)).float().transpose(1, 2)
-        z = np.stack([stream.z[:, k * T:(k + 1) * T] for k in windows]).astype(np.float32)
-        return torch.from_numpy(z).to(self.device)
+            codes = np.concatenate([stream.codes[lo:hi] for lo, hi in spans])[None]  # [1, frames, m]
+            z = self.quantizer.decode(torch.from_numpy(codes).to(self.device)).float()[0].T  # [C, frames]
+        else:
+            z = torch.from_numpy(np.concatenate([stream.z[:, lo:hi] for lo, hi in spans], axis=1).astype(np.float32)).to(self.device)
+        parts, at = [], 0
+        for lo, hi in spans:
+            part = z[:, at:at + hi - lo]
+            at += hi - lo
+            if hi - lo < T:
+                part = torch.cat([part, self.silence_z[:, hi - lo:].to(part.dtype)], dim=1)
+            parts.append(part)
+        return torch.stack(parts)
 
     def _window_noise(self, seed: int, windows: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Initial noise [b, C, frames] for (variation, window) pairs, each from its own seeded generator."""

@@ -3,7 +3,9 @@
 Each vector is ``<name>.spr`` plus ``<name>.json`` with its bytes in hex, its decoded header fields
 and its codes (or z as float16 bit patterns). ``tests/test_bitstream.py`` re-decodes every vector
 and re-encodes it from the JSON, so any change of the format shows up as a failing test. Rerun this
-script only for a deliberate format change (and bump ``FORMAT_VERSION``).
+script only for a deliberate format change (and bump ``FORMAT_VERSION``). The frame counts follow
+section 6 of docs/bitstream.md, so each vector is also a stream a model of its rate would accept.
+``v1/`` holds the version-1 vectors, frozen: this script does not touch them.
 """
 from __future__ import annotations
 
@@ -29,17 +31,20 @@ def build() -> dict[str, bytes]:
         rng.integers(0, 4096, (5, 8)), 4096, model_id=MODEL_ID, time_factor=100, sample_count=240000))
     # the same stream peeled to 3 codebooks (codebook 4's leading bits become zero padding)
     out["t100_k4096_m3_peeled"] = peel(out["t100_k4096_m8_5s"], 3)
-    # 1.32 kbps: 12 x 2^10 at 11.1 Hz, a 10 s file at 44.1 kHz cut into two windows with 0.5 s overlap
+    # 1.32 kbps: 12 x 2^10 at 11.1 Hz, a 10 s file at 44.1 kHz cut into three windows with 0.5 s overlap
+    # (starts 0, 4.5, 9 s): 56 + 56 frames, then 12 for the last window's 1 s of signal
     out["t9_k1024_m12_10s_44k"] = encode_stream(Stream.discrete(
-        rng.integers(0, 1024, (110, 12)), 1024, model_id=MODEL_ID, time_factor=9, sample_count=441000,
+        np.random.default_rng(9).integers(0, 1024, (124, 12)), 1024,  # own generator: the vectors after it keep their codes
+        model_id=MODEL_ID, time_factor=9, sample_count=441000,
         sample_rate=44100, overlap=50))
     # edge K = 2 (1-bit codes, 21 bits -> 3 bytes with 3 padding bits), a rate not in the table
+    codes_k2 = np.array([[0, 0, 0], [1, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [1, 1, 0]])  # docs section 10 spells them out
     out["t4_k2_m3_sr37800"] = encode_stream(Stream.discrete(
-        rng.integers(0, 2, (7, 3)), 2, model_id=MODEL_ID, time_factor=4, sample_count=10584, sample_rate=37800))
+        codes_k2, 2, model_id=MODEL_ID, time_factor=4, sample_count=10584, sample_rate=37800))
     # edge K = 2^16 with extreme codes
     codes16 = np.array([[0, 65535], [1, 32768], [65534, 12345]])
-    out["t20_k65536_m2"] = encode_stream(Stream.discrete(
-        codes16, 65536, model_id=MODEL_ID, time_factor=20, sample_count=24000, sample_rate=16000))
+    out["t20_k65536_m2"] = encode_stream(Stream.discrete(  # 0.5 s: 50 x0 frames -> 3 z frames at 5 Hz
+        codes16, 65536, model_id=MODEL_ID, time_factor=20, sample_count=8000, sample_rate=16000))
     # continuous mode: float16 z [C=4, T=5], including signed zero, subnormal and the largest finite value
     z = np.array([[0.0, -0.0, 1.0, -2.5, 65504.0],
                   [6e-8, 0.333, -1e-3, 3.14, -65504.0],
