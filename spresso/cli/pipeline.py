@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import load_config
 
@@ -22,7 +23,8 @@ def _uri(args) -> str:
 def _run(args) -> int:
     cfg = _config(args)
     if args.input:
-        cfg.pipeline.inputs = [*cfg.pipeline.inputs, *args.input]
+        # Folders named on the command line are relative to where it was typed, not to the workdir.
+        cfg.pipeline.inputs = [*cfg.pipeline.inputs, *(p if "://" in p else str(Path(p).resolve()) for p in args.input)]
     if args.max_parallel:
         cfg.pipeline.max_parallel = args.max_parallel
     if args.dry_run:

@@ -206,7 +206,20 @@ _DAE_KEYS = ("dae.encoder", "dae.lora", "dae.audio_down_init", "dit.diffusion")
 
 
 def _inputs(cfg, point) -> list[str]:
-    return [str(Path(cfg.path(p)).resolve()) if "://" not in cfg.path(p) else cfg.path(p) for p in cfg.pipeline.inputs]
+    return [_input_folder(cfg, p) for p in cfg.pipeline.inputs]
+
+
+def _input_folder(cfg, entry: str) -> str:
+    """A raw-audio input: URLs and absolute paths as given; a relative one against the workdir when
+    it is there (the demo's synthesised ``corpus``), else against the current directory (a folder
+    named on the command line, e.g. ``--set 'pipeline.inputs=[../shared/data/sfx-dev]'``)."""
+    resolved = cfg.path(entry)
+    if "://" in resolved:
+        return resolved
+    in_workdir = Path(resolved)
+    if in_workdir.exists() or Path(entry).is_absolute() or not Path(entry).exists():
+        return str(in_workdir.resolve())  # a missing one fails in the shard stage, under the workdir's name
+    return str(Path(entry).resolve())
 
 
 def registry() -> dict[str, Stage]:
