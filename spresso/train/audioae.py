@@ -12,12 +12,11 @@ Pieces, each usable alone:
 """
 from __future__ import annotations
 
-from ..runtime.paths import absolute as _abs
-
 import logging
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +29,7 @@ from ..errors import SpressoError
 from ..models.audioae import CHECKPOINT_KIND, AudioAE
 from ..models.discriminators import AudioDiscriminator
 from ..models.mel import MultiScaleMel
+from ..runtime.paths import absolute as _abs
 from .checkpoint import (
     STATE_FILE, STATE_META_FILE, load_optimizer, load_state, load_strict, load_weights, optimizer_tensors,
     save_checkpoint,
@@ -242,9 +242,12 @@ class AudioAETrainer:
         loss_g.backward()
         out["grad_norm/g"] = float(torch.nn.utils.clip_grad_norm_(self.generator.parameters(), tc.grad_clip))
         self.opt_g.step()
-        # ExponentialLR decays per step (gamma 0.999996) for both networks, as in DAC.
+        # ExponentialLR decays per step (gamma 0.999996) for both networks, as in DAC. D's decays
+        # from step 0 too, before D first steps (GAN warm-up), which PyTorch warns about: intended.
         self.sched_g.step()
-        self.sched_d.step()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            self.sched_d.step()
         self.step += 1
         out.update({"loss/mel": float(loss_mel.detach()), "loss/g": float(loss_g.detach()), "lr": self.sched_g.get_last_lr()[0]})
         return out
