@@ -69,24 +69,24 @@ def run_bundle(bundle: Path, clips, steps: int) -> None:
 
     codec = spresso.load(bundle, device="cpu")
     rows = []
+    m = codec.codebooks_for()
     for name, wave, sr in clips:
-        v2 = codec.encode(wave, sr)
-        s = bs.decode_stream(v2)
+        # One encode, written both ways: v2 through the codec's own byte path, v1 keeping every frame.
         mono = codec._prepare(wave, sr)
         plan = win.plan_for_signal(mono.shape[0])
-        full = codec._encode_windows(np.array(win.cut(mono, plan)[:1]), s.m)[0]  # the whole window's frames, as the encoder made them
-        common = dict(model_id=codec.model_id, time_factor=s.time_factor, sample_count=s.sample_count,
-                      sample_rate=s.sample_rate, overlap=s.overlap, version=1)
-        if s.codes is not None:
-            assert np.array_equal(full[: s.n_frames], s.codes)
-            v1 = bs.encode_stream(bs.Stream.discrete(full, int(codec.K), **common))
+        full = codec._encode_windows(np.array(win.cut(mono, plan)), m)  # [1, T', m] codes or [1, C, T'] z
+        v2 = codec._stream_bytes(full, plan, wave.shape[-1], sr, m)
+        common = dict(model_id=codec.model_id, time_factor=codec.t, sample_count=wave.shape[-1], sample_rate=sr, version=1)
+        if m is not None:
+            v1 = bs.encode_stream(bs.Stream.discrete(full[0], int(codec.K), **common))
         else:
-            v1 = bs.encode_stream(bs.Stream.continuous(full, **common))
+            v1 = bs.encode_stream(bs.Stream.continuous(full[0], **common))
+        n_frames = bs.decode_stream(v2).n_frames
         a, _ = codec.decode(v1, steps=steps, seed=0)
         b, _ = codec.decode(v2, steps=steps, seed=0)
         c, _ = codec.decode(v1, steps=steps, seed=1)
         seconds = mono.shape[0] / 48000
-        rows.append((seconds, s.n_frames, codec.frames_per_window, len(v1), len(v2), logmel_l1(a, b), logmel_l1(a, c),
+        rows.append((seconds, n_frames, codec.frames_per_window, len(v1), len(v2), logmel_l1(a, b), logmel_l1(a, c),
                      logmel_l1(a, mono), logmel_l1(b, mono)))
     r = np.asarray(rows)
     print(f"\n{bundle.name}: {codec.mode}, {100 / codec.t:.3g} Hz, {len(r)} clips of median {np.median(r[:, 0]):.2f} s "

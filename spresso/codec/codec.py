@@ -71,6 +71,7 @@ class Codec:
         self.dae = parts.dae.to(self.device).eval()
         self.quantizer = parts.quantizer.to(self.device).eval() if parts.quantizer is not None else None
         self.normalizer = parts.normalizer
+        self._silence_z: torch.Tensor | None = None  # computed on first use (silence_z)
         self.batch_size = int(batch_size or (16 if self.device.type == "cuda" else 4))
         # bf16 for the DiT on a GPU (the AudioAE and quantizer stay in float32: cheap, and phase-sensitive).
         self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
@@ -121,7 +122,7 @@ class Codec:
     @property
     def silence_z(self) -> torch.Tensor:
         """z [C, T'] of an all-zero window: what a stream's dropped padding frames are decoded from."""
-        if getattr(self, "_silence_z", None) is None:
+        if self._silence_z is None:
             zeros = np.zeros((1, win.WINDOW_SAMPLES), np.float32)
             self._silence_z = torch.from_numpy(self._encode_windows(zeros, None)[0]).to(self.device)
         return self._silence_z
@@ -203,7 +204,7 @@ class Codec:
         """
         common = dict(model_id=self.model_id, time_factor=self.t, sample_count=sample_count, sample_rate=sample_rate,
                       overlap=plan.overlap // win.X0_HOP)
-        keep = win.stream_frames(plan, self.t)
+        keep = win.stream_frames(plan, self.t, bs.FORMAT_VERSION)
         if m is None:  # [n_win, C, T'] -> [C, n_win * T']
             stream = bs.Stream.continuous(np.concatenate(list(out), axis=1)[:, :keep], **common)
         else:

@@ -100,8 +100,9 @@ def last_window_frames(plan: WindowPlan, time_factor: int) -> int:
     window: the dev corpus's median file, 1.4 s, needs 2 of 5 frames at 1 Hz and 35 of 125 at 25 Hz.
     The decoder puts the model's frames for silence in place of the rest.
     """
-    a = plan.n_samples - int(plan.starts[-1])
-    return min(frames_per_window(time_factor), -(-(-(-a // X0_HOP)) // int(time_factor)))
+    a = plan.n_samples - int(plan.starts[-1])  # 1..window: the plan has no window of padding only
+    x0_frames = -(-a // X0_HOP)
+    return -(-x0_frames // int(time_factor))
 
 
 def stream_frames(plan: WindowPlan, time_factor: int, version: int = 2) -> int:

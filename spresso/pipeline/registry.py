@@ -213,13 +213,12 @@ def _input_folder(cfg, entry: str) -> str:
     """A raw-audio input: URLs and absolute paths as given; a relative one against the workdir when
     it is there (the demo's synthesised ``corpus``), else against the current directory (a folder
     named on the command line, e.g. ``--set 'pipeline.inputs=[../shared/data/sfx-dev]'``)."""
-    resolved = cfg.path(entry)
+    resolved = cfg.path(entry)  # absolute entries come back unchanged
     if "://" in resolved:
         return resolved
-    in_workdir = Path(resolved)
-    if in_workdir.exists() or Path(entry).is_absolute() or not Path(entry).exists():
-        return str(in_workdir.resolve())  # a missing one fails in the shard stage, under the workdir's name
-    return str(Path(entry).resolve())
+    if not Path(resolved).exists() and Path(entry).exists():
+        return str(Path(entry).resolve())
+    return str(Path(resolved).resolve())  # a missing one fails in the shard stage, under the workdir's name
 
 
 def registry() -> dict[str, Stage]:
