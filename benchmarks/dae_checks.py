@@ -44,8 +44,8 @@ def main() -> None:
     cfg = config_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
+    from spresso.core.storage import absolute
     from spresso.models.audioae import load_audioae
-    from spresso.runtime.paths import absolute
 
     points, skipped = dc.trained_points(cfg, device)
     for line in skipped:
@@ -60,7 +60,8 @@ def main() -> None:
     print(table)
     if args.no_mlflow:
         return
-    from spresso.runtime import digest_tree, stage_run
+    from spresso.core.digest import digest_tree
+    from spresso.runtime import stage_run
 
     upstream = {f"{p.name}.{s.stage}": s.run_id for p in points for s in (p.stage1, p.stage3) if s is not None and s.run_id}
     with stage_run("dae_checks", cfg, upstream=upstream or None) as run:

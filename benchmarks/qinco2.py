@@ -16,10 +16,16 @@ import faiss
 import numpy as np
 import torch
 
+from spresso.core.rates import bits_per_frame
 from spresso.quant import FaissRQ, QINCo2, QINCo2Spec, residual_kmeans_init
 from spresso.quant.features import audio_feature_vectors, audio_files
-from spresso.quant.training import TrainSettings, make_optimizer, relative_mse, reseed_unused, train_step
-from spresso.rates import bits_per_frame
+from spresso.quant.training import (
+    TrainSettings,
+    make_optimizer,
+    relative_mse,
+    reseed_unused,
+    train_step,
+)
 
 
 def rate(fn, n: int) -> float:

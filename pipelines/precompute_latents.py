@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
 
-from spresso.cli.latents import add_latents_args, run_from_args  # noqa: E402
 from spresso.cli.common import run_entry  # noqa: E402
+from spresso.cli.latents import add_latents_args, run_from_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,21 @@
 """spresso: S-PRESSO ultra-low-bitrate sound-effect compression, and the workflow that trains it."""
 __version__ = "0.1.0"
 
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
 
 def load(path_or_uri, **kw):
     """``spresso.load(bundle folder | "models:/NAME@alias" | "runs:/ID/bundle") -> Codec``.
 
-    Imported on first call, so ``import spresso`` stays light (no torch).
+    Imported on first call, so ``import spresso`` stays light (no torch, no MLflow).
     """
-    from .codec.codec import load as _load
+    from spresso.codec.codec import load as load_codec
 
-    return _load(path_or_uri, **kw)
+    where = str(path_or_uri)
+    if where.startswith(MLFLOW_SCHEMES):
+        from spresso.runtime.tracking import (
+            download_bundle,  # MLflow only for registry URIs
+        )
+
+        where = download_bundle(where)
+    return load_codec(where, **kw)

@@ -11,14 +11,19 @@ import torch
 
 from spresso.config import SpressoConfig
 from spresso.config.audioae import AudioAEConfig, AudioAEModelConfig
-from spresso.config.dae import DAEConfig, LatentEncoderConfig, LoRASettings, OperatingPoint
+from spresso.config.dae import (
+    DAEConfig,
+    LatentEncoderConfig,
+    LoRASettings,
+    OperatingPoint,
+)
 from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.core.checkpoint import save_checkpoint
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import AudioAE
 from spresso.models.conditioned_dit import build_dae
 from spresso.models.dit import build_denoiser
 from spresso.quant import QINCo2, QINCo2Spec, save_qinco2
-from spresso.train.checkpoint import save_checkpoint
 from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 
 C, TD, PD, T_POOL, ZC = 8, 12, 10, 100, 6
@@ -68,7 +73,7 @@ def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = N
 
 
 def make_bundle(root: Path, continuous: bool = False, seed: int = 0) -> Path:
-    from spresso.codec.bundle import export_bundle
+    from spresso.train.export import export_bundle
 
     ck = make_checkpoints(root / "ck", seed=seed)
     return export_bundle(ck["audioae"], ck["stage"], None if continuous else ck["qinco2"], root / ("cont" if continuous else "bundle"))

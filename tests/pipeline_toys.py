@@ -9,8 +9,8 @@ from pathlib import Path
 
 from spresso.config import config_from_dict
 from spresso.config.pipeline import StageResources
+from spresso.core.digest import digest_file
 from spresso.pipeline import Stage, StageResult
-from spresso.runtime import digest_file
 
 
 def _maybe_fail(cfg, ctx):

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spresso.audio.io import AudioError, load_mono, read_audio, resample, to_mono, write_audio
+from spresso.audio.io import (
+    AudioError,
+    load_mono,
+    read_audio,
+    resample,
+    to_mono,
+    write_audio,
+)
 
 SR = 22050
 

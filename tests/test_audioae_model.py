@@ -5,13 +5,17 @@ import torch
 
 from spresso.config import load_config
 from spresso.config.audioae import AudioAEModelConfig
-from spresso.errors import SpressoError
+from spresso.core.checkpoint import CheckpointError
+from spresso.core.errors import SpressoError
 from spresso.models.audioae import AudioAE, load_audioae
 from spresso.models.discriminators import AudioDiscriminator
 from spresso.models.mel import mel_filterbank, multiscale_mel_distance
 from spresso.models.stft import ISTFT, STFT
-from spresso.train.checkpoint import CheckpointError
-from spresso.train.gan_losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from spresso.train.gan_losses import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
 
 torch.set_num_threads(1)
 TINY = AudioAEModelConfig(width=32, blocks=1, intermediate=64)

@@ -14,7 +14,13 @@ from mlflow.tracking import MlflowClient
 
 from spresso.config import load_config
 from spresso.models.audioae import load_audioae
-from spresso.train.audioae import AudioAETrainer, CropStream, evaluate_reconstruction, load_valid_clips, train_audioae
+from spresso.train.audioae import (
+    AudioAETrainer,
+    CropStream,
+    evaluate_reconstruction,
+    load_valid_clips,
+    train_audioae,
+)
 
 torch.set_num_threads(1)
 SR, CLIP = 48000, 48000  # 1 s clips keep the tests fast
@@ -66,7 +72,7 @@ def test_crop_stream_batches_come_from_real_audio(tmp_path):
     a = next(iter(CropStream(tars, 4800, 2, rank=0, world_size=2, shuffle_buffer=1)))
     b = next(iter(CropStream(tars, 4800, 2, rank=1, world_size=2, shuffle_buffer=1)))
     assert not torch.equal(a, b)
-    from spresso.errors import SpressoError
+    from spresso.core.errors import SpressoError
 
     with pytest.raises(SpressoError, match="every worker"):
         CropStream(tars, 4800, 2, rank=0, world_size=4)

@@ -5,13 +5,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spresso import rates
-from spresso.codec.bitstream import (
-    FORMAT_VERSION, SAMPLE_RATES, Stream, decode_stream, decode_varint, describe, encode_stream, encode_varint, header_nbytes, peel,
-)
 from spresso.codec import windowing as win
+from spresso.codec.bitstream import (
+    FORMAT_VERSION,
+    SAMPLE_RATES,
+    Stream,
+    decode_stream,
+    decode_varint,
+    describe,
+    encode_stream,
+    encode_varint,
+    header_nbytes,
+    peel,
+)
 from spresso.codec.errors import BitstreamError
-from spresso.errors import SpressoError
+from spresso.core import rates
+from spresso.core.errors import SpressoError
 
 VECTORS = Path(__file__).parent / "vectors"
 MODEL = "0123456789abcdef"

@@ -9,9 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spresso import rates
-from spresso.codec.bitstream import MAGIC, FORMAT_VERSION, Stream, decode_stream, encode_stream, peel
+from spresso.codec.bitstream import (
+    FORMAT_VERSION,
+    MAGIC,
+    Stream,
+    decode_stream,
+    encode_stream,
+    peel,
+)
 from spresso.codec.errors import BitstreamError
+from spresso.core import rates
 
 FUZZ = settings(max_examples=250, deadline=250, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

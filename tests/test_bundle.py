@@ -5,11 +5,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from codec_toys import config, make_checkpoints, shared_bundle
 
 import spresso
-from codec_toys import config, make_bundle, make_checkpoints, shared_bundle
 from spresso.codec.bitstream import BitstreamError
-from spresso.codec.bundle import MANIFEST, BundleError, export_bundle, load_bundle, read_manifest
+from spresso.codec.bundle import load_bundle
+from spresso.core.bundle_io import MANIFEST
+from spresso.core.bundle_io import read_bundle_manifest as read_manifest
+from spresso.core.errors import BundleError
+from spresso.train.export import export_bundle
 
 torch.set_num_threads(1)
 
@@ -33,8 +37,8 @@ def test_export_is_self_contained_with_merged_lora_and_content_hash(bundle, tmp_
     assert any(k.startswith("encoder.") for k in keys) and any(".f_phi." in k for k in keys)
     assert any(".streams.audio_down." in k for k in keys)
     # The merged model computes what the unmerged stage checkpoint computes.
+    from spresso.diffusion.checkpoints import load_dae
     from spresso.diffusion.reconstruct import null_text
-    from spresso.train.stage1 import load_dae
 
     merged = load_bundle(bundle).dae
     orig, _ = load_dae(bundle.parent / "ck" / "stage3")
@@ -131,7 +135,7 @@ def test_mlflow_log_register_and_load_by_alias(mlflow_env, tmp_path):
                 register="spresso-test")
     assert s2["version"] == "2" and spresso.load("models:/spresso-test@champion").model_id == s2["model_id"]
     assert spresso.load("models:/spresso-test/1").model_id == summary["model_id"]
-    from spresso.errors import SpressoError
+    from spresso.core.errors import SpressoError
 
     with pytest.raises(SpressoError, match="cannot fetch the bundle"):
         spresso.load("models:/spresso-test@nope")

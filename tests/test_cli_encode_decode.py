@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from codec_toys import shared_bundle
+
 from spresso.cli import main
 from spresso.codec import bitstream as bs
 

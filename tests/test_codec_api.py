@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from codec_toys import shared_bundle
 
 import spresso
-from codec_toys import shared_bundle
 from spresso.codec import bitstream as bs
 from spresso.codec.codec import CodecError
 from spresso.codec.windowing import DEFAULT_OVERLAP_FRAMES

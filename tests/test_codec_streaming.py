@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from codec_toys import shared_bundle
 
 import spresso
-from codec_toys import shared_bundle
 from spresso.codec import bitstream as bs
 from spresso.codec import streaming
 from spresso.codec import windowing as win

@@ -8,7 +8,12 @@ from spresso.config.dae import LatentEncoderConfig, LoRASettings
 from spresso.config.dit import DiTConfig, DiTModelConfig
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.models.conditioned_dit import (
-    AUDIO_DOWN, ConditionedDiT, add_audio_down, build_dae, merge_lora, set_trainable,
+    AUDIO_DOWN,
+    ConditionedDiT,
+    add_audio_down,
+    build_dae,
+    merge_lora,
+    set_trainable,
 )
 from spresso.models.dit import DiT, build_denoiser
 from spresso.models.mmdit import Stream

@@ -1,7 +1,7 @@
 import pytest
 
 from spresso.config import load_config, parse_overrides
-from spresso.errors import ConfigError
+from spresso.core.errors import ConfigError
 
 
 def test_presets_load_and_differ():

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-
 from codec_toys import C, make_checkpoints
+
+from spresso.core.errors import SpressoError
 from spresso.data.latents import latent_arrays
 from spresso.data.zarr_cache import ClipCache
 from spresso.eval import dae_checks as dc
-from spresso.errors import SpressoError
 from spresso.models.audioae import load_audioae
 from spresso.quant import load_qinco2
 

@@ -44,8 +44,8 @@ def overrides(tmp_path):
 @pytest.fixture
 def workdir(tmp_path):
     """A tiny x0 cache (ClipCache), its manifest captions and a tiny AudioAE checkpoint."""
+    from spresso.core.checkpoint import save_checkpoint
     from spresso.models.audioae import AudioAE
-    from spresso.train.checkpoint import save_checkpoint
 
     cfg = load_config("demo", overrides(tmp_path))
     keys = [f"clip{i:02d}" for i in range(N)]
@@ -75,9 +75,9 @@ def workdir(tmp_path):
 def test_train_dit_stage_logs_and_checkpoints(workdir, mlflow_env, ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from spresso.core.checkpoint import load_strict, load_weights
     from spresso.diffusion.generate import generate_audio
     from spresso.models.dit import load_dit
-    from spresso.train.checkpoint import load_strict, load_weights
     from spresso.train.dit import train_dit
 
     final = train_dit(workdir, encoder=HashEncoder(), progress=False)

@@ -4,10 +4,16 @@ import math
 import pytest
 import torch
 
-from spresso.diffusion.edm2 import Denoiser, EDM2Loss, loss_weight, preconditioning, sample_sigma
+from spresso.core.errors import SpressoError
+from spresso.diffusion.edm2 import (
+    Denoiser,
+    EDM2Loss,
+    loss_weight,
+    preconditioning,
+    sample_sigma,
+)
 from spresso.diffusion.ema import EMA, std_to_gamma
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.errors import SpressoError
 
 torch.set_num_threads(1)
 

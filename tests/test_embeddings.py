@@ -1,15 +1,19 @@
 """Embedding backends: the shipped aisfx checkpoint (loaded safely), VGGish and CLAP loaders
 tested with randomly initialised models saved and reloaded."""
 import os
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 from spresso.eval.embeddings import (
-    AisfxEmbedding, VGGishEmbedding, aisfx_checkpoint_path, build_vggish, load_aisfx_state, load_embedding_model,
+    AisfxEmbedding,
+    VGGishEmbedding,
+    aisfx_checkpoint_path,
+    build_vggish,
+    load_aisfx_state,
+    load_embedding_model,
 )
 from spresso.eval.metrics import cosine_similarity
 

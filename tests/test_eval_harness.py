@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 from spresso.eval.adapter import roundtrip
 from spresso.eval.baselines import build_adapter, parse_spec, spec_fingerprint
 from spresso.eval.sets import from_folder, sample_indices
@@ -129,8 +129,8 @@ def test_dac_loader_builds_from_metadata_and_loads_strictly(tmp_path, monkeypatc
 def _tiny_audioae(path: Path) -> Path:
     from spresso.config import SpressoConfig
     from spresso.config.audioae import AudioAEModelConfig
+    from spresso.core.checkpoint import save_checkpoint
     from spresso.models.audioae import AudioAE
-    from spresso.train.checkpoint import save_checkpoint
 
     cfg = SpressoConfig()
     cfg.audioae.model = AudioAEModelConfig(width=32, blocks=1, intermediate=64)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from codec_toys import T_POOL, ZC, make_checkpoints, shared_bundle
+
 from spresso.eval.adapter import roundtrip
 from spresso.eval.baselines import build_adapter
 
@@ -80,7 +80,7 @@ def test_sqcodec_loader_reloads_saved_random_weights_strictly(tmp_path):
     sq_codec = pytest.importorskip("sq_codec")
     from pathlib import Path
 
-    from spresso.errors import SpressoError
+    from spresso.core.errors import SpressoError
     from spresso.eval.baselines.neural import load_sqcodec
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 from spresso.eval import bootstrap
 from spresso.eval.bootstrap import bootstrap_fad, bootstrap_kad, bootstrap_mean
 from spresso.eval.fad import GaussianStats, fad, frechet_distance, trace_sqrt_product

@@ -51,7 +51,11 @@ def train_loop(config: dict) -> None:
     import ray
     import torch
 
-    from spresso.train.checkpoint import load_weights, read_checkpoint_config, save_checkpoint
+    from spresso.core.checkpoint import (
+        load_weights,
+        read_checkpoint_config,
+        save_checkpoint,
+    )
     from spresso.train.harness import TrainContext
 
     torch.set_num_threads(1)

@@ -6,7 +6,12 @@ from spresso.config import load_config
 from spresso.config.dae import LatentEncoderConfig
 from spresso.models import rope
 from spresso.models.latent_encoder import (
-    LatentEncoder, average_pool, build_latent_encoder, decimated_positions, pooled_frames, window_counts,
+    LatentEncoder,
+    average_pool,
+    build_latent_encoder,
+    decimated_positions,
+    pooled_frames,
+    window_counts,
 )
 
 torch.set_num_threads(1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pipeline_toys import STAGES, toy_config
+
 from spresso.cli import main
 from spresso.pipeline import run_pipeline
 from spresso.pipeline.compare import compare_runs

@@ -14,8 +14,15 @@ import pytest
 
 from spresso.audio.io import write_audio
 from spresso.cli import main
-from spresso.errors import SpressoError
-from spresso.eval.listening import ANCHOR, REFERENCE, build_listening_test, lowpass_anchor, summarize, trials_from_folder
+from spresso.core.errors import SpressoError
+from spresso.eval.listening import (
+    ANCHOR,
+    REFERENCE,
+    build_listening_test,
+    lowpass_anchor,
+    summarize,
+    trials_from_folder,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

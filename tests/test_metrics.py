@@ -3,9 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 from spresso.eval.metrics import (
-    actual_bitrate_bps, cosine_similarity, file_bitrate_bps, nominal_bitrate_bps, si_sdr,
+    actual_bitrate_bps,
+    cosine_similarity,
+    file_bitrate_bps,
+    nominal_bitrate_bps,
+    si_sdr,
 )
 
 

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
-
 from pipeline_toys import STAGES, toy_config
+
 from spresso.pipeline import run_pipeline
 from spresso.pipeline.status import pipeline_status
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-
 from pipeline_toys import STAGES, toy_config
+
 from spresso.config import load_config
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 from spresso.pipeline import Stage, build_graph
 from spresso.pipeline.plan import describe
 from spresso.pipeline.registry import registry

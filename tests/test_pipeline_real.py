@@ -118,7 +118,7 @@ def test_real_dag_runs_reuses_and_reruns_one_branch(tiny_corpus, mlflow_env, own
     assert "/dae/d1/t100/" in first.outcomes["stage3@d1"].outputs["checkpoint"].uri
     assert "/dae/c11/t9/" in first.outcomes["stage1@c11"].outputs["checkpoint"].uri
     assert first.outcomes["qinco2@d1"].outputs["checkpoint"].uri.endswith("/qinco2/d1/final")
-    from spresso.codec.bundle import read_manifest
+    from spresso.core.bundle_io import read_bundle_manifest as read_manifest
 
     manifest = read_manifest(first.outcomes["export@d1"].outputs["bundle"].uri)
     assert manifest["mode"] == "discrete" and manifest["K"] == 16 and manifest["m"] == 2 and manifest["t"] == 100

@@ -20,14 +20,20 @@ import soundfile as sf
 import torch
 
 from spresso.config import load_config
+from spresso.core.checkpoint import save_checkpoint
+from spresso.core.errors import SpressoError
 from spresso.data.latents import (
-    channel_stats, frame_sums, latent_arrays, precompute_latents, valid_frame_count, x0_dataset, x0_stats,
+    channel_stats,
+    frame_sums,
+    latent_arrays,
+    precompute_latents,
+    valid_frame_count,
+    x0_dataset,
+    x0_stats,
 )
 from spresso.data.precompute import fill_cache
 from spresso.data.zarr_cache import ClipCache
-from spresso.errors import SpressoError
 from spresso.models.audioae import AudioAE
-from spresso.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 48000

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from spresso.quant import FaissRQ, QINCo2, QINCo2Spec, load_qinco2, residual_kmeans_init, save_qinco2
+from spresso.quant import (
+    FaissRQ,
+    QINCo2,
+    QINCo2Spec,
+    load_qinco2,
+    residual_kmeans_init,
+    save_qinco2,
+)
 from spresso.quant.training import relative_mse
 
 torch.set_num_threads(1)
@@ -88,8 +95,8 @@ def test_checkpoint_round_trip_reproduces_codes(model, data, tmp_path):
 
 
 def test_checkpoint_mismatch_is_one_line_error(model, tmp_path):
-    from spresso.errors import SpressoError
-    from spresso.train.checkpoint import save_checkpoint
+    from spresso.core.checkpoint import save_checkpoint
+    from spresso.core.errors import SpressoError
 
     save_checkpoint(tmp_path / "bad", {"x": torch.zeros(1)}, kind="qinco2", config={}, meta={"spec": SPEC.to_dict()})
     with pytest.raises(SpressoError, match="do not match"):

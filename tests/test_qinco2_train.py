@@ -8,7 +8,13 @@ import torch
 
 from spresso.quant import QINCo2, QINCo2Spec, residual_kmeans_init
 from spresso.quant.features import audio_feature_vectors, audio_files
-from spresso.quant.training import TrainSettings, make_optimizer, relative_mse, reseed_unused, train_step
+from spresso.quant.training import (
+    TrainSettings,
+    make_optimizer,
+    relative_mse,
+    reseed_unused,
+    train_step,
+)
 
 torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)

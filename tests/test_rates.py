@@ -1,6 +1,6 @@
 import pytest
 
-from spresso.rates import bitrate_bps, compression_ratio, frame_rate
+from spresso.core.rates import bitrate_bps, compression_ratio, frame_rate
 
 
 @pytest.mark.parametrize("m,K,t,kbps", [(12, 1024, 9, 1.333), (25, 4096, 100, 0.3), (8, 4096, 100, 0.096)])
@@ -16,6 +16,6 @@ def test_frame_rates_and_compression():
 
 
 def test_continuous_bitrate():
-    from spresso.rates import continuous_bitrate_bps
+    from spresso.core.rates import continuous_bitrate_bps
 
     assert continuous_bitrate_bps(64, 100) == 1024.0 and continuous_bitrate_bps(64, 4) == 25 * 64 * 16

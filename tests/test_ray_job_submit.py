@@ -228,7 +228,7 @@ def test_embed_captions(chain):
 
 
 def test_train_dit(chain):
-    from spresso.train.checkpoint import read_checkpoint_config
+    from spresso.core.checkpoint import read_checkpoint_config
 
     cfg = chain.cfg
     chain.submit("train_dit", "train_dit.py")
@@ -237,7 +237,7 @@ def test_train_dit(chain):
 
 
 def test_train_stage1(chain):
-    from spresso.train.stage1 import stage_output
+    from spresso.config.layout import stage_output
 
     chain.submit("train_stage1", "train_stage1.py")
     assert (stage_output(chain.cfg, "stage1") / "config.json").is_file()
@@ -262,14 +262,14 @@ def test_train_qinco2(chain):
 
 
 def test_train_stage3(chain):
-    from spresso.train.stage1 import stage_output
+    from spresso.config.layout import stage_output
 
     chain.submit("train_stage3", "train_stage3.py")
     assert (stage_output(chain.cfg, "stage3") / "config.json").is_file()
 
 
 def test_export(chain):
-    from spresso.codec.bundle import read_manifest
+    from spresso.core.bundle_io import read_bundle_manifest as read_manifest
 
     log = chain.submit("export", "export.py", "--out", "bundles/d4", "--m", str(POINT["m"]))
     summary = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])

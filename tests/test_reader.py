@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from spresso.core.errors import SpressoError
 from spresso.data.reader import iter_clips, iter_tar, read_manifest, shard_paths
 from spresso.data.tars import ShardWriter
-from spresso.errors import SpressoError
 
 N = 4800
 

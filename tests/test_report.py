@@ -5,11 +5,17 @@ import numpy as np
 import pytest
 
 from spresso.audio.io import write_audio
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 from spresso.eval.adapter import CodecAdapter, CodecInfo, roundtrip
 from spresso.eval.bootstrap import Interval, bootstrap_mean
 from spresso.eval.metrics import si_sdr
-from spresso.eval.report import ExampleClip, ResultRow, format_table, rate_quality_plot, write_html_report
+from spresso.eval.report import (
+    ExampleClip,
+    ResultRow,
+    format_table,
+    rate_quality_plot,
+    write_html_report,
+)
 
 
 class QuantiserCodec(CodecAdapter):

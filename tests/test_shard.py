@@ -13,11 +13,28 @@ import soundfile as sf
 from spresso.audio.io import AudioError
 from spresso.audio.synth import synth_corpus
 from spresso.config import load_config
-from spresso.data.clips import ClipSettings, clip_spans, integrated_loudness, process_source
-from spresso.data.reader import iter_clips, read_dataset_info, read_manifest, read_rejects, shard_paths
+from spresso.core.errors import SpressoError
+from spresso.data.clips import (
+    ClipSettings,
+    clip_spans,
+    integrated_loudness,
+    process_source,
+)
+from spresso.data.reader import (
+    iter_clips,
+    read_dataset_info,
+    read_manifest,
+    read_rejects,
+    shard_paths,
+)
 from spresso.data.shard import shard
-from spresso.data.sources import assign_split, caption_from_name, discover, key_prefix, read_sidecar
-from spresso.errors import SpressoError
+from spresso.data.sources import (
+    assign_split,
+    caption_from_name,
+    discover,
+    key_prefix,
+    read_sidecar,
+)
 
 FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
 

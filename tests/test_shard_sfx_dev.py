@@ -19,7 +19,12 @@ import pytest
 import soundfile as sf
 
 from spresso.config import load_config
-from spresso.data.reader import read_dataset_info, read_manifest, read_rejects, shard_paths
+from spresso.data.reader import (
+    read_dataset_info,
+    read_manifest,
+    read_rejects,
+    shard_paths,
+)
 from spresso.data.shard import shard
 
 REPO = Path(__file__).resolve().parents[1]

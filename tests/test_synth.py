@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from spresso.audio.io import read_audio
-from spresso.audio.synth import CATEGORIES, RATES, corpus_summary, fix_ogg_serial, synth_corpus
-from spresso.runtime import digest_tree
+from spresso.audio.synth import (
+    CATEGORIES,
+    RATES,
+    corpus_summary,
+    fix_ogg_serial,
+    synth_corpus,
+)
+from spresso.core.digest import digest_tree
 
 
 @pytest.fixture(scope="module")

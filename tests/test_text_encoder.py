@@ -6,10 +6,15 @@ import pytest
 import torch
 
 from spresso.config.dit import TextEncoderConfig
+from spresso.core.errors import SpressoError
 from spresso.data.captions import fill_caption_cache
 from spresso.data.zarr_cache import ClipCache
-from spresso.errors import SpressoError
-from spresso.models.text_encoder import ClapTextEncoder, TextEmbedding, TextEncoder, build_text_encoder
+from spresso.models.text_encoder import (
+    ClapTextEncoder,
+    TextEmbedding,
+    TextEncoder,
+    build_text_encoder,
+)
 
 torch.set_num_threads(1)
 

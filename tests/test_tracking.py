@@ -1,8 +1,9 @@
-from mlflow.tracking import MlflowClient
 import pytest
+from mlflow.tracking import MlflowClient
 
 from spresso.config import load_config
-from spresso.runtime import StageRun, digest_json, find_finished_run, stage_run, tracking_uri
+from spresso.core.digest import digest_json
+from spresso.runtime import StageRun, find_finished_run, stage_run, tracking_uri
 
 
 def test_default_tracking_uri_is_sqlite_in_workdir(tmp_path, monkeypatch):

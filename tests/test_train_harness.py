@@ -6,9 +6,20 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from spresso.config import load_config
-from spresso.train.checkpoint import load_state, load_strict, load_weights, save_checkpoint
-from spresso.train.harness import TrainContext, TrainJob, copy_checkpoint, fit, resumable_run_id
+from spresso.core.checkpoint import (
+    load_state,
+    load_strict,
+    load_weights,
+    save_checkpoint,
+)
 from spresso.runtime import stage_run, tracking_uri
+from spresso.train.harness import (
+    TrainContext,
+    TrainJob,
+    copy_checkpoint,
+    fit,
+    resumable_run_id,
+)
 
 
 def _loop(config):
@@ -80,7 +91,12 @@ def test_rerun_after_failed_attempt_resumes_checkpoint_and_mlflow_run(tmp_path, 
 
 
 def test_checkpoint_round_trip_and_strict_errors(tmp_path):
-    from spresso.train.checkpoint import CheckpointError, load_optimizer, optimizer_tensors, read_checkpoint_config
+    from spresso.core.checkpoint import (
+        CheckpointError,
+        load_optimizer,
+        optimizer_tensors,
+        read_checkpoint_config,
+    )
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -1,7 +1,11 @@
 import pytest
 
-from spresso.codec.variable_rate import codebooks_for_kbps, operating_points, resolve_codebooks
-from spresso.errors import SpressoError
+from spresso.codec.variable_rate import (
+    codebooks_for_kbps,
+    operating_points,
+    resolve_codebooks,
+)
+from spresso.core.errors import SpressoError
 
 
 def test_paper_operating_points():

@@ -1,12 +1,20 @@
 import numpy as np
 import pytest
 
+from spresso.codec import windowing as win
 from spresso.codec.windowing import (
-    DEFAULT_OVERLAP_FRAMES, FADES, WINDOW_SAMPLES, cut, fade_in, join, model_length, plan_for_stream, plan_windows,
+    DEFAULT_OVERLAP_FRAMES,
+    FADES,
+    WINDOW_SAMPLES,
+    cut,
+    fade_in,
+    join,
+    model_length,
+    plan_for_stream,
+    plan_windows,
     window_weights,
 )
-from spresso.codec import windowing as win
-from spresso.errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 @pytest.mark.parametrize("n", [1, 1000, WINDOW_SAMPLES - 1, WINDOW_SAMPLES, WINDOW_SAMPLES + 1, 3 * WINDOW_SAMPLES + 777])

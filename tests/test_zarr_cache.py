@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from spresso.core.errors import SpressoError
 from spresso.data.zarr_cache import CacheDataset, CacheError, ClipCache
-from spresso.errors import SpressoError
 
 KEYS = [f"clip{i:03d}" for i in range(10)]
 ARRAYS = {"x0": ((3, 8), "float16"), "valid_frames": ((), "int32"), "split": ((), "str")}

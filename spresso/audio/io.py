@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".m4a")
 

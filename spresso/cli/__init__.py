@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 # Modules that add subcommands; each has register(commands, train).
 COMMAND_MODULES = ["config", "data", "audioae", "latents", "dit", "quant", "stages", "codec", "evaluate", "pipeline"]

@@ -1,11 +1,11 @@
 """`spresso train audioae`: train the 48 kHz AudioAE (DAC recipe) on the train shards with Ray Train."""
 from __future__ import annotations
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def _train(args) -> int:
-    from ..train.audioae import train_audioae
+    from spresso.train.audioae import train_audioae
 
     final = train_audioae(config_from_args(args), force=args.force)
     print(final)

@@ -16,7 +16,7 @@ import glob
 import json
 from pathlib import Path
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 def _read(path: str) -> bytes:
@@ -35,8 +35,8 @@ def _with_path(path: str, err: SpressoError) -> SpressoError:
 
 
 def cmd_peel(args: argparse.Namespace) -> int:
-    from ..codec.bitstream import decode_stream, peel
-    from ..codec.errors import BitstreamError
+    from spresso.codec.bitstream import decode_stream, peel
+    from spresso.codec.errors import BitstreamError
 
     data = _read(args.input)
     try:
@@ -57,8 +57,8 @@ def _fmt(value) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..codec.bitstream import describe
-    from ..codec.errors import BitstreamError
+    from spresso.codec.bitstream import describe
+    from spresso.codec.errors import BitstreamError
 
     data = _read(args.file)
     try:
@@ -129,14 +129,14 @@ def _groups(items: list, size: int = GROUP):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from ..audio.io import read_audio
+    from spresso.audio.io import read_audio
 
     if args.kbps is not None and args.codebooks is not None:
         raise SpressoError("give --kbps or --codebooks, not both")
     inputs, many = expand_inputs(args.input, AUDIO_SUFFIXES)
     outputs = _outputs(inputs, many, args.output, ".spr", args.input)
     codec = _codec(args)
-    from ..codec.streaming import duration_seconds
+    from spresso.codec.streaming import duration_seconds
 
     long, short = [], []
     for pair in zip(inputs, outputs):
@@ -182,7 +182,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from ..audio.io import write_audio
+    from spresso.audio.io import write_audio
 
     if not 1 <= args.variations <= 1000:
         raise SpressoError(f"--variations must be 1..1000, got {args.variations}")
@@ -239,8 +239,8 @@ def _decode_long(codec, args, src: Path, dst: Path, data: bytes) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..train.export import export
-    from .common import config_from_args
+    from spresso.cli.common import config_from_args
+    from spresso.train.export import export
 
     cfg = config_from_args(args)
     point = "c" if args.continuous else "d"
@@ -281,7 +281,7 @@ def register(commands, train) -> None:
     p.set_defaults(func=cmd_decode)
 
     p = commands.add_parser("export", help="trained checkpoints -> codec bundle, logged to MLflow")
-    from .common import add_config_args
+    from spresso.cli.common import add_config_args
 
     add_config_args(p)
     p.add_argument("--out", default=None, help="bundle folder (default <workdir>/bundles/t<t>d|c)")

@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import Callable
 
-from ..config import SpressoConfig, load_config
-from ..errors import SpressoError
+from spresso.config import SpressoConfig, load_config
+from spresso.core.errors import SpressoError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

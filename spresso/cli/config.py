@@ -1,7 +1,7 @@
 """`spresso config`: print the resolved configuration (preset + overrides), validated."""
 from __future__ import annotations
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def _show(args) -> int:

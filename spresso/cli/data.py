@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def register(commands, train) -> None:
@@ -24,8 +24,8 @@ def register(commands, train) -> None:
 
 
 def synth_corpus_cmd(args: argparse.Namespace) -> int:
-    from ..audio.synth import corpus_summary, synth_corpus
-    from ..errors import SpressoError
+    from spresso.audio.synth import corpus_summary, synth_corpus
+    from spresso.core.errors import SpressoError
 
     if args.minutes <= 0:
         raise SpressoError("--minutes must be > 0")
@@ -38,7 +38,7 @@ def synth_corpus_cmd(args: argparse.Namespace) -> int:
 
 
 def shard_cmd(args: argparse.Namespace) -> int:
-    from ..data.shard import shard
+    from spresso.data.shard import shard
 
     cfg = config_from_args(args)
     result = shard(args.input, cfg, output=args.output, captions_csv=args.captions, progress=not args.no_progress)

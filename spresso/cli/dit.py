@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def _train(args) -> int:
-    from ..train.dit import train_dit
+    from spresso.train.dit import train_dit
 
     final = train_dit(config_from_args(args), force=args.force)
     print(final)
@@ -15,13 +15,13 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from ..diffusion.generate import generate_audio
+    from spresso.diffusion.generate import generate_audio
 
     cfg = config_from_args(args)
     dit_dir = args.dit or str(Path(cfg.path(cfg.dit.checkpoint_dir)) / "final")
     audioae_dir = args.audioae or str(Path(cfg.path(cfg.audioae.checkpoint_dir)) / "final")
     if not Path(dit_dir).is_dir():
-        from ..errors import SpressoError
+        from spresso.core.errors import SpressoError
 
         raise SpressoError(f"DiT checkpoint not found: {dit_dir} (run `spresso train dit`, or pass --dit)")
     [out] = generate_audio(dit_dir, [args.prompt], [args.out], audioae_dir=audioae_dir, steps=args.steps, seed=args.seed,

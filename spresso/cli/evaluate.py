@@ -7,11 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 def register(commands, train) -> None:
-    from .common import add_config_args
+    from spresso.cli.common import add_config_args
 
     ev = commands.add_parser(
         "eval", help="evaluate codecs and baselines: Table 1/2-style metrics, rate-quality plot, HTML report",
@@ -51,7 +51,7 @@ def register(commands, train) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..eval.listening import build_listening_test, trials_from_folder
+    from spresso.eval.listening import build_listening_test, trials_from_folder
 
     if not args.eval_source or not args.out:
         raise SpressoError("listening-test needs --eval DIR and --out DIR (or: listening-test summarize FILES...)")
@@ -65,7 +65,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from ..eval.listening import summarize
+    from spresso.eval.listening import summarize
 
     summary = summarize(args.files)
     print(summary.table())
@@ -75,8 +75,8 @@ def _summarize(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..eval.harness import parse_codec_args, run_evaluation
-    from .common import config_from_args
+    from spresso.cli.common import config_from_args
+    from spresso.eval.harness import parse_codec_args, run_evaluation
 
     cfg = config_from_args(args)
     codecs = parse_codec_args(args.codec)

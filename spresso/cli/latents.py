@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def add_latents_args(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_latents_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace, progress: bool = True) -> str:
-    from ..data.latents import precompute_latents
+    from spresso.data.latents import precompute_latents
 
     return precompute_latents(
         config_from_args(args), args.audioae, args.shards, overwrite=args.overwrite,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import load_config
+from spresso.config import load_config
 
 
 def _config(args):
@@ -12,7 +12,7 @@ def _config(args):
 
 
 def _uri(args) -> str:
-    from ..runtime.tracking import tracking_uri
+    from spresso.runtime.tracking import tracking_uri
 
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
@@ -28,16 +28,16 @@ def _run(args) -> int:
     if args.max_parallel:
         cfg.pipeline.max_parallel = args.max_parallel
     if args.dry_run:
-        from ..pipeline.graph import build_graph
-        from ..pipeline.plan import describe
-        from ..pipeline.registry import registry
+        from spresso.pipeline.graph import build_graph
+        from spresso.pipeline.plan import describe
+        from spresso.pipeline.registry import registry
 
         graph = build_graph(cfg, registry())
         selected = graph.select(args.from_, args.until, args.only) | {n for s in args.force for n in graph.match(s)}
         print(describe(graph, selected))
         print("dry run: nothing started")
         return 0
-    from ..pipeline import run_pipeline
+    from spresso.pipeline import run_pipeline
 
     result = run_pipeline(cfg, from_=args.from_, until=args.until, only=args.only, force=args.force)
     print(result.table())
@@ -49,21 +49,21 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    from ..pipeline.status import format_status, pipeline_status
+    from spresso.pipeline.status import format_status, pipeline_status
 
     print(format_status(pipeline_status(_config(args))))
     return 0
 
 
 def _graph(args) -> int:
-    from ..pipeline.graph import build_graph
-    from ..pipeline.registry import registry
-    from ..pipeline.render import render_graph
+    from spresso.pipeline.graph import build_graph
+    from spresso.pipeline.registry import registry
+    from spresso.pipeline.render import render_graph
 
     cfg = _config(args)
     states = {}
     if args.status:
-        from ..pipeline.status import pipeline_status
+        from spresso.pipeline.status import pipeline_status
 
         states = {s.name: s.state for s in pipeline_status(cfg)}
     engine = render_graph(build_graph(cfg, registry()), args.out, states, engine=args.engine)
@@ -72,7 +72,7 @@ def _graph(args) -> int:
 
 
 def _compare(args) -> int:
-    from ..pipeline.compare import compare_runs
+    from spresso.pipeline.compare import compare_runs
 
     cmp = compare_runs(_uri(args), args.experiment, args.metric or None, args.stage, args.parent, args.max_runs, args.status)
     print(cmp.table)
@@ -81,7 +81,7 @@ def _compare(args) -> int:
 
 
 def _lineage(args) -> int:
-    from ..pipeline.lineage import format_lineage, lineage
+    from spresso.pipeline.lineage import format_lineage, lineage
 
     kind, rows = lineage(_uri(args), args.target)
     print(format_lineage(kind, rows))

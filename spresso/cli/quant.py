@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train.qinco2 import train_qinco2
+    from spresso.train.qinco2 import train_qinco2
 
     cfg = config_from_args(args)
     out = train_qinco2(cfg, vectors=args.vectors, array=args.array, rq_train_type=args.rq_train_type)
@@ -23,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from ..train.qinco2 import quantize_cache
+    from spresso.train.qinco2 import quantize_cache
 
     cfg = config_from_args(args)
     ckpt = args.checkpoint or cfg.path(cfg.qinco2.checkpoint_dir) + "/final"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, config_from_args
+from spresso.cli.common import add_config_args, config_from_args
 
 
 def add_stage_args(parser: argparse.ArgumentParser) -> None:
@@ -25,21 +25,21 @@ def stage_config(args: argparse.Namespace):
 
 
 def run_stage1(args: argparse.Namespace) -> int:
-    from ..train.stage1 import train_stage1
+    from spresso.train.stage1 import train_stage1
 
     print(train_stage1(stage_config(args), parent_run_id=args.parent_run_id, force=args.force))
     return 0
 
 
 def run_stage3(args: argparse.Namespace) -> int:
-    from ..train.stage3 import train_stage3
+    from spresso.train.stage3 import train_stage3
 
     print(train_stage3(stage_config(args), parent_run_id=args.parent_run_id, force=args.force))
     return 0
 
 
 def run_precompute_z(args: argparse.Namespace) -> int:
-    from ..data.z_latents import precompute_z
+    from spresso.data.z_latents import precompute_z
 
     print(precompute_z(stage_config(args), args.stage1, overwrite=args.overwrite, max_blocks=args.max_blocks,
                        parent_run_id=args.parent_run_id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BitstreamError
+from spresso.codec.errors import BitstreamError
 
 MIN_BITS, MAX_BITS = 1, 16  # code widths of the .spr format (K = 2..65536); the stream code checks them
 WORD_BITS = 32  # what the packer itself handles: other codecs' streams in the evaluation harness (SQCodec: 17)

@@ -21,9 +21,9 @@ from typing import Optional
 
 import numpy as np
 
-from .. import rates
-from . import bitpack
-from .errors import BitstreamError
+from spresso.codec import bitpack
+from spresso.codec.errors import BitstreamError
+from spresso.core import rates
 
 MAGIC = b"SPR"
 FORMAT_VERSION = 2  # what this build writes

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import SpressoError
-from . import bitstream as bs
-from . import windowing as win
-from .bundle import BundleParts, load_bundle
-from .fast_decode import SOLVERS, CachedDenoiser, sample
-from .variable_rate import resolve_codebooks
+from spresso.codec import bitstream as bs
+from spresso.codec import windowing as win
+from spresso.codec.bundle import BundleParts, load_bundle
+from spresso.codec.fast_decode import SOLVERS, CachedDenoiser, sample
+from spresso.codec.variable_rate import resolve_codebooks
+from spresso.core.errors import SpressoError
 
 SILENCE_PEAK = 1e-6  # -120 dBFS: below 16-bit (and 24-bit dithered) quantisation noise
 
@@ -141,7 +141,7 @@ class Codec:
 
     # --------------------------------------------------------------------------- encode
     def _prepare(self, wave, sr) -> np.ndarray:
-        from ..audio.io import resample
+        from spresso.audio.io import resample
 
         if not isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr < 1:
             raise CodecError(f"sample rate must be a positive integer, got {sr!r}")
@@ -214,7 +214,7 @@ class Codec:
     def encode_file(self, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
                     progress: bool = False) -> bytes:
         """An audio file of any length -> `.spr` bytes, read block by block (bounded memory)."""
-        from .streaming import encode_file
+        from spresso.codec.streaming import encode_file
 
         return encode_file(self, path, kbps, codebooks, progress=progress)
 
@@ -294,7 +294,7 @@ class Codec:
 
         ``variation`` v gives the same audio as ``decode(..., variations=N)[v]``. Returns (samples, rate).
         """
-        from .streaming import decode_to_file
+        from spresso.codec.streaming import decode_to_file
 
         return decode_to_file(self, data, path, steps, seed, variation, original_rate=original_rate, solver=solver,
                               rho=rho, subtype=subtype, progress=progress)
@@ -332,7 +332,7 @@ class Codec:
             waves = [o[: plan.n_samples] for o in per_var]
             sr = self.sample_rate
             if original_rate:
-                from ..audio.io import resample
+                from spresso.audio.io import resample
 
                 waves = [_fit(resample(w, self.sample_rate, stream.sample_rate), stream.sample_count) for w in waves]
                 sr = stream.sample_rate
@@ -362,14 +362,9 @@ def _chunks(items: Sequence, size: int) -> Iterator[list]:
         yield list(items[start:start + size])
 
 
-def load(path_or_uri: str | Path, **kw) -> Codec:
-    """A :class:`Codec` from a bundle folder, or an MLflow ``models:/NAME@alias``, ``models:/NAME/3`` or ``runs:/ID/path``."""
-    s = str(path_or_uri)
-    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        from ..train.export import download_bundle
-
-        s = download_bundle(s)
-    return Codec.from_path(s, **kw)
+def load(path: str | Path, **kw) -> Codec:
+    """A :class:`Codec` from a bundle folder (``spresso.load`` also resolves MLflow model URIs)."""
+    return Codec.from_path(path, **kw)
 
 
 __all__: Iterable[str] = ("Codec", "CodecError", "load")

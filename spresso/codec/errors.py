@@ -1,7 +1,7 @@
 """Errors of the `.spr` format: each one a single line a user can act on."""
 from __future__ import annotations
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 class BitstreamError(SpressoError):

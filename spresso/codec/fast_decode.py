@@ -23,13 +23,13 @@ from typing import Callable
 
 import torch
 
-from ..diffusion.sampler import heun_sample, karras_sigmas
-from ..models.conditioned_dit import AUDIO_DOWN
-from ..models.dit import AUDIO, TEXT
-from ..models.latent_encoder import decimated_positions
-from ..models.mmdit import StreamInput
-from ..models.rope import frame_positions
-from ..diffusion.edm2 import preconditioning
+from spresso.diffusion.edm2 import preconditioning
+from spresso.diffusion.sampler import heun_sample, karras_sigmas
+from spresso.models.conditioned_dit import AUDIO_DOWN
+from spresso.models.dit import AUDIO, TEXT
+from spresso.models.latent_encoder import decimated_positions
+from spresso.models.mmdit import StreamInput
+from spresso.models.rope import frame_positions
 
 SOLVERS = ("dpmpp2m", "heun")
 

@@ -20,11 +20,11 @@ import soundfile as sf
 import soxr
 from tqdm.auto import tqdm
 
-from ..errors import SpressoError
-from . import windowing as win
+from spresso.codec import windowing as win
+from spresso.core.errors import SpressoError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .codec import Codec
+    from spresso.codec.codec import Codec
 
 BLOCK_SECONDS = 10.0  # input read per block
 
@@ -40,7 +40,7 @@ def duration_seconds(path: str | Path) -> float | None:
 
 def _mono_blocks(path: str | Path, sample_rate: int) -> tuple[int, int, Iterator[np.ndarray]]:
     """(source frames, source rate, iterator of mono float32 blocks at ``sample_rate``)."""
-    from .codec import CodecError
+    from spresso.codec.codec import CodecError
 
     try:
         f = sf.SoundFile(str(path))
@@ -95,7 +95,7 @@ def _windows(blocks: Iterator[np.ndarray], plan: win.WindowPlan) -> Iterator[np.
 def encode_file(codec: "Codec", path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
                 progress: bool = False) -> bytes:
     """An audio file -> `.spr` bytes, reading it block by block."""
-    from .codec import SILENCE_PEAK, CodecError
+    from spresso.codec.codec import SILENCE_PEAK, CodecError
 
     m = codec.codebooks_for(kbps, codebooks)
     frames, sr, blocks = _mono_blocks(path, codec.sample_rate)
@@ -132,7 +132,7 @@ def decode_to_file(codec: "Codec", data, path: str | Path, steps: int | None = N
                    original_rate: bool = False, solver: str | None = None, rho: float | None = None,
                    subtype: str | None = None, progress: bool = False) -> tuple[int, int]:
     """`.spr` bytes -> an audio file written as it is decoded. Returns (samples written, rate)."""
-    from .codec import CodecError, _window_weight
+    from spresso.codec.codec import CodecError, _window_weight
 
     steps, solver, rho = codec._sampler_settings(steps, solver, rho)
     stream = codec.parse(data)

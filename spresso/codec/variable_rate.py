@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .. import rates
-from ..errors import SpressoError
+from spresso.core import rates
+from spresso.core.errors import SpressoError
 
 
 def operating_points(K: int, t: int, max_m: int) -> list[tuple[int, float]]:

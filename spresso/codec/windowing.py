@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 SAMPLE_RATE = 48000
 WINDOW_SAMPLES = 5 * SAMPLE_RATE  # the models' clip length

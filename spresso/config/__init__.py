@@ -13,16 +13,16 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from ..errors import ConfigError
-from .audioae import AudioAEConfig
-from .base import Section
-from .data import DataConfig
-from .dae import DAEConfig
-from .dit import DiTConfig
-from .eval import EvalConfig
-from .qinco2 import QINCo2Config
-from .pipeline import PipelineConfig
-from .runtime import RuntimeConfig
+from spresso.config.audioae import AudioAEConfig
+from spresso.config.base import Section
+from spresso.config.dae import DAEConfig
+from spresso.config.data import DataConfig
+from spresso.config.dit import DiTConfig
+from spresso.config.eval import EvalConfig
+from spresso.config.pipeline import PipelineConfig
+from spresso.config.qinco2 import QINCo2Config
+from spresso.config.runtime import RuntimeConfig
+from spresso.core.errors import ConfigError
 
 __all__ = ["SpressoConfig", "Section", "load_config", "parse_overrides", "ConfigError"]
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import Section
+from spresso.config.base import Section
 
 
 class AudioAEModelConfig(Section):

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .base import Section
+from spresso.config.base import Section
 
 # The paper's encoder depth by pooling factor: 6 at 25 Hz, 10 at 11 Hz, 12 at 5 Hz and 1 Hz.
 PAPER_DEPTHS = {4: 6, 9: 10, 20: 12, 100: 12}

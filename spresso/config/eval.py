@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Section
+from spresso.config.base import Section
 
 
 class EvalConfig(Section):

@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .base import Section
+from spresso.config.base import Section
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
 
@@ -52,7 +52,7 @@ class OperatingPoint(Section):
         return self
 
     def bitrate_bps(self, z_channels: int = 64) -> float:
-        from ..rates import bitrate_bps, continuous_bitrate_bps
+        from spresso.core.rates import bitrate_bps, continuous_bitrate_bps
 
         if self.continuous:
             return continuous_bitrate_bps(z_channels, self.t)

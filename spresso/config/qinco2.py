@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from .base import Section
+from spresso.config.base import Section
 
 
 class QINCo2Config(Section):

@@ -1,7 +1,7 @@
 """Where stages run and where they log: Ray and MLflow settings."""
 from __future__ import annotations
 
-from .base import Section
+from spresso.config.base import Section
 
 
 class RuntimeConfig(Section):

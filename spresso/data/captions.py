@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import SpressoError
-from ..models.text_encoder import TextEncoder
-from ..runtime.digest import digest_json
-from .zarr_cache import CacheError, ClipCache
+from spresso.core.digest import digest_json
+from spresso.core.errors import SpressoError
+from spresso.data.zarr_cache import CacheError, ClipCache
+from spresso.models.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def fill_caption_cache(path: str, keys: Sequence[str], captions: Sequence[str], 
 
 def manifest_captions(shards_dir: str, keys: Sequence[str]) -> list[str]:
     """The captions of ``keys`` from the shard manifest (an unknown key is an error)."""
-    from .reader import read_manifest
+    from spresso.data.reader import read_manifest
 
     table = read_manifest(shards_dir)
     by_key = dict(zip(table.column("key").to_pylist(), table.column("caption").to_pylist()))
@@ -82,7 +82,7 @@ def manifest_captions(shards_dir: str, keys: Sequence[str]) -> list[str]:
 
 def build_caption_cache(cfg, encoder: TextEncoder | None = None, *, progress: bool = True) -> ClipCache:
     """The caption cache for the x0 cache of ``cfg`` (``cfg.dit.captions_path``), filled as needed."""
-    from ..models.text_encoder import build_text_encoder
+    from spresso.models.text_encoder import build_text_encoder
 
     x0 = ClipCache.open(cfg.path(cfg.audioae.latents_path), mode="r")
     keys = x0.keys

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from ..audio.io import AudioError, read_audio, resample, to_mono
+from spresso.audio.io import AudioError, read_audio, resample, to_mono
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,6 @@ def process_source(data: bytes, *, key_prefix: str, source_id: str, caption: str
 
 
 def _default_key(prefix: str, index: int) -> str:
-    from .sources import clip_key
+    from spresso.data.sources import clip_key
 
     return clip_key(prefix, index)

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SpressoConfig
-from ..errors import SpressoError
-from .precompute import ROW, fill_cache
-from .zarr_cache import ClipCache
+from spresso.config import SpressoConfig
+from spresso.core.errors import SpressoError
+from spresso.data.precompute import ROW, fill_cache
+from spresso.data.zarr_cache import ClipCache
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _MANIFESTS: dict[str, dict[str, np.ndarray]] = {}
 def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
     """The manifest columns the source needs, read once per worker process."""
     if shards_dir not in _MANIFESTS:
-        from .reader import read_manifest
+        from spresso.data.reader import read_manifest
 
         table = read_manifest(shards_dir)
         _MANIFESTS[shards_dir] = {
@@ -55,7 +55,7 @@ def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
 def _tar_path(shards_dir: str, split: str, shard: Any) -> str:
     """Where a manifest ``shard`` entry lives: a path relative to the shards dir, a file name in
     the split's folder, or a shard number."""
-    from .reader import SHARD_PATTERN, _fs, _join
+    from spresso.data.reader import SHARD_PATTERN, _fs, _join
 
     if isinstance(shard, (int, np.integer)) or str(shard).isdigit():
         return _join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
@@ -78,7 +78,7 @@ class ShardClipSource:
         self.clip_samples = int(clip_samples)
 
     def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        from .reader import _open, decode_clip
+        from spresso.data.reader import _open, decode_clip
 
         m = _manifest_columns(self.shards_dir)
         keys = m["key"][start:stop]
@@ -139,7 +139,7 @@ class EncodeLatents:
     def __init__(self, checkpoint_dir: str):
         import torch
 
-        from ..models.audioae import load_audioae
+        from spresso.models.audioae import load_audioae
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_audioae(checkpoint_dir, map_location=self.device).eval()
@@ -178,8 +178,8 @@ def channel_stats(cache: ClipCache, split: str = "train") -> tuple[list[float], 
 # -- lineage -------------------------------------------------------------------------------------
 def shards_digest(shards_dir: str) -> str:
     """The dataset digest `spresso shard` recorded, else a digest of the manifest file."""
-    from ..runtime.digest import digest_bytes
-    from .reader import MANIFEST, _join, _open, read_dataset_info
+    from spresso.core.digest import digest_bytes
+    from spresso.data.reader import MANIFEST, _join, _open, read_dataset_info
 
     try:
         info = read_dataset_info(shards_dir)
@@ -194,7 +194,7 @@ def shards_digest(shards_dir: str) -> str:
 
 def audioae_run_id(checkpoint_dir: str, digest: str, cfg: SpressoConfig) -> str:
     """The MLflow run that produced the checkpoint: from its metadata, else by its output digest."""
-    from ..train.checkpoint import read_checkpoint_config
+    from spresso.core.checkpoint import read_checkpoint_config
 
     meta = read_checkpoint_config(checkpoint_dir, CHECKPOINT_KIND).get("meta", {})
     for k in ("mlflow_run_id", "run_id"):
@@ -203,7 +203,7 @@ def audioae_run_id(checkpoint_dir: str, digest: str, cfg: SpressoConfig) -> str:
     try:
         from mlflow.tracking import MlflowClient
 
-        from ..runtime.tracking import tracking_uri
+        from spresso.runtime.tracking import tracking_uri
 
         client = MlflowClient(tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri))
         exp = client.get_experiment_by_name(cfg.runtime.experiment)
@@ -222,8 +222,8 @@ def cache_digest(cache: ClipCache) -> str:
     The content is a deterministic function of the AudioAE and the shards, so this is cheap
     where hashing hundreds of GB of chunks is not.
     """
-    from ..runtime.digest import digest_json
-    from .zarr_cache import LAYOUT_ATTR
+    from spresso.core.digest import digest_json
+    from spresso.data.zarr_cache import LAYOUT_ATTR
 
     return digest_json({"layout": cache._layout, "attrs": cache.attrs, LAYOUT_ATTR: True})
 
@@ -250,9 +250,9 @@ def _resolve_inputs(cfg: SpressoConfig, audioae_dir: str | None, shards_dir: str
 def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, *, overwrite: bool = False,
                          replace_stale: bool = False) -> ClipCache:
     """Size the x0 cache from the manifest and the checkpoint's model settings (no model loaded)."""
-    from ..runtime.digest import digest_tree
-    from ..train.checkpoint import read_checkpoint_config
-    from .reader import read_manifest
+    from spresso.core.checkpoint import read_checkpoint_config
+    from spresso.core.digest import digest_tree
+    from spresso.data.reader import read_manifest
 
     model_cfg = read_checkpoint_config(audioae_dir, CHECKPOINT_KIND)["config"]["audioae"]["model"]
     hop, latent_dim, sr = int(model_cfg["hop"]), int(model_cfg["latent_dim"]), int(model_cfg["sample_rate"])
@@ -276,7 +276,7 @@ def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, 
 
 
 def _stage_key(cache: ClipCache) -> str:
-    from ..runtime.digest import digest_json
+    from spresso.core.digest import digest_json
 
     a = cache.attrs
     return digest_json({"stage": STAGE, "audioae": a["audioae_digest"], "shards": a["shards_digest"], "layout": cache._layout})
@@ -299,8 +299,8 @@ def precompute_latents(
     A complete cache from the same AudioAE and shards whose MLflow run finished is reused
     without a new run. ``mapper`` is the actor class (a subclass may wrap the encoder).
     """
-    from ..runtime import find_finished_run, stage_run, tracking_uri
-    from ..runtime.tracking import ensure_experiment
+    from spresso.runtime import find_finished_run, stage_run, tracking_uri
+    from spresso.runtime.tracking import ensure_experiment
 
     audioae_dir, shards_dir = _resolve_inputs(cfg, audioae_dir, shards_dir)
     cache = open_or_create_cache(cfg, audioae_dir, shards_dir, overwrite=overwrite, replace_stale=replace_stale)
@@ -353,7 +353,7 @@ def x0_dataset(path: str, split: str = "train", arrays: tuple[str, ...] = ("x0",
     Wrap it in a ``torch.utils.data.DataLoader(shuffle=True, num_workers=N)`` for random clip
     batches; each worker opens the cache itself, so forked workers are safe.
     """
-    from .zarr_cache import CacheDataset
+    from spresso.data.zarr_cache import CacheDataset
 
     cache = ClipCache.open(path, mode="r")
     rows = cache.rows_where("split", split)

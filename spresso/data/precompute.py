@@ -25,9 +25,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..config.runtime import RuntimeConfig
-from ..errors import SpressoError
-from .zarr_cache import ClipCache
+from spresso.config.runtime import RuntimeConfig
+from spresso.core.errors import SpressoError
+from spresso.data.zarr_cache import ClipCache
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def fill_cache(
     import ray
     from tqdm.auto import tqdm
 
-    from ..runtime import actor_cpus, init_ray
+    from spresso.runtime import actor_cpus, init_ray
 
     if int(batch_size) != batch_size or batch_size < 1:
         raise SpressoError(f"batch_size must be a positive integer (got {batch_size})")

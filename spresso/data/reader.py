@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"

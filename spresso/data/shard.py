@@ -30,13 +30,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..audio.io import AudioError
-from ..errors import SpressoError
-from ..runtime.digest import digest_json
-from .clips import ClipSettings, clip_spans, process_source
-from .reader import DATASET_JSON, MANIFEST, REJECTS, SHARD_PATTERN
-from .sources import Source, caption_from_name, discover, read_sidecar
-from .tars import ShardWriter
+from spresso.audio.io import AudioError
+from spresso.core.digest import digest_json
+from spresso.core.errors import SpressoError
+from spresso.data.clips import ClipSettings, clip_spans, process_source
+from spresso.data.reader import DATASET_JSON, MANIFEST, REJECTS, SHARD_PATTERN
+from spresso.data.sources import Source, caption_from_name, discover, read_sidecar
+from spresso.data.tars import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def _cleanup(fs, root: str, units: list[Unit], records: dict[str, dict]) -> None
 
 
 def _run_ray(pending: list[Unit], out: str, settings: ClipSettings, cfg, num_cpus: float | None, bar) -> list[dict]:
-    from ..runtime import init_ray
+    from spresso.runtime import init_ray
 
     ray = init_ray(cfg.runtime)
     import ray.data as rd
@@ -450,7 +450,7 @@ def shard(inputs: list[str], cfg, *, output: str | None = None, captions_csv: st
 
     if not track:
         return body(None)
-    from ..runtime import stage_run
+    from spresso.runtime import stage_run
 
     with stage_run("shard", cfg, key=plan_key) as run:
         return body(run)

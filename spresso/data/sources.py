@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ..audio.io import AUDIO_EXTENSIONS
-from ..errors import SpressoError
+from spresso.audio.io import AUDIO_EXTENSIONS
+from spresso.core.errors import SpressoError
 
 CAPTION_EXTENSIONS = (".txt", ".json")
 GLOB_CHARS = "*?["

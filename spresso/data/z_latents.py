@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SpressoConfig
-from ..errors import SpressoError
-from .precompute import ROW, fill_cache
-from .zarr_cache import ClipCache
+from spresso.config import SpressoConfig
+from spresso.core.errors import SpressoError
+from spresso.data.precompute import ROW, fill_cache
+from spresso.data.zarr_cache import ClipCache
 
 log = logging.getLogger(__name__)
 STAGE = "precompute_z"
@@ -47,8 +47,8 @@ class EncodeZ:
     def __init__(self, checkpoint_dir: str):
         import torch
 
-        from ..diffusion.normalize import LatentNormalizer
-        from ..train.stage1 import load_dae
+        from spresso.diffusion.checkpoints import load_dae
+        from spresso.diffusion.normalize import LatentNormalizer
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, info = load_dae(checkpoint_dir, map_location=self.device)
@@ -73,7 +73,7 @@ class QuantizeZ:
     def __init__(self, quantizer_dir: str, m: int, beam: int | None = None):
         import torch
 
-        from ..quant import load_qinco2
+        from spresso.quant import load_qinco2
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.q = load_qinco2(quantizer_dir, device=self.device)
@@ -111,12 +111,14 @@ def _x0_cache(cfg: SpressoConfig) -> ClipCache:
 def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite: bool = False, replace_stale: bool = False, max_blocks: int | None = None,
                  parent_run_id: str | None = None, progress: bool = True) -> str:
     """Fill (or finish) the z cache of operating point ``cfg.dae.t``; return its path."""
-    from ..models.latent_encoder import pooled_frames
-    from ..runtime import digest_tree, find_finished_run, stage_run, tracking_uri
-    from ..runtime.tracking import ensure_experiment
-    from ..train.checkpoint import read_checkpoint_config
-    from ..train.stage1 import CHECKPOINT_KIND, stage_output
-    from .latents import cache_digest
+    from spresso.config.layout import stage_output
+    from spresso.core.checkpoint import read_checkpoint_config
+    from spresso.core.digest import digest_tree
+    from spresso.data.latents import cache_digest
+    from spresso.diffusion.checkpoints import CHECKPOINT_KIND
+    from spresso.models.latent_encoder import pooled_frames
+    from spresso.runtime import find_finished_run, stage_run, tracking_uri
+    from spresso.runtime.tracking import ensure_experiment
 
     stage1_dir = str(stage1_dir or stage_output(cfg, "stage1"))
     if not (Path(stage1_dir) / "config.json").is_file():
@@ -153,8 +155,8 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
 
 def precompute_zq(cfg: SpressoConfig, quantizer_dir: str, m: int, *, beam: int | None = None, progress: bool = True) -> str:
     """Fill (or finish) the z_q cache (first m codebooks of the frozen quantizer) for stage 3; return its path."""
-    from ..runtime import digest_tree
-    from .latents import cache_digest
+    from spresso.core.digest import digest_tree
+    from spresso.data.latents import cache_digest
 
     zpath = z_cache_path(cfg)
     if not ClipCache.exists(zpath) or not ClipCache.open(zpath, mode="r").complete:

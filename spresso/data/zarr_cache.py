@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 LAYOUT_ATTR = "spresso_layout"
 KEYS = "keys"
@@ -66,7 +66,7 @@ def _store_path(path: str | os.PathLike) -> str:
 
 
 def _layout(keys: Sequence[str], arrays: Mapping[str, ArraySpec], chunk_rows: int) -> dict:
-    from ..runtime.digest import digest_json
+    from spresso.core.digest import digest_json
 
     return {
         "n_rows": len(keys),

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SpressoError
-from ..models.text_encoder import TextEmbedding, TextEncoder
-from .normalize import LatentNormalizer
-from .sampler import guided, heun_sample
+from spresso.core.errors import SpressoError
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.sampler import guided, heun_sample
+from spresso.models.text_encoder import TextEmbedding, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def generate_audio(dit_dir: str | Path, prompts: Sequence[str], out_paths: Seque
                    audioae_dir: str | Path, steps: int | None = None, seed: int = 0, guidance: float | None = None,
                    seconds: float | None = None, device: str | None = None, encoder: TextEncoder | None = None) -> list[Path]:
     """Generate one sound per prompt with the DiT at ``dit_dir``, decode with the AudioAE, write audio files."""
-    from ..audio.io import write_audio
-    from ..config.dit import DiTConfig
-    from ..models.audioae import load_audioae
-    from ..models.dit import load_dit
-    from ..models.text_encoder import build_text_encoder
+    from spresso.audio.io import write_audio
+    from spresso.config.dit import DiTConfig
+    from spresso.models.audioae import load_audioae
+    from spresso.models.dit import load_dit
+    from spresso.models.text_encoder import build_text_encoder
 
     if len(prompts) != len(out_paths):
         raise SpressoError("give one output path per prompt")

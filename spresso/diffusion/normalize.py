@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 class LatentNormalizer:

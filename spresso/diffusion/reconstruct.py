@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.text_encoder import TextEmbedding
-from .normalize import LatentNormalizer
-from .sampler import heun_sample
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.sampler import heun_sample
+from spresso.models.text_encoder import TextEmbedding
 
 
 def null_text(model, batch: int, device) -> TextEmbedding:

@@ -53,7 +53,7 @@ def _repeat(v):
     if torch.is_tensor(v):
         return torch.cat([v, v])
     if hasattr(v, "tokens"):  # TextEmbedding
-        from ..models.text_encoder import TextEmbedding
+        from spresso.models.text_encoder import TextEmbedding
 
         return TextEmbedding.cat([v, v])
     return v

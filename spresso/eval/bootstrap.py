@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpressoError
-from .embedset import EmbeddingSet, check_comparable
-from .fad import FADReference, frechet_distance, gaussian_stats
-from .kad import KAD_SCALE, KADReference
+from spresso.core.errors import SpressoError
+from spresso.eval.embedset import EmbeddingSet, check_comparable
+from spresso.eval.fad import FADReference, frechet_distance, gaussian_stats
+from spresso.eval.kad import KAD_SCALE, KADReference
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class EmbeddingModel(ABC):
 
     def embed_from(self, waves: Any, sample_rate: int) -> np.ndarray:
         """Like :meth:`embed` for audio at another rate (resampled with soxr first)."""
-        from ..audio.io import resample
+        from spresso.audio.io import resample
 
         return self.embed(resample(_as_waves(waves), sample_rate, self.sample_rate))
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpressoError
-from .embedset import EmbeddingSet, check_comparable
+from spresso.core.errors import SpressoError
+from spresso.eval.embedset import EmbeddingSet, check_comparable
 
 log = logging.getLogger(__name__)
 

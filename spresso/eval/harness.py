@@ -28,11 +28,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpressoError
-from .adapter import EVAL_RATE, roundtrip
-from .bootstrap import Interval, bootstrap_fad, bootstrap_kad, bootstrap_mean
-from .report import ExampleClip, ResultRow, rate_quality_plot, table_rows, write_html_report
-from .sets import EvalClip, EvalSet
+from spresso.core.errors import SpressoError
+from spresso.eval.adapter import EVAL_RATE, roundtrip
+from spresso.eval.bootstrap import (
+    Interval,
+    bootstrap_fad,
+    bootstrap_kad,
+    bootstrap_mean,
+)
+from spresso.eval.report import (
+    ExampleClip,
+    ResultRow,
+    rate_quality_plot,
+    table_rows,
+    write_html_report,
+)
+from spresso.eval.sets import EvalClip, EvalSet
 
 log = logging.getLogger(__name__)
 REFERENCE = "_original"  # the originals' embeddings live in the cache like a codec's
@@ -92,7 +103,7 @@ _EMBEDDERS: dict[str, object] = {}
 
 def _embedder(settings: HarnessSettings):
     """One embedding model per worker process (loading aisfx/CLAP per chunk would dominate)."""
-    from .embeddings import load_embedding_model
+    from spresso.eval.embeddings import load_embedding_model
 
     key = settings.embedding_id()
     if key not in _EMBEDDERS:
@@ -108,8 +119,8 @@ def evaluate_chunk(spec: str | None, clips: list[EvalClip], audio_keys: set[str]
     """
     import torch
 
-    from .baselines import build_adapter
-    from .metrics import mel_distance, si_sdr
+    from spresso.eval.baselines import build_adapter
+    from spresso.eval.metrics import mel_distance, si_sdr
 
     torch.set_num_threads(max(1, settings.threads_per_task))
     adapter = build_adapter(spec, {"steps": settings.diffusion_steps}) if spec else None
@@ -129,7 +140,7 @@ def evaluate_chunk(spec: str | None, clips: list[EvalClip], audio_keys: set[str]
         if clip.key in audio_keys:
             r["recon"] = recon.astype(np.float32)
             if adapter is not None and adapter.stochastic and settings.variations:
-                from ..audio.io import resample
+                from spresso.audio.io import resample
 
                 native = resample(clip.wave, EVAL_RATE, adapter.info.sample_rate)
                 data = adapter.encode(native)
@@ -177,7 +188,7 @@ class ResultCache:
 
 
 def codec_id(name: str, spec: str | None, settings: HarnessSettings) -> str:
-    from .baselines import spec_fingerprint
+    from spresso.eval.baselines import spec_fingerprint
 
     parts = [settings.embedding_id(), spec_fingerprint(spec) if spec else "original", settings.diffusion_steps]
     return f"{name}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]}"
@@ -272,7 +283,7 @@ class Harness:
         return counts
 
     def run(self, progress: bool = True) -> EvalResult:
-        from .baselines import build_adapter
+        from spresso.eval.baselines import build_adapter
 
         s = self.settings
         ref_cache = ResultCache(self.cache_dir, codec_id(REFERENCE, None, s))
@@ -309,11 +320,9 @@ class Harness:
         return EvalResult(self.set, results)
 
     def _metrics(self, ref_emb: list[np.ndarray], emb: list[np.ndarray], per_clip: dict) -> dict[str, Interval]:
-        from .metrics import cosine_similarity
-
         from threadpoolctl import threadpool_limits
 
-        from ..runtime import cpu_count
+        from spresso.runtime import cpu_count
 
         s, e = self.settings, self.settings.embedding
         # BLAS threads beyond half the cores thrash on a shared machine (FAD's eighs got 8x slower)
@@ -321,7 +330,7 @@ class Harness:
             return self._set_metrics(ref_emb, emb, per_clip)
 
     def _set_metrics(self, ref_emb, emb, per_clip) -> dict[str, Interval]:
-        from .metrics import cosine_similarity
+        from spresso.eval.metrics import cosine_similarity
 
         s, e = self.settings, self.settings.embedding
         cos = cosine_similarity(np.stack([x.mean(0) for x in ref_emb]), np.stack([x.mean(0) for x in emb]))
@@ -338,7 +347,7 @@ class Harness:
     def write_outputs(self, result: EvalResult, out_dir: str | Path, title: str | None = None) -> EvalResult:
         """table.md / table.csv / results.json, rate-quality PNGs, index.html with players and
         spectrograms, and ``listening/<clip>/{reference,<codec>}.wav`` for ``spresso listening-test``."""
-        from ..audio.io import write_audio
+        from spresso.audio.io import write_audio
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -387,7 +396,7 @@ class Harness:
 
 # -- the stage: set + harness + outputs + MLflow ---------------------------------------------------
 def load_eval_set(cfg, *, split: str | None = None, folder: str | None = None, num_clips: int | None = None) -> EvalSet:
-    from .sets import from_folder, from_shards
+    from spresso.eval.sets import from_folder, from_shards
 
     n = int(num_clips or cfg.eval.num_clips)
     if folder:
@@ -399,7 +408,8 @@ def run_evaluation(cfg, codecs: dict[str, str], *, split: str | None = None, fol
                    num_clips: int | None = None, out_dir: str | None = None, parent_run_id: str | None = None,
                    use_ray: bool = True, progress: bool = True) -> tuple[EvalResult, str]:
     """The ``evaluate`` stage: one MLflow run holding the table, plots, report and listening folder."""
-    from ..runtime import digest_json, init_ray, stage_run
+    from spresso.core.digest import digest_json
+    from spresso.runtime import init_ray, stage_run
 
     check_codec_names(codecs)
     eval_set = load_eval_set(cfg, split=split, folder=folder, num_clips=num_clips)

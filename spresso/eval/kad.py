@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedset import EmbeddingSet, check_comparable
+from spresso.eval.embedset import EmbeddingSet, check_comparable
 
 KAD_SCALE = 1000.0
 _CHUNK = 2048

@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 REFERENCE = "reference"  # the hidden reference's condition name in results
 ANCHOR = "anchor_lp3k5"  # the 3.5 kHz low-pass anchor's condition name
@@ -77,7 +77,7 @@ def build_listening_test(
     seed: int = 0, anchor_hz: float = 3500.0,
 ) -> Path:
     """Write the page and its audio (48 kHz mono WAV, opaque file names) to ``out_dir``; returns index.html."""
-    from ..audio.io import load_mono, write_audio
+    from spresso.audio.io import load_mono, write_audio
 
     if max_trials is not None and max_trials < len(trials):
         trials = random.Random(seed).sample(trials, max_trials)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 def _as_batch(x: Any, name: str) -> np.ndarray:
@@ -76,7 +76,9 @@ def mel_distance(estimate: Any, reference: Any) -> np.ndarray:
     """
     import torch
 
-    from ..models.mel import multiscale_mel_distance  # lazy: owned by the AudioAE module
+    from spresso.models.mel import (
+        multiscale_mel_distance,  # lazy: owned by the AudioAE module
+    )
 
     est = _as_batch(estimate, "estimate")
     ref = _as_batch(reference, "reference")
@@ -93,7 +95,7 @@ def mel_distance(estimate: Any, reference: Any) -> np.ndarray:
 
 def nominal_bitrate_bps(m: int, K: int, t: int) -> float:
     """The operating point's nominal bitrate, m x log2(K) x (100 / t) bits/s (see spresso.rates)."""
-    from ..rates import bitrate_bps
+    from spresso.core.rates import bitrate_bps
 
     return bitrate_bps(m, K, t)
 

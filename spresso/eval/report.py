@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpressoError
-from .bootstrap import Interval
+from spresso.core.errors import SpressoError
+from spresso.eval.bootstrap import Interval
 
 # metric key -> (column title, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -159,7 +159,7 @@ def write_html_report(
     plots: dict[str, str | Path] | None = None,
 ) -> Path:
     """A static folder: index.html + table.md/json + plots + audio/ + spectrograms/ (no network needed)."""
-    from ..audio.io import load_mono
+    from spresso.audio.io import load_mono
 
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def write_html_report(
         for vi, (label, src) in enumerate(ex.versions.items()):
             wave, sr, _ = load_mono(src, 48000)
             stem = f"{ci:03d}_{vi:02d}"
-            from ..audio.io import write_audio
+            from spresso.audio.io import write_audio
 
             write_audio(out / "audio" / f"{stem}.wav", np.clip(wave, -1, 1), 48000, subtype="PCM_16")
             spectrogram_png(wave, 48000, out / "spectrograms" / f"{stem}.png", title=label)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 EVAL_RATE = 48000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
@@ -65,7 +65,7 @@ def sample_indices(n_candidates: int, n: int, seed: int) -> np.ndarray:
 
 def from_shards(shards_dir: str, split: str, n: int, seed: int = 0) -> EvalSet:
     """N clips of one split of the shards (contract 1), sampled by key from the manifest."""
-    from ..data.reader import iter_clips, read_manifest, shard_paths
+    from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
     manifest = read_manifest(shards_dir)
     keys = [k for k, s in zip(manifest.column("key").to_pylist(), manifest.column("split").to_pylist()) if s == split]
@@ -95,7 +95,7 @@ def _duration_samples(path: Path) -> int:
         info = sf.info(str(path))
         return int(round(info.frames * EVAL_RATE / info.samplerate))
     except (RuntimeError, sf.LibsndfileError):
-        from ..audio.io import load_mono
+        from spresso.audio.io import load_mono
 
         return load_mono(path, EVAL_RATE)[0].shape[-1]
 
@@ -103,7 +103,7 @@ def _duration_samples(path: Path) -> int:
 def from_folder(folder: str | Path, n: int, seed: int = 0, clip_seconds: float = 5.0, min_seconds: float = 0.25) -> EvalSet:
     """N clips from a folder of audio files (recursive): each file is cut into non-overlapping
     ``clip_seconds`` windows (a last window of at least ``min_seconds`` is kept, zero-padded)."""
-    from ..audio.io import AudioError, load_mono
+    from spresso.audio.io import AudioError, load_mono
 
     root = Path(folder)
     if not root.is_dir():

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config.audioae import AudioAEModelConfig
-from ..errors import SpressoError
-from .convnext import ConvNeXtBackbone
-from .stft import ISTFT, STFT
+from spresso.config.audioae import AudioAEModelConfig
+from spresso.core.errors import SpressoError
+from spresso.models.convnext import ConvNeXtBackbone
+from spresso.models.stft import ISTFT, STFT
 
 CHECKPOINT_KIND = "audioae"
 # Power-law magnitude compression of the encoder's input spectrum: raw STFT values span ~100 dB,
@@ -120,7 +120,13 @@ class AudioAE(nn.Module):
 def load_audioae(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu") -> AudioAE:
     """Build the AudioAE stored in a checkpoint folder and load its weights strictly (eval mode)."""
     # Checkpoint I/O is plain safetensors + JSON (no Ray/MLflow), so the model layer may use it.
-    from ..train.checkpoint import CONFIG_FILE, MODEL_FILE, load_strict, load_weights, read_checkpoint_config
+    from spresso.core.checkpoint import (
+        CONFIG_FILE,
+        MODEL_FILE,
+        load_strict,
+        load_weights,
+        read_checkpoint_config,
+    )
 
     if "://" in str(checkpoint_dir):  # s3:// etc.: fetch the two inference files, then load locally
         import tempfile
@@ -137,7 +143,7 @@ def load_audioae(checkpoint_dir: str | Path, map_location: str | torch.device = 
     try:
         model_cfg = AudioAEModelConfig.model_validate(info["config"]["audioae"]["model"])
     except Exception as err:
-        from ..train.checkpoint import CheckpointError
+        from spresso.core.checkpoint import CheckpointError
 
         raise CheckpointError(f"{checkpoint_dir}: checkpoint config has no valid audioae.model section ({str(err).splitlines()[0]})") from None
     model = AudioAE.from_config(model_cfg)

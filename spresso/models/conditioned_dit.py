@@ -29,11 +29,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..diffusion.edm2 import Denoiser
-from .dit import AUDIO, TEXT, DiT
-from .latent_encoder import LatentEncoder, decimated_positions
-from .mmdit import StreamInput
-from .text_encoder import TextEmbedding
+from spresso.diffusion.edm2 import Denoiser
+from spresso.models.dit import AUDIO, TEXT, DiT
+from spresso.models.latent_encoder import LatentEncoder, decimated_positions
+from spresso.models.mmdit import StreamInput
+from spresso.models.text_encoder import TextEmbedding
 
 AUDIO_DOWN = "audio_down"
 STAGES = ("stage1", "stage3")
@@ -241,7 +241,7 @@ def build_dae(denoiser: Denoiser, encoder_cfg, t: int, lora_cfg, audio_down_init
     Order matters: LoRA goes onto the pretrained layers first, then the audio-down stream is
     added (and copied from the audio stream's *base* weights), so the new stream never gets adapters.
     """
-    from .latent_encoder import build_latent_encoder
+    from spresso.models.latent_encoder import build_latent_encoder
 
     dit = denoiser.net
     if not isinstance(dit, DiT):

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.dit import DiTConfig, DiTModelConfig
-from ..diffusion.edm2 import Denoiser, FourierFeatures
-from .mmdit import JointBlock, Mlp, StreamInput, modulate
-from .rope import RotaryEmbedding, frame_positions
-from .text_encoder import TextEmbedding
+from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.diffusion.edm2 import Denoiser, FourierFeatures
+from spresso.models.mmdit import JointBlock, Mlp, StreamInput, modulate
+from spresso.models.rope import RotaryEmbedding, frame_positions
+from spresso.models.text_encoder import TextEmbedding
 
 CHECKPOINT_KIND = "dit"
 AUDIO, TEXT = "audio", "text"
@@ -163,7 +163,12 @@ def load_dit(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu
     ``info["meta"]`` holds what sampling needs besides weights: ``x0_mean``/``x0_std``
     (normalisation), ``text_encoder`` (which embeddings it was trained on), ``frames``.
     """
-    from ..train.checkpoint import CheckpointError, load_strict, load_weights, read_checkpoint_config
+    from spresso.core.checkpoint import (
+        CheckpointError,
+        load_strict,
+        load_weights,
+        read_checkpoint_config,
+    )
 
     info = read_checkpoint_config(checkpoint_dir, kind=CHECKPOINT_KIND)
     meta = info.get("meta", {})

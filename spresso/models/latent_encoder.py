@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mmdit import Mlp
-from .rope import RotaryEmbedding, apply_rope
+from spresso.models.mmdit import Mlp
+from spresso.models.rope import RotaryEmbedding, apply_rope
 
 
 def pooled_frames(T: int, t: int) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import RotaryEmbedding, apply_rope
+from spresso.models.rope import RotaryEmbedding, apply_rope
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 def _no_autocast(device: torch.device):

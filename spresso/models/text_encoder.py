@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 
 @dataclass

@@ -4,9 +4,9 @@
     result = run_pipeline(cfg)            # the registry's stages, as cfg.pipeline lists them
     print(result.table())
 """
-from .graph import PipelineGraph, StageNode, build_graph
-from .runner import PipelineResult, StageOutcome, run_pipeline
-from .stage import Artifact, Stage, StageContext, StageResult
+from spresso.pipeline.graph import PipelineGraph, StageNode, build_graph
+from spresso.pipeline.runner import PipelineResult, StageOutcome, run_pipeline
+from spresso.pipeline.stage import Artifact, Stage, StageContext, StageResult
 
 __all__ = [
     "Artifact", "PipelineGraph", "PipelineResult", "Stage", "StageContext", "StageNode", "StageOutcome",

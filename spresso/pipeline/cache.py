@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import SpressoError
-from ..runtime.digest import digest_file, digest_json, digest_tree
-from ..runtime.tracking import TAG_STAGE, _client, find_finished_run
-from .graph import StageNode
-from .stage import Artifact, config_value
+from spresso.core.digest import digest_file, digest_json, digest_tree
+from spresso.core.errors import SpressoError
+from spresso.pipeline.graph import StageNode
+from spresso.pipeline.stage import Artifact, config_value
+from spresso.runtime.tracking import _client, find_finished_run
 
 TAG_PIPELINE_KEY = "spresso.pipeline.key"
 TAG_INSTANCE = "spresso.pipeline.stage"

@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from ..errors import SpressoError
-from ..runtime.tracking import TAG_STAGE, _client
+from spresso.core.errors import SpressoError
+from spresso.runtime.tracking import TAG_STAGE, _client
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 

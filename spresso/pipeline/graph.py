@@ -11,10 +11,10 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from ..config import SpressoConfig, config_from_dict
-from ..config.pipeline import OperatingPoint, StageResources
-from ..errors import SpressoError
-from .stage import Stage, resolve_location
+from spresso.config import SpressoConfig, config_from_dict
+from spresso.config.pipeline import OperatingPoint, StageResources
+from spresso.core.errors import SpressoError
+from spresso.pipeline.stage import Stage, resolve_location
 
 
 @dataclass

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpressoError
-from ..runtime.tracking import TAG_STAGE, _client
+from spresso.core.errors import SpressoError
+from spresso.runtime.tracking import TAG_STAGE, _client
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")

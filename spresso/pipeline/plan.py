@@ -6,7 +6,7 @@ without steps count zero. Cost = GPU-hours x ``pipeline.gpu_hour_usd``.
 """
 from __future__ import annotations
 
-from .graph import PipelineGraph
+from spresso.pipeline.graph import PipelineGraph
 
 
 def gpu_hours(graph: PipelineGraph) -> dict[str, float]:

@@ -8,22 +8,27 @@ that run's id (or, when the library reused an identical earlier run, that run's)
 """
 from __future__ import annotations
 
-from ..runtime.paths import absolute as _abs
-
 from pathlib import Path
 from typing import Any
 
-from ..config.pipeline import StageResources
-from ..errors import SpressoError
-from .stage import Stage, StageContext, StageResult
-
-
+from spresso.config.layout import dae_dir as _dae_dir
+from spresso.config.layout import point_config
+from spresso.config.layout import qinco2_dir as _qinco2_dir
+from spresso.config.pipeline import StageResources
+from spresso.core.errors import SpressoError
+from spresso.core.storage import absolute as _abs
+from spresso.pipeline.stage import Stage, StageContext, StageResult
 
 
 def _run_that_wrote(ctx: StageContext, cfg, kind: str, output: str, location: str) -> str | None:
     """The run behind an adapter call: the child run it opened, else the finished run that had
     already written ``location`` (the stage's own cache reused it without a new run)."""
-    from ..runtime.tracking import TAG_STAGE, _client, ensure_experiment, tracking_uri
+    from spresso.runtime.tracking import (
+        TAG_STAGE,
+        _client,
+        ensure_experiment,
+        tracking_uri,
+    )
 
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     exp = ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir)
@@ -38,7 +43,7 @@ def _run_that_wrote(ctx: StageContext, cfg, kind: str, output: str, location: st
 
 # ----------------------------------------------------------------------------- adapters
 def shard_stage(cfg, ctx: StageContext) -> dict[str, Any]:
-    from ..data.shard import shard
+    from spresso.data.shard import shard
 
     inputs = [p for p in ctx.inputs["audio"].uri.split(",") if p]
     if not inputs:
@@ -49,14 +54,14 @@ def shard_stage(cfg, ctx: StageContext) -> dict[str, Any]:
 
 
 def train_audioae_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..train.audioae import train_audioae
+    from spresso.train.audioae import train_audioae
 
     final = str(train_audioae(cfg, parent_run_id=ctx.parent_run_id, force=ctx.force))
     return StageResult({}, _run_that_wrote(ctx, cfg, "train_audioae", "checkpoint", final))
 
 
 def precompute_latents_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..data.latents import precompute_latents
+    from spresso.data.latents import precompute_latents
 
     # The DAG owns this output: a cache built from an older AudioAE is stale and is rebuilt.
     path = precompute_latents(cfg, ctx.inputs["audioae"].uri, ctx.inputs["shards"].uri,
@@ -65,7 +70,7 @@ def precompute_latents_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def train_dit_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..train.dit import train_dit
+    from spresso.train.dit import train_dit
 
     final = str(train_dit(cfg, parent_run_id=ctx.parent_run_id, force=ctx.force, progress=False))
     return StageResult({}, _run_that_wrote(ctx, cfg, "train_dit", "checkpoint", final))
@@ -75,42 +80,8 @@ def _upstream_runs(ctx: StageContext) -> dict[str, str]:
     return {k: a.run_id for k, a in ctx.inputs.items() if a.run_id}
 
 
-def _dae_dir(cfg, point) -> str:
-    """Relative folder of one branch's DAE outputs: ``dae/<point>/t<t>`` (stage1/, z.zarr, stage3/)."""
-    return f"{cfg.dae.checkpoint_dir.rstrip('/')}/{point.name}/t{point.t}"
-
-
-def _qinco2_dir(cfg, point) -> str:
-    return f"{cfg.qinco2.checkpoint_dir.rstrip('/')}/{point.name}"
-
-
-def point_config(cfg, point):
-    """The config a branch's library functions run with.
-
-    The stage modules read one operating point from ``dae.t`` / ``dae.points`` and keep their
-    outputs at config-derived paths shared by every run (``dae/t<t>``, ``qinco2/``); a DAG with
-    several branches needs them per branch. So each branch gets ``dae.t`` = its t, its own
-    ``dae.points`` entry (K, M, m), and output folders under its name: ``dae/<point>/t<t>`` and
-    ``qinco2/<point>`` (the quantizer trains max(qinco2.M, m) codebooks).
-    """
-    from ..config.dae import OperatingPoint as DAEPoint
-
-    M = max(cfg.qinco2.M, point.m or 1)
-    K = point.K or cfg.qinco2.K
-    entry = DAEPoint(t=point.t, K=K, M=M, m=point.m or min(M, cfg.qinco2.M))
-    dae = cfg.dae.model_copy(update={
-        "t": point.t,
-        "points": [p for p in cfg.dae.points if p.t != point.t] + [entry],
-        "checkpoint_dir": f"{cfg.dae.checkpoint_dir.rstrip('/')}/{point.name}",
-        "quantizer_dir": None if point.continuous else f"{_qinco2_dir(cfg, point)}/final",
-    })
-    q = cfg.qinco2.model_copy(update={"K": K, "M": M, "checkpoint_dir": _qinco2_dir(cfg, point),
-                                      "vectors_path": f"{_dae_dir(cfg, point)}/z.zarr"})
-    return cfg.model_copy(update={"dae": dae, "qinco2": q})
-
-
 def stage1_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..train.stage1 import train_stage1
+    from spresso.train.stage1 import train_stage1
 
     pcfg = point_config(cfg, ctx.point)
     final = str(train_stage1(pcfg, parent_run_id=ctx.parent_run_id, force=ctx.force, progress=False))
@@ -118,7 +89,7 @@ def stage1_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def precompute_z_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..data.z_latents import precompute_z
+    from spresso.data.z_latents import precompute_z
 
     pcfg = point_config(cfg, ctx.point)
     path = precompute_z(pcfg, ctx.inputs["stage1"].uri, parent_run_id=ctx.parent_run_id, progress=False, replace_stale=True)
@@ -126,7 +97,7 @@ def precompute_z_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def qinco2_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..train.qinco2 import train_qinco2
+    from spresso.train.qinco2 import train_qinco2
 
     pcfg = point_config(cfg, ctx.point)
     # train_qinco2 takes no parent run: the engine adopts the fresh run as this stage's child.
@@ -135,7 +106,7 @@ def qinco2_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def stage3_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..train.stage3 import train_stage3
+    from spresso.train.stage3 import train_stage3
 
     pcfg = point_config(cfg, ctx.point)
     final = str(train_stage3(pcfg, parent_run_id=ctx.parent_run_id, force=ctx.force, progress=False))
@@ -143,7 +114,7 @@ def stage3_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def export_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..train.export import export
+    from spresso.train.export import export
 
     pcfg = point_config(cfg, ctx.point)
     stage = ctx.inputs["stage1" if ctx.point.continuous else "stage3"].uri
@@ -154,7 +125,7 @@ def export_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def evaluate_stage(cfg, ctx: StageContext) -> StageResult:
-    from ..eval.harness import run_evaluation
+    from spresso.eval.harness import run_evaluation
 
     # The point's bundle next to the AudioAE alone (its upper bound), on the shards' eval split.
     codecs = {ctx.point.name: f"spresso:{ctx.inputs['bundle'].uri},steps={cfg.eval.diffusion_steps}",

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import SpressoError
-from .graph import PipelineGraph
+from spresso.core.errors import SpressoError
+from spresso.pipeline.graph import PipelineGraph
 
 COLORS = {"done": "#9be39b", "reused": "#c9e7ff", "running": "#ffe08a", "failed": "#ff9c9c",
           "stale": "#f3c8ff", "skipped": "#dddddd", "pending": "#ffffff"}

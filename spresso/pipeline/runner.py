@@ -24,14 +24,29 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import SpressoConfig
-from ..errors import SpressoError
-from ..runtime.digest import digest_json
-from ..runtime.tracking import TAG_STAGE, _client, code_version, ensure_experiment, stage_run, tracking_uri
-from .cache import (TAG_INSTANCE, TAG_PIPELINE_KEY, TAG_POINT, content_digest, external_fingerprint, lookup,
-                    path_exists, stage_key)
-from .graph import PipelineGraph, StageNode, build_graph
-from .stage import Artifact, Stage, StageContext, StageResult
+from spresso.config import SpressoConfig
+from spresso.core.digest import digest_json
+from spresso.core.errors import SpressoError
+from spresso.pipeline.cache import (
+    TAG_INSTANCE,
+    TAG_PIPELINE_KEY,
+    TAG_POINT,
+    content_digest,
+    external_fingerprint,
+    lookup,
+    path_exists,
+    stage_key,
+)
+from spresso.pipeline.graph import PipelineGraph, StageNode, build_graph
+from spresso.pipeline.stage import Artifact, Stage, StageContext, StageResult
+from spresso.runtime.tracking import (
+    TAG_STAGE,
+    _client,
+    code_version,
+    ensure_experiment,
+    stage_run,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +141,7 @@ def _invoke_ray(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageRes
 
 def _record_outputs(node: StageNode, run_id: str, uri: str, result: StageResult) -> dict[str, Artifact]:
     """Every declared output with its digest: as the stage logged it, returned it, or as found on disk."""
-    from ..runtime import StageRun
+    from spresso.runtime import StageRun
 
     run = StageRun.attach(run_id, uri)
     tags = run.client.get_run(run_id).data.tags
@@ -176,7 +191,7 @@ def execute_stage(node: StageNode, ctx: StageContext, invoke: Callable, uri: str
     fn = node.stage.resolve_fn()
     tags = _lineage_tags(node, ctx.key, ctx.inputs)
     if node.stage.opens_run:
-        from ..runtime import StageRun
+        from spresso.runtime import StageRun
 
         t0 = int(time.time() * 1000)
         result = invoke(fn, node.cfg, ctx)
@@ -346,7 +361,7 @@ def run_pipeline(
     that the selection needs are reused when they can be, else reported ``not run``.
     """
     if stages is None:
-        from .registry import registry
+        from spresso.pipeline.registry import registry
 
         stages = registry()
     cfg = pipeline_cfg
@@ -357,7 +372,7 @@ def run_pipeline(
     ray_tasks = use_ray_tasks(cfg)
     if ray_tasks or any(graph.nodes[n].stage.uses_ray for n in graph.ancestors(run_set)):
         # Once, before any stage thread: two threads calling ray.init at once race.
-        from ..runtime import init_ray
+        from spresso.runtime import init_ray
 
         init_ray(cfg.runtime)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)

@@ -9,12 +9,12 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
-from ..config.pipeline import OperatingPoint, StageResources
-from ..errors import SpressoError
+from spresso.config.pipeline import OperatingPoint, StageResources
+from spresso.core.errors import SpressoError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import SpressoConfig
-    from ..runtime import StageRun
+    from spresso.config import SpressoConfig
+    from spresso.runtime import StageRun
 
 # A location: a path relative to the workdir (may contain {point}) or a function of (cfg, point).
 Location = Union[str, Callable[["SpressoConfig", Optional[OperatingPoint]], str]]

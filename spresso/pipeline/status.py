@@ -13,13 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..config import SpressoConfig
-from ..errors import SpressoError
-from ..runtime.tracking import _client, code_version, tracking_uri
-from .cache import TAG_INSTANCE, external_fingerprint, lookup, stage_key
-from .graph import build_graph
-from .runner import TAG_PIPELINE_ID, TAG_STATES, pipeline_id
-from .stage import Artifact, Stage
+from spresso.config import SpressoConfig
+from spresso.core.errors import SpressoError
+from spresso.pipeline.cache import TAG_INSTANCE, external_fingerprint, lookup, stage_key
+from spresso.pipeline.graph import build_graph
+from spresso.pipeline.runner import TAG_PIPELINE_ID, TAG_STATES, pipeline_id
+from spresso.pipeline.stage import Artifact, Stage
+from spresso.runtime.tracking import _client, code_version, tracking_uri
 
 
 @dataclass
@@ -43,7 +43,7 @@ def _latest_states(client, exp_id: str, pid: str) -> dict[str, list[str]]:
 
 def pipeline_status(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[Stage] | None = None) -> list[StageStatus]:
     if stages is None:
-        from .registry import registry
+        from spresso.pipeline.registry import registry
 
         stages = registry()
     graph = build_graph(cfg, stages)

@@ -4,8 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..train.checkpoint import CheckpointError, load_strict, load_weights, read_checkpoint_config, save_checkpoint
-from .qinco2 import QINCo2, QINCo2Spec
+from spresso.core.checkpoint import (
+    CheckpointError,
+    load_strict,
+    load_weights,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from spresso.quant.qinco2 import QINCo2, QINCo2Spec
 
 KIND = "qinco2"
 

@@ -36,7 +36,7 @@ def logmel_frames(wave: np.ndarray, sr: int = 48000, n_fft: int = 1024, hop: int
 
 
 def audio_files(root: str | Path, limit: int | None = None) -> list[Path]:
-    from ..audio import AUDIO_EXTENSIONS
+    from spresso.audio import AUDIO_EXTENSIONS
 
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     return files[:limit] if limit else files
@@ -54,7 +54,7 @@ def audio_feature_vectors(files: Iterable[str | Path], d: int = 64, n_mels: int 
     """Log-mel frames of the files (silent frames dropped), PCA-projected to d dims: [N, d] float32.
 
     ``basis`` reuses a PCA fitted elsewhere (e.g. on the training files for held-out files)."""
-    from ..audio import AudioError, load_mono
+    from spresso.audio import AudioError, load_mono
 
     frames = []
     for f in files:

@@ -38,7 +38,7 @@ class FaissRQ:
         return np.ascontiguousarray((np.asarray(x, np.float32) - self.mean) / self.std, dtype=np.float32)
 
     def train(self, x: np.ndarray) -> "FaissRQ":
-        from .kmeans import warn_if_few_vectors
+        from spresso.quant.kmeans import warn_if_few_vectors
 
         x = np.asarray(x, np.float32)
         if warn_if_few_vectors(x.shape[0], self.K, "faiss RQ"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .beam import encode_normalized
+from spresso.quant.beam import encode_normalized
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..config.runtime import RuntimeConfig
+from spresso.config.runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,18 @@ Lineage recorded on each run (DESIGN.md §3):
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import functools
 import hashlib
+import json
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 TAG_STAGE = "spresso.stage"
 TAG_KEY = "spresso.key"
@@ -52,7 +53,7 @@ def code_version() -> str:
     A content digest rather than the git commit: editing docs, tests or configs must not
     invalidate every cached stage, and an uncommitted change to the library must.
     """
-    from .. import __version__
+    from spresso import __version__
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
@@ -240,3 +241,36 @@ def stage_run(
         raise
     else:
         client.set_terminated(run.run_id, status="FINISHED")
+
+
+# The artifact folder of an export run that holds the bundle.
+BUNDLE_ARTIFACT = "bundle"
+
+
+def download_bundle(uri: str, dst: str | Path | None = None) -> str:
+    """A local copy of the bundle behind ``models:/NAME@alias``, ``models:/NAME/<version>`` or ``runs:/<id>/<path>``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    dst = str(dst or tempfile.mkdtemp(prefix="spresso-bundle-"))
+    try:
+        if uri.startswith("models:/"):
+            ref = uri[len("models:/"):].strip("/")
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            elif "/" in ref:
+                name, version = ref.rsplit("/", 1)
+                mv = client.get_model_version(name, version)
+            else:
+                raise SpressoError(f"{uri}: give a version or an alias (models:/NAME/3 or models:/NAME@champion)")
+            if mv.run_id:
+                return mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=dst)
+            return mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst)
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+    except SpressoError:
+        raise
+    except Exception as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SpressoError(f"{uri}: cannot fetch the bundle from MLflow ({msg[:300]})") from None

@@ -23,18 +23,28 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import SpressoConfig
-from ..config.audioae import AudioAEConfig
-from ..errors import SpressoError
-from ..models.audioae import CHECKPOINT_KIND, AudioAE
-from ..models.discriminators import AudioDiscriminator
-from ..models.mel import MultiScaleMel
-from ..runtime.paths import absolute as _abs
-from .checkpoint import (
-    STATE_FILE, STATE_META_FILE, load_optimizer, load_state, load_strict, load_weights, optimizer_tensors,
+from spresso.config import SpressoConfig
+from spresso.config.audioae import AudioAEConfig
+from spresso.core.checkpoint import (
+    STATE_FILE,
+    STATE_META_FILE,
+    load_optimizer,
+    load_state,
+    load_strict,
+    load_weights,
+    optimizer_tensors,
     save_checkpoint,
 )
-from .gan_losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from spresso.core.errors import SpressoError
+from spresso.core.storage import absolute as _abs
+from spresso.models.audioae import CHECKPOINT_KIND, AudioAE
+from spresso.models.discriminators import AudioDiscriminator
+from spresso.models.mel import MultiScaleMel
+from spresso.train.gan_losses import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "train_audioae"
@@ -61,7 +71,7 @@ class CropStream:
         self.rng = np.random.default_rng([seed, rank])
 
     def _crops(self) -> Iterator[np.ndarray]:
-        from ..data.reader import iter_clips
+        from spresso.data.reader import iter_clips
 
         while True:
             produced = 0
@@ -93,7 +103,7 @@ class CropStream:
 
 def load_valid_clips(shards_dir: str, limit: int) -> list[dict]:
     """The first ``limit`` clips of the valid split (deterministic), or [] without a valid split."""
-    from ..data.reader import iter_clips, shard_paths
+    from spresso.data.reader import iter_clips, shard_paths
 
     clips = []
     for clip in iter_clips(shard_paths(shards_dir, "valid")):
@@ -118,10 +128,10 @@ def valid_region(clip: dict, hop: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate_reconstruction(model: AudioAE, clips: list[dict], device: torch.device, autocast=None) -> dict[str, float]:
     """Mean multi-scale mel distance and zero-mean SI-SDR over ``clips`` (model and silence)."""
-    from ..eval.metrics import si_sdr
-    from ..models.mel import multiscale_mel_distance
-
     import contextlib
+
+    from spresso.eval.metrics import si_sdr
+    from spresso.models.mel import multiscale_mel_distance
 
     model = _unwrap(model)
     was_training = model.training
@@ -149,8 +159,8 @@ def write_examples(model: AudioAE, clips: list[dict], folder: Path, device: torc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..audio.io import write_audio
-    from ..models.mel import MelSpectrogram
+    from spresso.audio.io import write_audio
+    from spresso.models.mel import MelSpectrogram
 
     model = _unwrap(model)
     was_training = model.training
@@ -272,7 +282,7 @@ class AudioAETrainer:
         load_strict(self.model, {k: v.to(self.device) for k, v in load_weights(directory).items()}, what="audioae")
         tensors, meta = load_state(directory)
         if "step" not in meta:
-            from .checkpoint import CheckpointError
+            from spresso.core.checkpoint import CheckpointError
 
             raise CheckpointError(f"{directory}: no training state to resume from")
         disc = {k[len("disc."):]: v.to(self.device) for k, v in tensors.items() if k.startswith("disc.")}
@@ -302,9 +312,9 @@ def train_loop(loop_config: dict) -> None:
     """``train_loop_per_worker``: resume, train to ``audioae.steps``, validate, checkpoint."""
     from tqdm import tqdm
 
-    from ..config import config_from_dict
-    from ..data.reader import shard_paths
-    from .harness import TrainContext
+    from spresso.config import config_from_dict
+    from spresso.data.reader import shard_paths
+    from spresso.train.harness import TrainContext
 
     ctx = TrainContext(loop_config)
     cfg: SpressoConfig = config_from_dict(loop_config["cfg"], "checkpointed config")
@@ -369,8 +379,8 @@ def train_loop(loop_config: dict) -> None:
 
 def data_digest(shards_dir: str) -> str:
     """The shards' dataset digest (dataset.json), else the manifest's file digest."""
-    from ..data.reader import read_dataset_info
-    from ..runtime import digest_file
+    from spresso.core.digest import digest_file
+    from spresso.data.reader import read_dataset_info
 
     try:
         info = read_dataset_info(shards_dir)
@@ -387,7 +397,7 @@ def data_digest(shards_dir: str) -> str:
 
 def stage_key(cfg: SpressoConfig, shards_digest: str) -> str:
     """What determines the trained model: the AudioAE settings and the data (not scaling knobs)."""
-    from ..runtime import digest_json
+    from spresso.core.digest import digest_json
 
     ac = cfg.audioae
     train = ac.train.model_dump(mode="json", exclude={"num_workers", "use_gpu", "cpus_per_worker", "max_failures",
@@ -399,10 +409,10 @@ def stage_key(cfg: SpressoConfig, shards_digest: str) -> str:
 
 def train_audioae(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False) -> Path | str:
     """Train the AudioAE stage (or reuse an identical finished one); return ``<checkpoint_dir>/final``."""
-    from ..data.reader import shard_paths
-    from ..runtime import find_finished_run, init_ray, stage_run, tracking_uri
-    from ..runtime.tracking import ensure_experiment
-    from .harness import TrainJob, fit, resumable_run_id
+    from spresso.data.reader import shard_paths
+    from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
+    from spresso.runtime.tracking import ensure_experiment
+    from spresso.train.harness import TrainJob, fit, resumable_run_id
 
     ac, tc = cfg.audioae, cfg.audioae.train
     shards_dir = _abs(cfg.path(cfg.data.shards_dir))
@@ -446,8 +456,8 @@ def publish_checkpoint(result, dest: str | Path) -> str:
 
     The deliverable is the model: discriminators and optimiser state stay in Ray's storage.
     """
-    from ..runtime import digest_tree
-    from .harness import copy_checkpoint
+    from spresso.core.digest import digest_tree
+    from spresso.train.harness import copy_checkpoint
 
     def strip(folder: Path) -> None:
         for extra in (STATE_FILE, STATE_META_FILE):
@@ -472,7 +482,7 @@ def publish_checkpoint(result, dest: str | Path) -> str:
 
 def _published_digest(dest: str | Path) -> str | None:
     """Digest of a published checkpoint folder, or None when it is absent."""
-    from ..runtime import digest_tree
+    from spresso.core.digest import digest_tree
 
     if "://" not in str(dest):
         return digest_tree(dest) if Path(dest, "config.json").is_file() else None

@@ -11,8 +11,6 @@ Pieces, each usable alone:
 """
 from __future__ import annotations
 
-from ..runtime.paths import absolute as _abs
-
 import logging
 import math
 import tempfile
@@ -23,15 +21,23 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import SpressoConfig
-from ..config.dit import DiTConfig
-from ..diffusion.edm2 import EDM2Loss, preconditioning
-from ..diffusion.ema import EMA
-from ..diffusion.normalize import LatentNormalizer
-from ..errors import SpressoError
-from ..models.dit import CHECKPOINT_KIND, build_denoiser
-from ..models.text_encoder import TextEmbedding
-from .checkpoint import STATE_FILE, STATE_META_FILE, load_state, load_strict, load_weights, save_checkpoint
+from spresso.config import SpressoConfig
+from spresso.config.dit import DiTConfig
+from spresso.core.checkpoint import (
+    STATE_FILE,
+    STATE_META_FILE,
+    load_state,
+    load_strict,
+    load_weights,
+    save_checkpoint,
+)
+from spresso.core.errors import SpressoError
+from spresso.core.storage import absolute as _abs
+from spresso.diffusion.edm2 import EDM2Loss, preconditioning
+from spresso.diffusion.ema import EMA
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.models.dit import CHECKPOINT_KIND, build_denoiser
+from spresso.models.text_encoder import TextEmbedding
 
 log = logging.getLogger(__name__)
 STAGE = "train_dit"
@@ -46,7 +52,7 @@ class LatentCaptionDataset(torch.utils.data.Dataset):
     """Rows of the x0 cache with their caption embeddings (two row-aligned caches)."""
 
     def __init__(self, x0_path: str, captions_path: str, rows: np.ndarray):
-        from ..data.zarr_cache import CacheDataset
+        from spresso.data.zarr_cache import CacheDataset
 
         self.x0 = CacheDataset(x0_path, X0_ARRAYS, rows)
         self.text = CacheDataset(captions_path, TEXT_ARRAYS, rows)
@@ -85,7 +91,7 @@ def batch_stream(dataset: LatentCaptionDataset, batch_size: int, *, rank: int = 
 
 
 def split_rows(x0_path: str, split: str) -> np.ndarray:
-    from ..data.zarr_cache import ClipCache
+    from spresso.data.zarr_cache import ClipCache
 
     cache = ClipCache.open(x0_path, mode="r")
     return cache.rows_where("split", split)
@@ -218,7 +224,10 @@ class DiTTrainer:
     # -- checkpoints -------------------------------------------------------------------------
     def gather(self) -> tuple[dict, dict, dict]:
         """(EMA weights, raw weights + optimiser tensors, JSON state); every rank must call it under FSDP."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
 
         ema = {k: _full(v) for k, v in self.ema.state_dict().items()}
         raw = {f"raw/{k}": _full(v) for k, v in self.denoiser.state_dict().items()}
@@ -239,7 +248,9 @@ class DiTTrainer:
 
     def restore(self, directory: str | Path) -> int:
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
         )
 
         tensors, meta = load_state(directory)
@@ -329,7 +340,7 @@ def write_generated_examples(weights: dict, trainer: DiTTrainer, text: TextEmbed
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..diffusion.generate import generate_latents
+    from spresso.diffusion.generate import generate_latents
 
     model = build_denoiser(trainer.cfg, *trainer.text_dims)
     model.load_state_dict(weights, strict=True)
@@ -341,7 +352,7 @@ def write_generated_examples(weights: dict, trainer: DiTTrainer, text: TextEmbed
     written = []
     waves = None
     if audioae is not None:
-        from ..audio.io import write_audio
+        from spresso.audio.io import write_audio
 
         with torch.no_grad():
             waves = audioae.decode(x0.to(next(audioae.parameters()).device)).float().cpu()
@@ -370,7 +381,7 @@ def write_generated_examples(weights: dict, trainer: DiTTrainer, text: TextEmbed
 
 
 def _example_captions(captions_path: str, x0_path: str, n: int) -> tuple[TextEmbedding, list[str]]:
-    from ..data.zarr_cache import ClipCache
+    from spresso.data.zarr_cache import ClipCache
 
     rows = split_rows(x0_path, "valid")
     if rows.size == 0:
@@ -387,9 +398,9 @@ def train_loop(loop_config: dict) -> None:
     """``train_loop_per_worker``: resume, train ``dit.train.steps`` steps, log, sample, checkpoint."""
     from tqdm import tqdm
 
-    from ..config import config_from_dict
-    from ..data.zarr_cache import ClipCache
-    from .harness import TrainContext
+    from spresso.config import config_from_dict
+    from spresso.data.zarr_cache import ClipCache
+    from spresso.train.harness import TrainContext
 
     ctx = TrainContext(loop_config)
     cfg: SpressoConfig = config_from_dict(loop_config["cfg"], "checkpointed config")
@@ -416,7 +427,7 @@ def train_loop(loop_config: dict) -> None:
         examples = _example_captions(captions_path, x0_path, tc.num_samples)
         ae_dir = loop_config.get("audioae_dir")
         if ae_dir and Path(ae_dir).is_dir():
-            from ..models.audioae import load_audioae
+            from spresso.models.audioae import load_audioae
 
             audioae = load_audioae(ae_dir, map_location=ctx.device)
     config_dict, meta = loop_config["cfg"], trainer.checkpoint_meta(frames, text_info)
@@ -473,7 +484,7 @@ def train_loop(loop_config: dict) -> None:
 
 def stage_key(cfg: SpressoConfig, x0_identity: dict, text_identity: dict) -> str:
     """What determines the trained DiT: its settings and the data (not scaling/logging knobs)."""
-    from ..runtime import digest_json
+    from spresso.core.digest import digest_json
 
     dc = cfg.dit
     train = dc.train.model_dump(mode="json", exclude={"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "strategy",
@@ -490,11 +501,12 @@ def train_dit(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bo
     Builds the caption cache first when it is missing or stale (``encoder`` overrides the
     configured text encoder, e.g. in tests).
     """
-    from ..data.captions import build_caption_cache
-    from ..data.zarr_cache import ClipCache
-    from ..runtime import digest_json, digest_tree, find_finished_run, init_ray, stage_run, tracking_uri
-    from ..runtime.tracking import ensure_experiment
-    from .harness import TrainJob, copy_checkpoint, fit, resumable_run_id
+    from spresso.core.digest import digest_json, digest_tree
+    from spresso.data.captions import build_caption_cache
+    from spresso.data.zarr_cache import ClipCache
+    from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
+    from spresso.runtime.tracking import ensure_experiment
+    from spresso.train.harness import TrainJob, copy_checkpoint, fit, resumable_run_id
 
     dc, tc = cfg.dit, cfg.dit.train
     if "://" in cfg.workdir:

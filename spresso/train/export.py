@@ -9,18 +9,30 @@ NAME from that artifact and points ``alias`` (default "champion") at it, so
 """
 from __future__ import annotations
 
-from ..runtime.paths import absolute as _abs
-
+import json
 import logging
-import tempfile
 from pathlib import Path
+from typing import Any
 
-from ..config import SpressoConfig
-from ..errors import SpressoError
+from spresso.config import SpressoConfig
+from spresso.core.bundle_io import (
+    AUDIOAE_FILE,
+    DAE_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    QUANTIZER_FILE,
+    compute_model_id,
+    save_tensors,
+    sha256_file,
+)
+from spresso.core.errors import SpressoError
+from spresso.core.storage import absolute as _abs
+from spresso.runtime.tracking import BUNDLE_ARTIFACT
 
 log = logging.getLogger(__name__)
 STAGE = "export"
-ARTIFACT = "bundle"
+ARTIFACT = BUNDLE_ARTIFACT
 
 
 
@@ -31,7 +43,7 @@ def upstream_run(uri: str, checkpoint_dir: str | Path | None, meta_run_id: str |
         return meta_run_id
     if checkpoint_dir is None:
         return None
-    from ..runtime.tracking import _client
+    from spresso.runtime.tracking import _client
 
     client = _client(uri)
     want = _abs(checkpoint_dir)
@@ -48,8 +60,7 @@ def upstream_run(uri: str, checkpoint_dir: str | Path | None, meta_run_id: str |
 def resolve_inputs(cfg: SpressoConfig, audioae: str | None = None, stage: str | None = None, quantizer: str | None = None,
                    continuous: bool = False) -> tuple[str, str, str | None]:
     """(audioae dir, stage dir, quantizer dir or None) from explicit paths or the config's stage outputs."""
-    from .stage1 import stage_output
-    from .stage3 import quantizer_dir
+    from spresso.config.layout import quantizer_dir, stage_output
 
     ae = audioae or _abs(cfg.path(cfg.audioae.checkpoint_dir)) + "/final"
     if stage is None:
@@ -69,9 +80,10 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
            quantizer: str | None = None, continuous: bool = False, register: str | None = None, alias: str = "champion",
            parent_run_id: str | None = None, m: int | None = None) -> dict:
     """Export a bundle, log it to MLflow (lineage tags) and optionally register it; returns a summary."""
-    from ..codec.bundle import export_bundle, read_manifest
-    from ..runtime import digest_tree, stage_run, tracking_uri
-    from .checkpoint import read_checkpoint_config
+    from spresso.core.bundle_io import read_bundle_manifest
+    from spresso.core.checkpoint import read_checkpoint_config
+    from spresso.core.digest import digest_tree
+    from spresso.runtime import stage_run, tracking_uri
 
     ae, stage_dir, qdir = resolve_inputs(cfg, audioae, stage, quantizer, continuous)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
@@ -83,7 +95,7 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
     upstream = {k: v for k, v in upstream.items() if v}
     lineage = {"upstream_runs": upstream}
     out = export_bundle(ae, stage_dir, qdir, out_dir, lineage=lineage, m=m)
-    manifest = read_manifest(out)
+    manifest = read_bundle_manifest(out)
     model_id = manifest["model_id"]
     with stage_run(STAGE, cfg, key=model_id, upstream=upstream, parent_run_id=parent_run_id,
                    extra_tags={"spresso.model_id": model_id, "spresso.bundle.mode": manifest["mode"],
@@ -104,7 +116,7 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
 
 def register_bundle(uri: str, name: str, run_id: str, model_id: str, alias: str | None = "champion") -> str:
     """A new version of registered model ``name`` from the run's ``bundle/`` artifact; ``alias`` points at it."""
-    from ..runtime.tracking import _client
+    from spresso.runtime.tracking import _client
 
     client = _client(uri)
     try:
@@ -119,30 +131,79 @@ def register_bundle(uri: str, name: str, run_id: str, model_id: str, alias: str 
     return str(mv.version)
 
 
-def download_bundle(uri: str, dst: str | Path | None = None) -> str:
-    """A local copy of the bundle behind ``models:/NAME@alias``, ``models:/NAME/<version>`` or ``runs:/<id>/<path>``."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: str | Path | None = None,
+                  out_dir: str | Path | None = None, *, lineage: dict | None = None, m: int | None = None) -> Path:
+    """Build a bundle from trained checkpoints; returns ``out_dir``.
 
-    client = MlflowClient()
-    dst = str(dst or tempfile.mkdtemp(prefix="spresso-bundle-"))
-    try:
-        if uri.startswith("models:/"):
-            ref = uri[len("models:/"):].strip("/")
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            elif "/" in ref:
-                name, version = ref.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
-            else:
-                raise SpressoError(f"{uri}: give a version or an alias (models:/NAME/3 or models:/NAME@champion)")
-            if mv.run_id:
-                return mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=ARTIFACT, dst_path=dst)
-            return mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst)
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
-    except SpressoError:
-        raise
-    except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SpressoError(f"{uri}: cannot fetch the bundle from MLflow ({msg[:300]})") from None
+    ``stage_dir``: a stage-3 checkpoint (discrete, with ``qinco2_dir``) or a stage-1 checkpoint
+    (continuous when ``qinco2_dir`` is None; discrete with a quantizer if given). ``m``: the default
+    number of codebooks (None: the operating point's m from the stage config, clamped to the quantizer's M).
+    """
+    from spresso.core.checkpoint import read_checkpoint_config
+    from spresso.diffusion.checkpoints import load_dae
+    from spresso.models.audioae import load_audioae
+    from spresso.models.conditioned_dit import merge_lora
+    from spresso.quant import load_qinco2
+
+    if out_dir is None:
+        raise SpressoError("export_bundle needs an output folder")
+    out = Path(out_dir)
+    audioae = load_audioae(audioae_dir)
+    ae_info = read_checkpoint_config(audioae_dir, kind="audioae")
+    dae, info = load_dae(stage_dir)
+    meta = info.get("meta", {})
+    cfg = info["config"]
+    t = int(meta["t"])
+    if dae.net.dit.config.in_channels != audioae.latent_dim:
+        raise SpressoError(f"the DiT works on {dae.net.dit.config.in_channels} latent channels, the AudioAE has {audioae.latent_dim}")
+    merge_lora(dae)  # W + alpha/r B A: plain layers, names of a DiT built without peft
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "mode": "continuous" if qinco2_dir is None else "discrete",
+        "t": t, "frame_rate": 100.0 / t, "sample_rate": audioae.sample_rate,
+        "stage": meta.get("stage"),
+        "text_dims": [int(v) for v in meta["text_dims"]],
+        "configs": {
+            "audioae": audioae.config.model_dump(mode="json"),
+            "dit": meta.get("dit_config") or cfg["dit"],
+            "encoder": cfg["dae"]["encoder"],
+            "audio_down_init": cfg["dae"].get("audio_down_init", "audio"),
+        },
+        "normalizer": {"x0_mean": [float(v) for v in meta["x0_mean"]], "x0_std": [float(v) for v in meta["x0_std"]],
+                       "sigma_data": float(dae.denoiser.sigma_data)},
+        "sampler": {"steps": int(cfg["dae"].get("decode_steps", 32)), "solver": "dpmpp2m", "rho": 7.0,
+                    "sigma_min": 0.002, "sigma_max": 80.0},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (AUDIOAE_FILE, DAE_FILE, QUANTIZER_FILE, MANIFEST):
+        (out / stale).unlink(missing_ok=True)
+    save_tensors(audioae.state_dict(), out / AUDIOAE_FILE)
+    save_tensors(dae.state_dict(), out / DAE_FILE)
+    files = [AUDIOAE_FILE, DAE_FILE]
+    if qinco2_dir is not None:
+        q = load_qinco2(qinco2_dir)
+        point_m = m
+        if point_m is None:
+            points = {int(p["t"]): p for p in cfg["dae"].get("points", [])}
+            point_m = int(points[t]["m"]) if t in points else q.M
+        if not 1 <= point_m <= q.M:
+            raise SpressoError(f"default codebooks m={point_m} outside 1..{q.M} (the quantizer's M)")
+        if q.spec.d != dae.encoder.z_channels:
+            raise SpressoError(f"the quantizer codes {q.spec.d}-dim vectors, the latent encoder makes {dae.encoder.z_channels}")
+        manifest["configs"]["quantizer"] = q.spec.to_dict()
+        manifest.update(K=int(q.spec.K), M=int(q.M), m=int(point_m))
+        save_tensors(q.state_dict(), out / QUANTIZER_FILE)
+        files.append(QUANTIZER_FILE)
+    digests = {name: sha256_file(out / name) for name in files}
+    manifest["files"] = digests
+    manifest["model_id"] = compute_model_id(manifest, digests)
+    manifest["lineage"] = {"audioae": {"path": str(audioae_dir), "run_id": ae_info.get("meta", {}).get("mlflow_run_id")},
+                           "stage": {"path": str(stage_dir), "run_id": meta.get("mlflow_run_id")},
+                           **({"quantizer": {"path": str(qinco2_dir)}} if qinco2_dir else {}), **(lineage or {})}
+    from spresso import __version__
+
+    manifest["exported_with"] = __version__
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return out
+
+

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..runtime.tracking import StageRun
+from spresso.runtime.tracking import StageRun
 
 RUN_MARKER = "spresso_run.json"
 
@@ -77,7 +77,6 @@ def _remember_run(storage_path: str, name: str, run_id: str) -> None:
 
 def fit(job: TrainJob, run: StageRun):
     """Run ``job`` with Ray Train's TorchTrainer and return its ``Result``."""
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -107,7 +106,7 @@ def copy_checkpoint(result, destination: str | Path) -> Path:
     """Copy the final checkpoint of a Ray Train result to a stable output folder."""
     destination = Path(destination)
     if result.checkpoint is None:
-        from ..errors import SpressoError
+        from spresso.core.errors import SpressoError
 
         raise SpressoError("training finished without reporting a checkpoint")
     tmp = destination.with_name(destination.name + ".partial")

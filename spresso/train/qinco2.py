@@ -19,16 +19,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import QINCo2Config, SpressoConfig
-from ..errors import SpressoError
-from ..quant import FaissRQ, QINCo2, QINCo2Spec, load_qinco2, residual_kmeans_init, save_qinco2
-from ..quant.beam import encode_normalized
-from ..quant.checkpoint import KIND
-from ..quant.training import TrainSettings, make_optimizer, relative_mse, reseed_unused, train_step, usage_entropy
-from ..runtime import digest_json, digest_tree, stage_run, tracking_uri
-from .checkpoint import load_optimizer, load_state, load_strict, load_weights, optimizer_tensors
-from .harness import TrainContext, TrainJob, copy_checkpoint, fit, resumable_run_id
-from .qinco2_vectors import VectorSource
+from spresso.config import QINCo2Config, SpressoConfig
+from spresso.core.checkpoint import (
+    load_optimizer,
+    load_state,
+    load_strict,
+    load_weights,
+    optimizer_tensors,
+)
+from spresso.core.digest import digest_json, digest_tree
+from spresso.core.errors import SpressoError
+from spresso.quant import (
+    FaissRQ,
+    QINCo2,
+    QINCo2Spec,
+    load_qinco2,
+    residual_kmeans_init,
+    save_qinco2,
+)
+from spresso.quant.beam import encode_normalized
+from spresso.quant.checkpoint import KIND
+from spresso.quant.training import (
+    TrainSettings,
+    make_optimizer,
+    relative_mse,
+    reseed_unused,
+    train_step,
+    usage_entropy,
+)
+from spresso.runtime import stage_run, tracking_uri
+from spresso.train.harness import (
+    TrainContext,
+    TrainJob,
+    copy_checkpoint,
+    fit,
+    resumable_run_id,
+)
+from spresso.train.qinco2_vectors import VectorSource
 
 log = logging.getLogger(__name__)
 STAGE = "qinco2"
@@ -233,7 +260,7 @@ def quantize_cache(checkpoint: str, input_path: str, output_path: str, array: st
     """Codes uint16 [N, T', M] of every row of a vector cache, written block by block (resumable)."""
     from tqdm import tqdm
 
-    from ..data.zarr_cache import ClipCache
+    from spresso.data.zarr_cache import ClipCache
 
     if layout == "NC":
         raise SpressoError("quantize writes per-clip codes [N, T', M]: the input layout must be NCT or NTC")

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import SpressoError
+from spresso.core.errors import SpressoError
 
 ROWS_PER_READ = {"NCT": 64, "NTC": 64, "NC": 65536}
 

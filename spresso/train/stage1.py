@@ -11,8 +11,6 @@ Pieces, each usable alone:
 """
 from __future__ import annotations
 
-from ..runtime.paths import absolute as _abs
-
 import logging
 import time
 from pathlib import Path
@@ -20,58 +18,32 @@ from typing import Callable
 
 import torch
 
-from ..config import SpressoConfig
-from ..diffusion.edm2 import EDM2Loss
-from ..diffusion.normalize import LatentNormalizer
-from ..errors import SpressoError
-from ..models.conditioned_dit import DiffusionAutoencoder, build_dae, set_trainable
-from ..models.text_encoder import TextEmbedding
-from .checkpoint import load_optimizer, load_state, load_strict, load_weights, optimizer_tensors, save_checkpoint
+from spresso.config import SpressoConfig
+from spresso.config.layout import dit_dir, stage_output
+from spresso.core.checkpoint import (
+    load_optimizer,
+    load_state,
+    load_strict,
+    load_weights,
+    optimizer_tensors,
+    save_checkpoint,
+)
+from spresso.core.errors import SpressoError
+from spresso.core.storage import absolute as _abs
+from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
+from spresso.diffusion.edm2 import EDM2Loss
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.models.conditioned_dit import (
+    DiffusionAutoencoder,
+    set_trainable,
+)
+from spresso.models.text_encoder import TextEmbedding
 
 log = logging.getLogger(__name__)
 STAGE = "train_stage1"
-CHECKPOINT_KIND = "dae"
 
 
 # -- models ---------------------------------------------------------------------------------------
-def dae_from_dit(cfg: SpressoConfig, dit_dir: str | Path, map_location="cpu") -> tuple[DiffusionAutoencoder, dict]:
-    """A fresh diffusion autoencoder around the pretrained DiT at ``dit_dir``; and the DiT's checkpoint info."""
-    from ..models.dit import load_dit
-
-    if not Path(dit_dir).is_dir():
-        raise SpressoError(f"no DiT checkpoint at {dit_dir}: run `spresso train dit` first (or set dae.dit_dir)")
-    denoiser, info = load_dit(dit_dir, map_location=map_location)
-    d = cfg.dae
-    model = build_dae(denoiser.train(), d.encoder, d.t, d.lora, d.audio_down_init)
-    return model.to(map_location), info
-
-
-def load_dae(checkpoint_dir: str | Path, map_location="cpu") -> tuple[DiffusionAutoencoder, dict]:
-    """A stage-1 or stage-3 checkpoint (strict), built from its own stored config; and its info."""
-    from ..config import config_from_dict
-    from ..models.dit import build_denoiser
-    from .checkpoint import CheckpointError, read_checkpoint_config
-
-    info = read_checkpoint_config(checkpoint_dir, kind=CHECKPOINT_KIND)
-    meta = info.get("meta", {})
-    try:
-        cfg = config_from_dict(info["config"], f"{checkpoint_dir}/config.json")
-        token_dim, pooled_dim = (int(v) for v in meta["text_dims"])
-        t = int(meta["t"])
-    except Exception as err:
-        raise CheckpointError(f"{checkpoint_dir}: not a valid dae checkpoint ({str(err).splitlines()[0]})") from None
-    cfg.dae.t = t
-    # The DiT as it was pretrained (its own stored settings), not whatever the current preset says.
-    from ..config.dit import DiTConfig
-
-    dit_cfg = DiTConfig.model_validate(meta["dit_config"]) if meta.get("dit_config") else cfg.dit
-    denoiser = build_denoiser(dit_cfg, token_dim, pooled_dim)
-    model = build_dae(denoiser, cfg.dae.encoder, t, cfg.dae.lora, cfg.dae.audio_down_init)
-    load_strict(model, load_weights(checkpoint_dir), what=f"dae checkpoint {checkpoint_dir}")
-    return model.to(map_location).eval(), info
-
-
-# -- the trainer ----------------------------------------------------------------------------------
 class DAETrainer:
     """One step of stage 1 (z = g_psi(x0)) or stage 3 (z given: z_q or z), plus checkpoint state."""
 
@@ -148,10 +120,15 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
 # -- the Ray Train loop ---------------------------------------------------------------------------
 def train_loop(loop_config: dict) -> None:
     """``train_loop_per_worker`` of stage 1: resume, train ``dae.stage1.steps`` steps, log, checkpoint."""
-    from ..config import config_from_dict
-    from ..data.zarr_cache import ClipCache
-    from .dit import LatentCaptionDataset, SigmaBuckets, resumed_stream, train_rows
-    from .harness import TrainContext
+    from spresso.config import config_from_dict
+    from spresso.data.zarr_cache import ClipCache
+    from spresso.train.dit import (
+        LatentCaptionDataset,
+        SigmaBuckets,
+        resumed_stream,
+        train_rows,
+    )
+    from spresso.train.harness import TrainContext
 
     ctx = TrainContext(loop_config)
     cfg: SpressoConfig = config_from_dict(loop_config["cfg"], "checkpointed config")
@@ -234,7 +211,7 @@ def run_steps(ctx, trainer: DAETrainer, stream, generator, start: int, tc, meta:
 
 def stage_key(cfg: SpressoConfig, stage: str, inputs: dict) -> str:
     """What determines a trained stage: the DAE's model settings, the stage's training settings, its inputs."""
-    from ..runtime import digest_json
+    from spresso.core.digest import digest_json
 
     d = cfg.dae
     tc = d.stage1 if stage == "stage1" else d.stage3
@@ -245,18 +222,10 @@ def stage_key(cfg: SpressoConfig, stage: str, inputs: dict) -> str:
                         "train": train, "inputs": inputs})
 
 
-def stage_output(cfg: SpressoConfig, stage: str) -> Path:
-    return Path(_abs(cfg.path(cfg.dae.folder()))) / stage / "final"
-
-
-def dit_dir(cfg: SpressoConfig) -> str:
-    return _abs(cfg.path(cfg.dae.dit_dir)) if cfg.dae.dit_dir else _abs(cfg.path(cfg.dit.checkpoint_dir)) + "/final"
-
-
 def open_x0_inputs(cfg: SpressoConfig, encoder=None, progress: bool = True):
     """(x0 cache path, x0 cache, caption cache): checked, the caption cache built when missing."""
-    from ..data.captions import build_caption_cache
-    from ..data.zarr_cache import ClipCache
+    from spresso.data.captions import build_caption_cache
+    from spresso.data.zarr_cache import ClipCache
 
     x0_path = _abs(cfg.path(cfg.audioae.latents_path))
     if not ClipCache.exists(x0_path):
@@ -270,10 +239,11 @@ def open_x0_inputs(cfg: SpressoConfig, encoder=None, progress: bool = True):
 def run_stage(cfg: SpressoConfig, stage: str, loop, inputs: dict, loop_config: dict, upstream: dict, *, parent_run_id=None,
               force: bool = False, log_inputs: Callable | None = None) -> Path:
     """Reuse a finished identical run, or fit ``loop`` on Ray Train in one MLflow run; return ``<stage>/final``."""
-    from ..runtime import digest_tree, find_finished_run, init_ray, stage_run, tracking_uri
-    from ..runtime.tracking import ensure_experiment
-    from .checkpoint import STATE_FILE, STATE_META_FILE
-    from .harness import TrainJob, copy_checkpoint, fit, resumable_run_id
+    from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE
+    from spresso.core.digest import digest_tree
+    from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
+    from spresso.runtime.tracking import ensure_experiment
+    from spresso.train.harness import TrainJob, copy_checkpoint, fit, resumable_run_id
 
     if "://" in cfg.workdir:
         raise SpressoError(f"train {stage} writes its final checkpoint locally: use a local workdir")
@@ -309,8 +279,8 @@ def run_stage(cfg: SpressoConfig, stage: str, loop, inputs: dict, loop_config: d
 def train_stage1(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
                  progress: bool = True) -> Path:
     """Train stage 1 at operating point ``cfg.dae.t`` (or reuse an identical finished run); return its final checkpoint."""
-    from ..runtime import digest_json, digest_tree
-    from ..train.checkpoint import read_checkpoint_config
+    from spresso.core.checkpoint import read_checkpoint_config
+    from spresso.core.digest import digest_json, digest_tree
 
     dit = dit_dir(cfg)
     if not Path(dit).is_dir():

@@ -13,10 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import SpressoConfig
-from ..errors import SpressoError
-from ..runtime.paths import absolute as _abs
-from .stage1 import dae_from_dit, open_x0_inputs, per_worker_batch, run_stage, stage_output
+from spresso.config import SpressoConfig
+from spresso.config.layout import quantizer_dir
+from spresso.core.errors import SpressoError
+from spresso.core.storage import absolute as _abs
+from spresso.train.stage1 import (
+    dae_from_dit,
+    open_x0_inputs,
+    per_worker_batch,
+    run_stage,
+    stage_output,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "train_stage3"
@@ -34,8 +41,8 @@ class Stage3Dataset(torch.utils.data.Dataset):
     """x0 + caption embeddings + z + z_q of the same rows (four row-aligned caches)."""
 
     def __init__(self, x0_path: str, captions_path: str, z_path: str, zq_path: str, rows: np.ndarray):
-        from ..data.zarr_cache import CacheDataset
-        from .dit import LatentCaptionDataset
+        from spresso.data.zarr_cache import CacheDataset
+        from spresso.train.dit import LatentCaptionDataset
 
         self.base = LatentCaptionDataset(x0_path, captions_path, rows)
         self.z = CacheDataset(z_path, ("z",), rows)
@@ -60,13 +67,13 @@ def total_steps(tc, train_rows: int) -> int:
 
 def train_loop(loop_config: dict) -> None:
     """``train_loop_per_worker`` of stage 3."""
-    from ..config import config_from_dict
-    from ..data.zarr_cache import ClipCache
-    from ..diffusion.normalize import LatentNormalizer
-    from .checkpoint import load_strict, load_weights
-    from .dit import SigmaBuckets, resumed_stream, train_rows
-    from .harness import TrainContext
-    from .stage1 import DAETrainer, checkpoint_meta, run_steps
+    from spresso.config import config_from_dict
+    from spresso.core.checkpoint import load_strict, load_weights
+    from spresso.data.zarr_cache import ClipCache
+    from spresso.diffusion.normalize import LatentNormalizer
+    from spresso.train.dit import SigmaBuckets, resumed_stream, train_rows
+    from spresso.train.harness import TrainContext
+    from spresso.train.stage1 import DAETrainer, checkpoint_meta, run_steps
 
     ctx = TrainContext(loop_config)
     cfg: SpressoConfig = config_from_dict(loop_config["cfg"], "checkpointed config")
@@ -96,18 +103,14 @@ def train_loop(loop_config: dict) -> None:
               total=loop_config["total_steps"], z_fn=z_fn)
 
 
-def quantizer_dir(cfg: SpressoConfig) -> str:
-    return _abs(cfg.path(cfg.dae.quantizer_dir)) if cfg.dae.quantizer_dir else _abs(cfg.path(cfg.qinco2.checkpoint_dir)) + "/final"
-
-
 def train_stage3(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
                  progress: bool = True) -> Path:
     """Quantize z with the first m codebooks (cached), then finetune; return the stage-3 checkpoint."""
-    from ..data.z_latents import precompute_zq, z_cache_path
-    from ..data.zarr_cache import ClipCache
-    from ..runtime import digest_json, digest_tree
-    from .dit import split_rows
-    from .stage1 import dit_dir
+    from spresso.config.layout import dit_dir
+    from spresso.core.digest import digest_json, digest_tree
+    from spresso.data.z_latents import precompute_zq, z_cache_path
+    from spresso.data.zarr_cache import ClipCache
+    from spresso.train.dit import split_rows
 
     try:
         point = cfg.dae.point()

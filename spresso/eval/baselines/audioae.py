@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter import CodecAdapter, CodecInfo
+from spresso.eval.adapter import CodecAdapter, CodecInfo
 
 
 def torch_device(device: str | None):
@@ -50,7 +50,7 @@ class AudioAEAdapter(CodecAdapter):
     @property
     def model(self):
         if self._model is None:
-            from ...models.audioae import load_audioae
+            from spresso.models.audioae import load_audioae
 
             self._model = load_audioae(self.checkpoint_dir, map_location=torch_device(self.device))
         return self._model

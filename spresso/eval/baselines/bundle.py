@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter import CodecAdapter, CodecInfo
+from spresso.eval.adapter import CodecAdapter, CodecInfo
 
 
 class BundleAdapter(CodecAdapter):
@@ -25,9 +25,9 @@ class BundleAdapter(CodecAdapter):
         # The table is built in the driver, which never loads the weights: describe the
         # operating point from the bundle's manifest alone.
         try:
-            from ...codec.bundle import read_manifest
+            from spresso.core.bundle_io import read_bundle_manifest
 
-            self._describe_manifest(read_manifest(self.path), variant)
+            self._describe_manifest(read_bundle_manifest(self.path), variant)
         except Exception:  # no or broken bundle: available() reports it
             pass
 
@@ -52,7 +52,12 @@ class BundleAdapter(CodecAdapter):
         return self._codec
 
     def _describe_manifest(self, manifest: dict, variant: str) -> None:
-        from ...rates import bitrate_bps, compression_ratio, continuous_bitrate_bps, frame_rate
+        from spresso.core.rates import (
+            bitrate_bps,
+            compression_ratio,
+            continuous_bitrate_bps,
+            frame_rate,
+        )
 
         t = int(manifest["t"])
         channels = int(manifest.get("configs", {}).get("encoder", {}).get("z_channels", 64))
@@ -70,7 +75,7 @@ class BundleAdapter(CodecAdapter):
         return self.codec.encode(np.asarray(wave, np.float32), 48000, kbps=self.kbps, codebooks=self.codebooks)
 
     def decode_variation(self, data: bytes, num_samples: int, seed: int) -> np.ndarray:
-        from ...audio.io import resample
+        from spresso.audio.io import resample
 
         wave, sr = self.codec.decode(data, steps=self.steps, seed=seed)
         y = resample(np.asarray(wave, np.float32).reshape(-1), int(sr), 48000)

@@ -15,10 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import SpressoError
-from ...rates import bitrate_bps, compression_ratio, continuous_bitrate_bps, frame_rate
-from ..adapter import CodecAdapter, CodecInfo
-from .audioae import float16_stream, pad_to, read_float16_stream, torch_device
+from spresso.core.errors import SpressoError
+from spresso.core.rates import (
+    bitrate_bps,
+    compression_ratio,
+    continuous_bitrate_bps,
+    frame_rate,
+)
+from spresso.eval.adapter import CodecAdapter, CodecInfo
+from spresso.eval.baselines.audioae import (
+    float16_stream,
+    pad_to,
+    read_float16_stream,
+    torch_device,
+)
 
 RQ_FILE, RQ_META = "rq.safetensors", "rq.json"
 
@@ -46,9 +56,9 @@ class _DAEBase(CodecAdapter):
 
     def _load(self):
         if self._loaded is None:
-            from ...diffusion.normalize import LatentNormalizer
-            from ...models.audioae import load_audioae
-            from ...train.stage1 import load_dae
+            from spresso.diffusion.checkpoints import load_dae
+            from spresso.diffusion.normalize import LatentNormalizer
+            from spresso.models.audioae import load_audioae
 
             device = torch_device(self.device)
             model, info = load_dae(self.dae_dir, map_location=device)
@@ -71,7 +81,7 @@ class _DAEBase(CodecAdapter):
     def _decode_z(self, z: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
         import torch
 
-        from ...diffusion.reconstruct import reconstruct_audio
+        from spresso.diffusion.reconstruct import reconstruct_audio
 
         model, normalizer, audioae, device = self._load()
         frames = math.ceil(num_samples / audioae.hop)
@@ -133,7 +143,7 @@ class RQAdapter(_DAEBase):
         return self._rq
 
     def encode(self, wave: np.ndarray) -> bytes:
-        from ...codec.bitpack import pack_codes
+        from spresso.codec.bitpack import pack_codes
 
         z, _ = self._z(wave)
         codes = self.rq.encode(z.T, self.m)  # [T', m]
@@ -141,7 +151,7 @@ class RQAdapter(_DAEBase):
         return np.array([codes.shape[0]], "<u4").tobytes() + pack_codes(codes, bits)
 
     def decode_variation(self, data: bytes, num_samples: int, seed: int) -> np.ndarray:
-        from ...codec.bitpack import unpack_codes
+        from spresso.codec.bitpack import unpack_codes
 
         n_frames = int(np.frombuffer(data[:4], "<u4")[0])
         codes = unpack_codes(data[4:], n_frames, self.m, int(math.log2(self.K)))
@@ -176,7 +186,7 @@ def load_rq(directory: str | Path):
     import faiss
     from safetensors.numpy import load_file
 
-    from ...quant import FaissRQ
+    from spresso.quant import FaissRQ
 
     meta = _read_rq_meta(str(directory))
     if meta is None:
@@ -195,8 +205,8 @@ def load_rq(directory: str | Path):
 def train_rq_on_z(z_cache: str, directory: str | Path, M: int, K: int, *, beam: int = 32, max_vectors: int = 100_000,
                   seed: int = 0, split: str = "train") -> Path:
     """Train the ablation's RQ on the same z frames QINCo2 was trained on (the z cache, train split)."""
-    from ...data.zarr_cache import ClipCache
-    from ...quant import FaissRQ
+    from spresso.data.zarr_cache import ClipCache
+    from spresso.quant import FaissRQ
 
     cache = ClipCache.open(z_cache, mode="r")
     rows = cache.rows_where("split", split)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import SpressoError
-from ..adapter import CodecAdapter, CodecInfo
-from .audioae import torch_device
+from spresso.core.errors import SpressoError
+from spresso.eval.adapter import CodecAdapter, CodecInfo
+from spresso.eval.baselines.audioae import torch_device
 
 
 def _package_missing(module: str, pip_name: str) -> str | None:
@@ -51,13 +51,13 @@ def _strict(module, state: dict, what: str) -> None:
 
 def _codes_stream(codes: np.ndarray, bits: int) -> bytes:
     """codes [n_q, T] -> uint16 n_q, uint32 T, then the codes bit-packed at ``bits`` each."""
-    from ...codec.bitpack import pack_codes
+    from spresso.codec.bitpack import pack_codes
 
     return np.array([codes.shape[0]], "<u2").tobytes() + np.array([codes.shape[1]], "<u4").tobytes() + pack_codes(codes.T, bits)
 
 
 def _read_codes_stream(data: bytes, bits: int) -> np.ndarray:
-    from ...codec.bitpack import unpack_codes
+    from spresso.codec.bitpack import unpack_codes
 
     nq = int(np.frombuffer(data[:2], "<u2")[0])
     t = int(np.frombuffer(data[2:6], "<u4")[0])

@@ -11,8 +11,8 @@ import io
 
 import numpy as np
 
-from ...errors import SpressoError
-from ..adapter import CodecAdapter, CodecInfo
+from spresso.core.errors import SpressoError
+from spresso.eval.adapter import CodecAdapter, CodecInfo
 
 OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
 MIN_KBPS, MAX_KBPS = 0.5, 512.0  # libopus's accepted range (ffmpeg clamps to it)

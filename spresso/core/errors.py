@@ -7,3 +7,11 @@ class SpressoError(Exception):
 
 class ConfigError(SpressoError):
     """A configuration file or override is invalid."""
+
+
+class CheckpointError(SpressoError):
+    """A checkpoint that is missing, incomplete, or does not match the model."""
+
+
+class BundleError(SpressoError):
+    """A codec bundle that is missing, damaged, or from an incompatible format version."""

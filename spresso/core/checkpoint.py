@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from ..errors import SpressoError
+from spresso.core import storage
+from spresso.core.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.safetensors"
 STATE_META_FILE = "state.json"
-
-
-class CheckpointError(SpressoError):
-    """A checkpoint that is missing, incomplete, or does not match the model."""
 
 
 def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,22 +65,22 @@ def save_checkpoint(
     state: Mapping[str, torch.Tensor] | None = None,
     state_meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(_contiguous(weights), str(directory / MODEL_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps({"kind": kind, "config": config, "meta": dict(meta or {})}, indent=1))
+    storage.make_dirs(directory)
+    storage.write_bytes(storage.join(directory, MODEL_FILE), save_safetensors(_contiguous(weights)))
+    storage.write_text(storage.join(directory, CONFIG_FILE),
+                       json.dumps({"kind": kind, "config": config, "meta": dict(meta or {})}, indent=1))
     if state is not None or state_meta is not None:
-        save_file(_contiguous(state or {}), str(directory / STATE_FILE))
-        (directory / STATE_META_FILE).write_text(json.dumps(dict(state_meta or {}), default=str))
-    return directory
+        storage.write_bytes(storage.join(directory, STATE_FILE), save_safetensors(_contiguous(state or {})))
+        storage.write_text(storage.join(directory, STATE_META_FILE), json.dumps(dict(state_meta or {}), default=str))
+    return directory if storage.is_url(directory) else Path(directory)
 
 
 def read_checkpoint_config(directory: str | Path, kind: str | None = None) -> dict:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
+    path = storage.join(directory, CONFIG_FILE)
+    if not storage.is_file(path):
         raise CheckpointError(f"{directory}: not a checkpoint (no {CONFIG_FILE})")
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(storage.read_text(path))
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: corrupt checkpoint config") from None
     if kind is not None and info.get("kind") != kind:
@@ -91,21 +89,21 @@ def read_checkpoint_config(directory: str | Path, kind: str | None = None) -> di
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(directory) / MODEL_FILE
-    if not path.is_file():
+    path = storage.join(directory, MODEL_FILE)
+    if not storage.is_file(path):
         raise CheckpointError(f"{directory}: missing {MODEL_FILE}")
     try:
-        return load_file(str(path))
+        return load_safetensors(storage.read_bytes(path))
     except Exception as err:
         raise CheckpointError(f"{path}: unreadable weights ({err})") from None
 
 
 def load_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    d = Path(directory)
-    if not (d / STATE_META_FILE).is_file():
+    meta_path, tensor_path = storage.join(directory, STATE_META_FILE), storage.join(directory, STATE_FILE)
+    if not storage.is_file(meta_path):
         return {}, {}
-    tensors = load_file(str(d / STATE_FILE)) if (d / STATE_FILE).is_file() else {}
-    return tensors, json.loads((d / STATE_META_FILE).read_text())
+    tensors = load_safetensors(storage.read_bytes(tensor_path)) if storage.is_file(tensor_path) else {}
+    return tensors, json.loads(storage.read_text(meta_path))
 
 
 def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str = "model") -> None:

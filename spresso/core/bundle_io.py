@@ -1,0 +1,87 @@
+"""The codec bundle's files: its manifest (``bundle.json``) and its weight files, with digests.
+
+    <bundle>/bundle.json          format, format_version, model_id, mode, operating point, configs,
+                                  normalisation stats, default sampler, file digests, lineage
+    <bundle>/audioae.safetensors  the AudioAE (encoder + decoder)
+    <bundle>/dae.safetensors      g_psi (``encoder.*``) + D_theta (``denoiser.*``)
+    <bundle>/quantizer.safetensors  the quantizer (discrete bundles only)
+
+Safetensors + JSON only: reading a bundle never unpickles anything. The model id is the SHA-256
+of the weight files' digests and of every field of bundle.json that affects what the models
+compute (configs, normalisation, operating point); lineage and paths are left out, so re-exporting
+the same weights gives the same id. Streams carry the id's first 4 bytes (docs/bitstream.md).
+Building the models from these files is the codec's job (:mod:`spresso.codec.bundle`); writing a
+bundle from training checkpoints is the export stage's (:mod:`spresso.train.export`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spresso.core.errors import BundleError
+
+FORMAT = "spresso-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+AUDIOAE_FILE, DAE_FILE, QUANTIZER_FILE = "audioae.safetensors", "dae.safetensors", "quantizer.safetensors"
+# bundle.json fields that do not change the model's function: excluded from the model id.
+NOT_IDENTITY = ("model_id", "lineage", "files", "exported_with")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def compute_model_id(manifest: dict, file_digests: dict[str, str]) -> str:
+    identity = {k: v for k, v in manifest.items() if k not in NOT_IDENTITY}
+    blob = json.dumps({"manifest": identity, "files": dict(sorted(file_digests.items()))}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+
+
+def read_bundle_manifest(path: str | Path) -> dict:
+    root = Path(path)
+    if not root.exists():
+        raise BundleError(f"{root}: no such bundle")
+    if not root.is_dir():
+        raise BundleError(f"{root}: a bundle is a folder (with {MANIFEST}), got a file")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root}: not a codec bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{mpath}: corrupt bundle manifest (not JSON)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{root}: not a codec bundle ({MANIFEST} has format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{root}: bundle format version {version} is not supported by this spresso (reads version {FORMAT_VERSION}); "
+                          "re-export it with a matching spresso")
+    return manifest
+
+
+def load_bundle_weights(root: Path, name: str, manifest: dict, verify: bool) -> dict[str, torch.Tensor]:
+    path = root / name
+    if not path.is_file():
+        raise BundleError(f"{root}: bundle is missing {name}")
+    want = manifest.get("files", {}).get(name)
+    if verify and want is not None and sha256_file(path) != want:
+        raise BundleError(f"{path}: corrupt bundle file (digest does not match {MANIFEST})")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types on a damaged header
+        raise BundleError(f"{path}: unreadable weights ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
