@@ -103,9 +103,9 @@ def _config(workdir: Path, *extra: str):
 
 
 def _stage_runs(cfg, stage: str) -> list[str]:
-    from spresso.runtime.tracking import TAG_STAGE, _client, tracking_uri
+    from spresso.runtime.tracking import TAG_STAGE, mlflow_client, tracking_uri
 
-    client = _client(tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri))
+    client = mlflow_client(tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri))
     exps = [e.experiment_id for e in client.search_experiments()]
     return [r.info.status for r in client.search_runs(exps) if r.data.tags.get(TAG_STAGE) == stage]
 

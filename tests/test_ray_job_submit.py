@@ -136,10 +136,10 @@ class Chain:
 
     def _parent_run(self) -> str:
         """The pipeline's run, as `spresso pipeline run` opens it: stages that take --parent-run-id nest under it."""
-        from spresso.runtime.tracking import _client, ensure_experiment
+        from spresso.runtime.tracking import ensure_experiment, mlflow_client
 
         cfg = self.cfg
-        client = _client(self.uri)
+        client = mlflow_client(self.uri)
         run = client.create_run(ensure_experiment(self.uri, cfg.runtime.experiment, cfg.workdir), run_name="pipeline")
         client.set_terminated(run.info.run_id)
         return run.info.run_id
@@ -291,9 +291,9 @@ def test_lineage_one_finished_run_per_stage(chain):
     """Every stage ran once (no orphans from restarts), finished, and those given the parent nest under it."""
     if chain.failed:
         pytest.skip(f"stage {chain.failed} failed")
-    from spresso.runtime.tracking import TAG_STAGE, _client
+    from spresso.runtime.tracking import TAG_STAGE, mlflow_client
 
-    client = _client(chain.uri)
+    client = mlflow_client(chain.uri)
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = [r for r in client.search_runs(exps, max_results=500) if TAG_STAGE in r.data.tags]
     stages = [r.data.tags[TAG_STAGE] for r in runs]

@@ -17,7 +17,7 @@ from spresso.core.digest import digest_file, digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.pipeline.graph import StageNode
 from spresso.pipeline.stage import Artifact, config_value
-from spresso.runtime.tracking import _client, find_finished_run
+from spresso.runtime.tracking import find_finished_run, mlflow_client
 
 TAG_PIPELINE_KEY = "spresso.pipeline.key"
 TAG_INSTANCE = "spresso.pipeline.stage"
@@ -111,7 +111,7 @@ def recorded_outputs(run, node: StageNode) -> dict[str, Artifact] | None:
 def _search_pipeline_key(uri: str, experiment_id: str, kind: str, key: str) -> list:
     # The key hashes the stage kind already. No filter on the run's own stage tag: a library
     # function may name its run differently from the DAG's kind (stage1 opens "train_stage1").
-    return _client(uri).search_runs(
+    return mlflow_client(uri).search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_PIPELINE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from spresso.core.errors import SpressoError
-from spresso.runtime.tracking import TAG_STAGE, _client
+from spresso.runtime.tracking import TAG_STAGE, mlflow_client
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 
@@ -31,7 +31,7 @@ def compare_url(uri: str, experiment_ids: list[str], run_ids: list[str]) -> str:
 
 def compare_runs(uri: str, experiment: str | None = None, metrics: list[str] | None = None, stage: str | None = None,
                  parent: str | None = None, max_runs: int = 30, status: str | None = None) -> Comparison:
-    client = _client(uri)
+    client = mlflow_client(uri)
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spresso.core.errors import SpressoError
-from spresso.runtime.tracking import TAG_STAGE, _client
+from spresso.runtime.tracking import TAG_STAGE, mlflow_client
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
@@ -64,7 +64,7 @@ def _all_runs(client, experiment_ids: list[str] | None = None):
 
 def upstream_lineage(uri: str, run_id: str) -> list[RunLineage]:
     """The run and every run upstream of it, breadth first (depth 0 = the run itself)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     seen: dict[str, RunLineage] = {}
     frontier = [(run_id, 0)]
     while frontier:
@@ -88,7 +88,7 @@ def runs_for_path(uri: str, path: str) -> list[str]:
     the most specific output first."""
     target = path if "://" in path else str(Path(path).resolve())
     hits: list[tuple[int, float, str]] = []
-    for run in _all_runs(_client(uri)):
+    for run in _all_runs(mlflow_client(uri)):
         for _, (out_uri, _) in _io(run.data.tags, "output").items():
             norm = out_uri if "://" in out_uri else str(Path(out_uri).resolve())
             if target == norm or target.startswith(norm.rstrip("/") + "/"):
@@ -99,7 +99,7 @@ def runs_for_path(uri: str, path: str) -> list[str]:
 def runs_using_digest(uri: str, digest: str) -> list[DigestUse]:
     digest = digest.lower()
     out = []
-    for run in _all_runs(_client(uri)):
+    for run in _all_runs(mlflow_client(uri)):
         tags = run.data.tags
         for role in ("input", "output"):
             for name, (u, d) in _io(tags, role).items():
@@ -113,7 +113,7 @@ def lineage(uri: str, target: str) -> tuple[str, list]:
     t = target.strip()
     if _RUN_ID.match(t):
         try:
-            _client(uri).get_run(t)
+            mlflow_client(uri).get_run(t)
         except Exception:  # not a run here: maybe a digest prefix
             pass
         else:

@@ -25,14 +25,14 @@ def _run_that_wrote(ctx: StageContext, cfg, kind: str, output: str, location: st
     already written ``location`` (the stage's own cache reused it without a new run)."""
     from spresso.runtime.tracking import (
         TAG_STAGE,
-        _client,
         ensure_experiment,
+        mlflow_client,
         tracking_uri,
     )
 
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     exp = ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir)
-    client = _client(uri)
+    client = mlflow_client(uri)
     for flt in (f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.`{TAG_STAGE}` = '{kind}'",
                 f"tags.`{TAG_STAGE}` = '{kind}' and attributes.status = 'FINISHED'"):
         for run in client.search_runs([exp], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=20):

@@ -41,9 +41,9 @@ from spresso.pipeline.graph import PipelineGraph, StageNode, build_graph
 from spresso.pipeline.stage import Artifact, Stage, StageContext, StageResult
 from spresso.runtime.tracking import (
     TAG_STAGE,
-    _client,
     code_version,
     ensure_experiment,
+    mlflow_client,
     stage_run,
     tracking_uri,
 )
@@ -165,7 +165,7 @@ def _record_outputs(node: StageNode, run_id: str, uri: str, result: StageResult)
 
 
 def _find_child_run(uri: str, experiment_id: str, parent_run_id: str, kind: str, since_ms: int) -> str | None:
-    runs = _client(uri).search_runs(
+    runs = mlflow_client(uri).search_runs(
         [experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_STAGE}` = '{kind}'",
         order_by=["attributes.start_time DESC"], max_results=1,
@@ -335,7 +335,7 @@ class _Scheduler:
 
     def _failed_run(self, name: str) -> str | None:
         try:
-            runs = _client(self.uri).search_runs(
+            runs = mlflow_client(self.uri).search_runs(
                 [self.experiment_id],
                 filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}' and tags.`{TAG_INSTANCE}` = '{name}'",
                 order_by=["attributes.start_time DESC"], max_results=1)
@@ -387,5 +387,5 @@ def run_pipeline(
         parent.log_metrics({f"stages_{k.replace(' ', '_')}": v for k, v in result.counts().items()})
         parent.log_text(result.table() + "\n", "pipeline_table.txt")
     if not result.ok:
-        _client(uri).set_terminated(parent.run_id, status="FAILED")
+        mlflow_client(uri).set_terminated(parent.run_id, status="FAILED")
     return result

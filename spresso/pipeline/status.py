@@ -19,7 +19,7 @@ from spresso.pipeline.cache import TAG_INSTANCE, external_fingerprint, lookup, s
 from spresso.pipeline.graph import build_graph
 from spresso.pipeline.runner import TAG_PIPELINE_ID, TAG_STATES, pipeline_id
 from spresso.pipeline.stage import Artifact, Stage
-from spresso.runtime.tracking import _client, code_version, tracking_uri
+from spresso.runtime.tracking import code_version, mlflow_client, tracking_uri
 
 
 @dataclass
@@ -48,7 +48,7 @@ def pipeline_status(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[S
         stages = registry()
     graph = build_graph(cfg, stages)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(cfg.runtime.experiment)
     if exp is None:
         return [StageStatus(n, "pending", note="no runs yet") for n in graph.order]

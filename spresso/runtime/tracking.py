@@ -63,14 +63,14 @@ def code_version() -> str:
     return f"{__version__}+{h.hexdigest()[:12]}"
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
 def ensure_experiment(uri: str, name: str, workdir: str) -> str:
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -110,12 +110,12 @@ class StageRun:
 
     @classmethod
     def attach(cls, run_id: str, tracking_uri: str) -> "StageRun":
-        run = _client(tracking_uri).get_run(run_id)
+        run = mlflow_client(tracking_uri).get_run(run_id)
         return cls(run_id, tracking_uri, run.info.experiment_id, run.data.tags.get(TAG_STAGE, ""))
 
     @property
     def client(self):
-        return _client(self.tracking_uri)
+        return mlflow_client(self.tracking_uri)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
@@ -185,7 +185,7 @@ class StageRun:
 
 def find_finished_run(uri: str, experiment_id: str, stage: str, key: str):
     """The newest FINISHED run of ``stage`` with cache key ``key``, or None."""
-    runs = _client(uri).search_runs(
+    runs = mlflow_client(uri).search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
@@ -213,7 +213,7 @@ def stage_run(
     """
     uri = tracking_uri(config.workdir, config.runtime.mlflow_tracking_uri)
     exp_id = ensure_experiment(uri, config.runtime.experiment, config.workdir)
-    client = _client(uri)
+    client = mlflow_client(uri)
     tags = {TAG_STAGE: stage, TAG_CODE: code_version()}
     if key:
         tags[TAG_KEY] = key

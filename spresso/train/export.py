@@ -43,9 +43,9 @@ def upstream_run(uri: str, checkpoint_dir: str | Path | None, meta_run_id: str |
         return meta_run_id
     if checkpoint_dir is None:
         return None
-    from spresso.runtime.tracking import _client
+    from spresso.runtime.tracking import mlflow_client
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     want = _abs(checkpoint_dir)
     try:
         exps = [e.experiment_id for e in client.search_experiments()]
@@ -116,9 +116,9 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
 
 def register_bundle(uri: str, name: str, run_id: str, model_id: str, alias: str | None = "champion") -> str:
     """A new version of registered model ``name`` from the run's ``bundle/`` artifact; ``alias`` points at it."""
-    from spresso.runtime.tracking import _client
+    from spresso.runtime.tracking import mlflow_client
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     try:
         client.get_registered_model(name)
     except Exception:
