@@ -26,7 +26,7 @@ def main() -> None:
     from spresso.core.storage import absolute
     from spresso.diffusion.normalize import LatentNormalizer
     from spresso.models.dit import load_dit
-    from spresso.train.dit import HELD_OUT_SIGMAS, held_out_sigma_report
+    from spresso.train.dit_held_out import HELD_OUT_SIGMAS, held_out_sigma_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(ap)

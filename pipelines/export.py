@@ -13,10 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds spresso
-
-from spresso.cli.common import run_entry  # noqa: E402
-from spresso.cli.stages import add_stage_args, stage_config  # noqa: E402
+from spresso.cli.common import run_entry
+from spresso.cli.stages import add_stage_args, stage_config
+from spresso.train.export import export
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alias", default="champion", help="alias of the registered version [champion]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from spresso.train.export import export
 
     def work():
         cfg = stage_config(args)

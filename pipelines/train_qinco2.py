@@ -1,4 +1,4 @@
-"""Ray job entry point for stage 2 (QINCo2):
+"""Ray job entry point of stage 2 (QINCo2): `spresso train qinco2` on the cluster.
 
     ray job submit --working-dir . -- python pipelines/train_qinco2.py --config paper --vectors s3://.../z.zarr
 """

@@ -161,7 +161,7 @@ def test_checkpoint_publish_and_load_from_a_url(tmp_path):
     """Remote storage (s3:// on a cluster) goes through fsspec; memory:// stands in for it."""
     import fsspec
 
-    from spresso.train.audioae import _published_digest, publish_checkpoint
+    from spresso.train.driver import publish_checkpoint, published_digest
 
     trainer, path = _save(tmp_path, TINY)
 
@@ -176,7 +176,7 @@ def test_checkpoint_publish_and_load_from_a_url(tmp_path):
     digest = publish_checkpoint(Result, "memory://aae/final")
     fs = fsspec.filesystem("memory")
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/aae/final", detail=False)) == ["config.json", "model.safetensors"]
-    assert _published_digest("memory://aae/final") == digest
+    assert published_digest("memory://aae/final") == digest
     wave = torch.randn(1, 960)
     with torch.no_grad():
         assert torch.equal(load_audioae("memory://aae/final").encode(wave), trainer.model.eval().encode(wave))

@@ -13,14 +13,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from spresso.config import load_config
+from spresso.data.crops import CropStream, load_valid_clips
 from spresso.models.audioae import load_audioae
-from spresso.train.audioae import (
-    AudioAETrainer,
-    CropStream,
-    evaluate_reconstruction,
-    load_valid_clips,
-    train_audioae,
-)
+from spresso.train.audioae import AudioAETrainer, train_audioae
+from spresso.train.audioae_valid import evaluate_reconstruction
 
 torch.set_num_threads(1)
 SR, CLIP = 48000, 48000  # 1 s clips keep the tests fast
@@ -120,7 +116,7 @@ def test_stage_resumes_after_injected_worker_failure_in_one_mlflow_run(tmp_path,
     make_shards(tmp_path / "shards")
     overrides = TINY + [
         f"workdir={tmp_path}", "audioae.steps=6", "audioae.train.batch_size=2", "audioae.train.segment_seconds=0.1",
-        "audioae.train.num_workers=1", "audioae.train.cpus_per_worker=0.5", "audioae.train.max_failures=1",
+        "audioae.train.scaling.workers=1", "audioae.train.scaling.cpus_per_worker=0.5", "audioae.train.scaling.max_failures=1",
         "audioae.train.checkpoint_every=2", "audioae.train.log_every=1", "audioae.train.valid_every=100",
         "audioae.train.valid_clips=2", "audioae.train.audio_examples=1", "audioae.train.fail_at_step=3",
         "audioae.train.disc_start_step=2", "audioae.train.shuffle_buffer=2",

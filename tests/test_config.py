@@ -81,3 +81,26 @@ def test_extends_merges_over_a_preset_and_refuses_loops(tmp_path):
         load_config(tmp_path / "bad.yaml")
     checks = load_config("demo-checks")
     assert [p.t for p in checks.pipeline.points] == [4, 100] and checks.workdir != demo.workdir
+
+
+@pytest.mark.parametrize("old", ["audioae.train.num_workers=2", "dit.train.use_gpu=true", "dae.stage1.cpus_per_worker=2",
+                                 "dae.stage3.max_failures=1", "qinco2.num_workers=0"])
+def test_scaling_lives_in_one_nested_section(old):
+    """The Ray Train knobs moved under ``scaling:``; the old flat keys are unknown keys."""
+    section, key = old.split("=")[0].rsplit(".", 1)
+    with pytest.raises(ConfigError, match=rf"unknown config key '{section}\.{key}'"):
+        load_config("demo", [old])
+    new = f"{section}.scaling.{'workers' if key == 'num_workers' else key}={old.split('=')[1]}"
+    assert load_config("demo", [new])
+
+
+def test_cache_keys_leave_out_run_knobs():
+    from spresso.config.scaling import key_settings
+
+    cfg = load_config("demo")
+    other = load_config("demo", ["dit.train.scaling.workers=8", "dit.train.log_every=1", "dit.train.strategy=fsdp",
+                                 "dae.stage1.checkpoint_every=7", "audioae.train.valid_every=3"])
+    for section in (lambda c: c.dit.train, lambda c: c.dae.stage1, lambda c: c.audioae.train):
+        assert key_settings(section(cfg)) == key_settings(section(other))
+    assert "scaling" not in key_settings(cfg.qinco2) and "valid_every" in key_settings(cfg.qinco2)
+    assert key_settings(cfg.dit.train) != key_settings(load_config("demo", ["dit.train.lr=0.5"]).dit.train)

@@ -35,7 +35,7 @@ def overrides(tmp_path):
         "audioae.model.latent_dim=8", "audioae.model.width=16", "audioae.model.blocks=1", "audioae.model.intermediate=32",
         "dit.model.in_channels=8", "dit.model.width=32", "dit.model.heads=4", "dit.model.joint_blocks=1",
         "dit.model.single_blocks=1", "dit.model.patch=2",
-        "dit.train.steps=4", "dit.train.batch_size=4", "dit.train.num_workers=1", "dit.train.cpus_per_worker=0.5", "dit.train.log_every=2",
+        "dit.train.steps=4", "dit.train.batch_size=4", "dit.train.scaling.workers=1", "dit.train.scaling.cpus_per_worker=0.5", "dit.train.log_every=2",
         "dit.train.checkpoint_every=4", "dit.train.sample_every=4", "dit.train.num_samples=1", "dit.train.sample_steps=2",
         "dit.train.warmup_steps=2",
     ]
@@ -145,7 +145,7 @@ def test_trainer_checkpoint_roundtrip(workdir, tmp_path):
 
 def test_sigma_buckets_against_trivial_denoiser():
     from spresso.diffusion.edm2 import preconditioning
-    from spresso.train.dit import SigmaBuckets
+    from spresso.train.sigma_buckets import SigmaBuckets
 
     b = SigmaBuckets()
     sigma = torch.tensor([0.05, 0.5, 0.5, 10.0])
@@ -171,7 +171,8 @@ def test_held_out_report_equals_one_for_the_trivial_network(workdir):
     """At adaLN-zero init F = 0, so the network *is* the trivial denoiser c_skip x: every ratio is 1."""
     from spresso.data.captions import build_caption_cache
     from spresso.diffusion.normalize import LatentNormalizer
-    from spresso.train.dit import HELD_OUT_SIGMAS, DiTTrainer, held_out_sigma_report
+    from spresso.train.dit import DiTTrainer
+    from spresso.train.dit_held_out import HELD_OUT_SIGMAS, held_out_sigma_report
 
     x0_path = workdir.path(workdir.audioae.latents_path)
     captions = build_caption_cache(workdir, HashEncoder(), progress=False)

@@ -133,12 +133,13 @@ def _kill_when(cluster, found, pick_node, timeout: float, log: dict) -> threadin
 
 
 def _train(cfg, name: str, out: Path, workers: int, max_failures: int, sleep: float) -> dict:
+    from spresso.config.scaling import ScalingSettings
     from spresso.runtime import stage_run
     from spresso.train.harness import TrainJob, fit
 
     out.mkdir(parents=True, exist_ok=True)
     job = TrainJob(name=name, loop=train_loop, storage_path=str(Path(cfg.workdir).resolve() / "ray_train"),
-                   num_workers=workers, cpus_per_worker=1.0, max_failures=max_failures,
+                   scaling=ScalingSettings(workers=workers, cpus_per_worker=1.0, max_failures=max_failures),
                    loop_config={"out": str(out), "steps": TOTAL_STEPS, "every": CKPT_EVERY, "sleep": sleep})
     with stage_run("ft_train", cfg, key=name) as run:
         result = fit(job, run)

@@ -100,14 +100,14 @@ def test_picture_without_graphviz(tmp_path):
 
 
 def test_relative_inputs_resolve_in_the_workdir_first_then_where_typed(tmp_path, monkeypatch):
-    from spresso.pipeline.registry import _input_folder
+    from spresso.pipeline.registry import input_folder
 
     here, work = tmp_path / "here", tmp_path / "here" / "work"
     (work / "corpus").mkdir(parents=True)
     (tmp_path / "shared" / "sfx").mkdir(parents=True)
     monkeypatch.chdir(here)
     cfg = load_config("demo", [f"workdir={work}"])
-    assert _input_folder(cfg, "corpus") == str((work / "corpus").resolve())  # make demo's synthesised corpus
-    assert _input_folder(cfg, "../shared/sfx") == str((tmp_path / "shared" / "sfx").resolve())  # typed on the command line
-    assert _input_folder(cfg, "missing") == str((work / "missing").resolve())  # fails later under the workdir's name
-    assert _input_folder(cfg, "s3://bucket/sfx") == "s3://bucket/sfx"
+    assert input_folder(cfg, "corpus") == str((work / "corpus").resolve())  # make demo's synthesised corpus
+    assert input_folder(cfg, "../shared/sfx") == str((tmp_path / "shared" / "sfx").resolve())  # typed on the command line
+    assert input_folder(cfg, "missing") == str((work / "missing").resolve())  # fails later under the workdir's name
+    assert input_folder(cfg, "s3://bucket/sfx") == "s3://bucket/sfx"

@@ -37,23 +37,23 @@ TINY = [
     "runtime.actor_cpus=0.25", "data.clip_seconds=0.5", "data.clips_per_shard=8",
     f"audioae.model.latent_dim={LATENT}", "audioae.model.width=16", "audioae.model.blocks=1", "audioae.model.intermediate=32",
     "audioae.disc.mpd_channels=[4,4,8,8,8]", "audioae.disc.stft_channels=4", "audioae.disc.stft_windows=[512]",
-    "audioae.steps=2", "audioae.train.batch_size=2", "audioae.train.segment_seconds=0.1", "audioae.train.num_workers=0",
+    "audioae.steps=2", "audioae.train.batch_size=2", "audioae.train.segment_seconds=0.1", "audioae.train.scaling.workers=0",
     "audioae.train.checkpoint_every=2", "audioae.train.log_every=1", "audioae.train.valid_every=100",
     "audioae.train.valid_clips=2", "audioae.train.audio_examples=1", "audioae.train.shuffle_buffer=2",
     "audioae.train.disc_start_step=1", "audioae.cache.chunk_clips=4", "audioae.cache.batch_size=4",
     f"dit.model.in_channels={LATENT}", "dit.model.width=32", "dit.model.heads=4", "dit.model.joint_blocks=1",
     "dit.model.single_blocks=1", "dit.model.patch=2", "dit.train.steps=2", "dit.train.batch_size=4",
-    "dit.train.num_workers=0", "dit.train.log_every=1", "dit.train.checkpoint_every=2", "dit.train.sample_every=100",
+    "dit.train.scaling.workers=0", "dit.train.log_every=1", "dit.train.checkpoint_every=2", "dit.train.sample_every=100",
     "dit.train.num_samples=1", "dit.train.sample_steps=2", "dit.train.warmup_steps=1",
     f"dae.t={T}", "dae.points=[" + json.dumps(POINT) + "]", f"dae.encoder.z_channels={Z}", "dae.encoder.depth=1",
     "dae.lora.rank=2", "dae.lora.alpha=2", "dae.zcache.chunk_clips=4", "dae.zcache.batch_size=4", "dae.decode_steps=2",
     *[f"dae.{s}.{k}" for s in ("stage1", "stage3") for k in (
-        "steps=2", "batch_size=4", "num_workers=0", "warmup_steps=0", "log_every=1", "checkpoint_every=2")],
+        "steps=2", "batch_size=4", "scaling.workers=0", "warmup_steps=0", "log_every=1", "checkpoint_every=2")],
     f"qinco2.d={Z}", f"qinco2.K={POINT['K']}", f"qinco2.M={POINT['M']}", "qinco2.L=1", "qinco2.de=8", "qinco2.dh=8",
     "qinco2.beam=2", "qinco2.candidates=2", "qinco2.train_beam=2", "qinco2.train_candidates=2", "qinco2.batch_size=100",
-    "qinco2.epochs=1", "qinco2.max_steps=2", "qinco2.valid_every=2", "qinco2.num_workers=0", "qinco2.kmeans_iters=2",
+    "qinco2.epochs=1", "qinco2.max_steps=2", "qinco2.valid_every=2", "qinco2.scaling.workers=0", "qinco2.kmeans_iters=2",
     "qinco2.kmeans_vectors=1000", "qinco2.rq_beam=2", "qinco2.rq_train_vectors=200", "qinco2.max_val_vectors=100",
-    "qinco2.warmup_steps=1", "qinco2.use_gpu=false",
+    "qinco2.warmup_steps=1", "qinco2.scaling.use_gpu=false",
 ]
 
 

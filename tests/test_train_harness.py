@@ -6,6 +6,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from spresso.config import load_config
+from spresso.config.scaling import ScalingSettings
 from spresso.core.checkpoint import (
     load_state,
     load_strict,
@@ -48,15 +49,15 @@ def _loop(config):
 
 def _job(tmp_path, **loop):
     cfg = {"steps": 5, "log": str(tmp_path / "starts.txt"), "marker": str(tmp_path / "failed-once"), **loop}
-    return TrainJob(name="toy", loop=_loop, loop_config=cfg, storage_path=str(tmp_path / "ray"), num_workers=1,
-                    cpus_per_worker=0.5)
+    return TrainJob(name="toy", loop=_loop, loop_config=cfg, storage_path=str(tmp_path / "ray"),
+                    scaling=ScalingSettings(workers=1, cpus_per_worker=0.5))
 
 
 @pytest.mark.slow
 def test_worker_failure_resumes_from_checkpoint_in_one_mlflow_run(tmp_path, mlflow_env, ray_local):
     cfg = load_config("demo", [f"workdir={tmp_path}"])
     job = _job(tmp_path, fail_at=3)
-    job.max_failures = 1
+    job.scaling.max_failures = 1
     with stage_run("toy", cfg) as run:
         result = fit(job, run)
     assert (tmp_path / "starts.txt").read_text().split("\n")[:2] == ["start 0", "start 3"]
@@ -120,10 +121,10 @@ def test_checkpoint_round_trip_and_strict_errors(tmp_path):
 
 
 def test_in_process_mode_returns_a_usable_final_checkpoint(tmp_path, mlflow_env):
-    """num_workers=0 (the fast-test mode) still yields a final checkpoint that copies and loads."""
+    """scaling.workers=0 (the fast-test mode) still yields a final checkpoint that copies and loads."""
     cfg = load_config("demo", [f"workdir={tmp_path}"])
     job = _job(tmp_path)
-    job.num_workers = 0
+    job.scaling.workers = 0
     with stage_run("toy", cfg) as run:
         result = fit(job, run)
     final = copy_checkpoint(result, tmp_path / "final")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.stages import add_run_args
 
 
 def _train(args) -> int:
-    from spresso.train.audioae import train_audioae
+    from spresso.train.audioae import (
+        train_audioae,  # lazy: keeps `spresso --help` free of torch and Ray
+    )
 
-    final = train_audioae(config_from_args(args), force=args.force)
+    final = train_audioae(config_from_args(args), parent_run_id=args.parent_run_id, force=args.force)
     print(final)
     return 0
 
@@ -17,5 +20,5 @@ def register(commands, train) -> None:
         "audioae", help="train the AudioAE; rerunning resumes an unfinished run, an unchanged finished one is reused",
     )
     add_config_args(p)
-    p.add_argument("--force", action="store_true", help="train even when an identical finished run exists")
+    add_run_args(p)
     p.set_defaults(func=_train)

@@ -1,28 +1,42 @@
-"""`spresso train dit` (pretrain the text-to-audio DiT) and `spresso generate` (text -> audio)."""
+"""`spresso train dit` (pretrain the text-to-audio DiT), `spresso embed-captions` (its text side) and
+`spresso generate` (text -> audio)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.stages import add_run_args
+from spresso.core.errors import SpressoError
 
 
 def _train(args) -> int:
-    from spresso.train.dit import train_dit
+    from spresso.train.dit import (
+        train_dit,  # lazy: keeps `spresso --help` free of torch and Ray
+    )
 
-    final = train_dit(config_from_args(args), force=args.force)
+    final = train_dit(config_from_args(args), parent_run_id=args.parent_run_id, force=args.force)
     print(final)
     return 0
 
 
+def _embed_captions(args) -> int:
+    from spresso.data.captions import (
+        build_caption_cache,  # lazy: keeps `spresso --help` free of torch
+    )
+
+    print(build_caption_cache(config_from_args(args), progress=not args.no_progress).path)
+    return 0
+
+
 def _generate(args) -> int:
-    from spresso.diffusion.generate import generate_audio
+    from spresso.diffusion.generate import (
+        generate_audio,  # lazy: keeps `spresso --help` free of torch
+    )
 
     cfg = config_from_args(args)
     dit_dir = args.dit or str(Path(cfg.path(cfg.dit.checkpoint_dir)) / "final")
     audioae_dir = args.audioae or str(Path(cfg.path(cfg.audioae.checkpoint_dir)) / "final")
     if not Path(dit_dir).is_dir():
-        from spresso.core.errors import SpressoError
-
         raise SpressoError(f"DiT checkpoint not found: {dit_dir} (run `spresso train dit`, or pass --dit)")
     [out] = generate_audio(dit_dir, [args.prompt], [args.out], audioae_dir=audioae_dir, steps=args.steps, seed=args.seed,
                            guidance=args.guidance, seconds=args.seconds, device=args.device)
@@ -33,8 +47,14 @@ def _generate(args) -> int:
 def register(commands, train) -> None:
     p = train.add_parser("dit", help="pretrain the text-to-audio DiT (EDM2) on the x0 cache; reruns resume or reuse")
     add_config_args(p)
-    p.add_argument("--force", action="store_true", help="train even when an identical finished run exists")
+    add_run_args(p)
     p.set_defaults(func=_train)
+
+    e = commands.add_parser("embed-captions", help="fill the caption-embedding cache (row-aligned with the x0 cache; "
+                                                   "`train dit` builds it too when missing)")
+    add_config_args(e)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_embed_captions)
 
     g = commands.add_parser("generate", help="generate a sound effect from a text prompt with the trained DiT")
     add_config_args(g)

@@ -7,7 +7,7 @@ from spresso.cli.common import add_config_args, config_from_args
 
 
 def add_latents_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by the command and `pipelines/precompute_latents.py`."""
+    """Arguments of `spresso precompute-latents` (which `pipelines/precompute_latents.py` runs)."""
     add_config_args(parser)
     parser.add_argument("--audioae", default=None, metavar="DIR",
                         help="AudioAE checkpoint folder [<workdir>/<audioae.checkpoint_dir>/final]")
@@ -20,7 +20,9 @@ def add_latents_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace, progress: bool = True) -> str:
-    from spresso.data.latents import precompute_latents
+    from spresso.data.latents import (
+        precompute_latents,  # lazy: keeps `spresso --help` free of torch and Ray
+    )
 
     return precompute_latents(
         config_from_args(args), args.audioae, args.shards, overwrite=args.overwrite,

@@ -8,10 +8,13 @@ from spresso.cli.common import add_config_args, config_from_args
 
 
 def _train(args: argparse.Namespace) -> int:
-    from spresso.train.qinco2 import train_qinco2
+    from spresso.train.qinco2 import (
+        train_qinco2,  # lazy: keeps `spresso --help` free of torch, Ray and faiss
+    )
 
     cfg = config_from_args(args)
-    out = train_qinco2(cfg, vectors=args.vectors, array=args.array, rq_train_type=args.rq_train_type)
+    out = train_qinco2(cfg, vectors=args.vectors, array=args.array, rq_train_type=args.rq_train_type,
+                       parent_run_id=args.parent_run_id)
     m = out["metrics"]
     M = cfg.qinco2.M
     print(f"checkpoint: {out['checkpoint']}  (mlflow run {out['run_id']})")
@@ -23,7 +26,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from spresso.train.qinco2 import quantize_cache
+    from spresso.train.qinco2 import (
+        quantize_cache,  # lazy: keeps `spresso --help` free of torch, Ray and faiss
+    )
 
     cfg = config_from_args(args)
     ckpt = args.checkpoint or cfg.path(cfg.qinco2.checkpoint_dir) + "/final"
@@ -40,6 +45,7 @@ def register(commands, train) -> None:
     p.add_argument("--array", help="array name inside the group [default: qinco2.vectors_array]")
     p.add_argument("--rq-train-type", choices=["progressive_dim", "default"], default="progressive_dim",
                    help="faiss RQ baseline training (progressive_dim is faiss's default)")
+    p.add_argument("--parent-run-id", default=None, help="MLflow run id of the pipeline run (lineage)")
     p.set_defaults(func=_train)
 
     q = commands.add_parser("quantize", help="write QINCo2 codes (uint16 [N, T', M]) of a vector cache to Zarr")

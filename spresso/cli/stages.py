@@ -9,12 +9,17 @@ import argparse
 from spresso.cli.common import add_config_args, config_from_args
 
 
-def add_stage_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by the commands and `pipelines/train_stage1.py`."""
-    add_config_args(parser)
-    parser.add_argument("--t", type=int, default=None, help="pooling factor of the operating point: 4, 9, 20 or 100 [dae.t]")
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """--force and --parent-run-id: what every training command (and its `pipelines/` script) takes."""
     parser.add_argument("--force", action="store_true", help="retrain even when an identical finished run exists")
     parser.add_argument("--parent-run-id", default=None, help="MLflow run id of the pipeline run (lineage)")
+
+
+def add_stage_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the operating-point commands (and `pipelines/export.py`)."""
+    add_config_args(parser)
+    parser.add_argument("--t", type=int, default=None, help="pooling factor of the operating point: 4, 9, 20 or 100 [dae.t]")
+    add_run_args(parser)
 
 
 def stage_config(args: argparse.Namespace):
@@ -25,21 +30,27 @@ def stage_config(args: argparse.Namespace):
 
 
 def run_stage1(args: argparse.Namespace) -> int:
-    from spresso.train.stage1 import train_stage1
+    from spresso.train.stage1 import (
+        train_stage1,  # lazy: keeps `spresso --help` free of torch and Ray
+    )
 
     print(train_stage1(stage_config(args), parent_run_id=args.parent_run_id, force=args.force))
     return 0
 
 
 def run_stage3(args: argparse.Namespace) -> int:
-    from spresso.train.stage3 import train_stage3
+    from spresso.train.stage3 import (
+        train_stage3,  # lazy: keeps `spresso --help` free of torch and Ray
+    )
 
     print(train_stage3(stage_config(args), parent_run_id=args.parent_run_id, force=args.force))
     return 0
 
 
 def run_precompute_z(args: argparse.Namespace) -> int:
-    from spresso.data.z_latents import precompute_z
+    from spresso.data.z_latents import (
+        precompute_z,  # lazy: keeps `spresso --help` free of torch and Ray
+    )
 
     print(precompute_z(stage_config(args), args.stage1, overwrite=args.overwrite, max_blocks=args.max_blocks,
                        parent_run_id=args.parent_run_id))

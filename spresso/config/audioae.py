@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from spresso.config.base import Section
+from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
 
 
 class AudioAEModelConfig(Section):
@@ -64,18 +65,15 @@ class AudioAETrainConfig(Section):
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"
     # The generator trains on the mel loss alone before this step (0: GAN from the start).
     disc_start_step: int = Field(0, ge=0)
-    num_workers: int = Field(1, ge=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    max_failures: int = Field(3, ge=0)
-    checkpoint_every: int = Field(1000, gt=0)
-    log_every: int = Field(50, gt=0)
-    valid_every: int = Field(5000, gt=0)
-    valid_clips: int = Field(32, gt=0)
-    audio_examples: int = Field(3, ge=0)
+    scaling: ScalingSettings = scaling_field()
+    checkpoint_every: int = run_knob(1000, gt=0)
+    log_every: int = run_knob(50, gt=0)
+    valid_every: int = run_knob(5000, gt=0)
+    valid_clips: int = run_knob(32, gt=0)
+    audio_examples: int = run_knob(3, ge=0)
     seed: int = 0
     # Testing aid: raise once at this step (a marker file in the run folder makes it once only).
-    fail_at_step: int | None = None
+    fail_at_step: int | None = run_knob(None)
 
 
 class LatentCacheConfig(Section):

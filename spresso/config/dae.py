@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from spresso.config.base import Section
+from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
 
 # The paper's encoder depth by pooling factor: 6 at 25 Hz, 10 at 11 Hz, 12 at 5 Hz and 1 Hz.
 PAPER_DEPTHS = {4: 6, 9: 10, 20: 12, 100: 12}
@@ -68,13 +69,10 @@ class DAETrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     # The paper's stage-1 text dropout: mostly unconditional, so the decoder learns to lean on z.
     text_dropout: float = Field(0.8, ge=0, le=1)
-    num_workers: int = Field(1, ge=0)  # Ray Train workers (0: in-process, tests)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    loader_workers: int = Field(0, ge=0)
-    log_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    max_failures: int = Field(0, ge=0)
+    scaling: ScalingSettings = scaling_field()
+    loader_workers: int = run_knob(0, ge=0)
+    log_every: int = run_knob(50, ge=1)
+    checkpoint_every: int = run_knob(1000, ge=1)
     seed: int = 0
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from spresso.config.base import Section
+from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
 
 
 class DiTModelConfig(Section):
@@ -66,17 +67,14 @@ class DiTTrainConfig(Section):
     text_dropout: float = Field(0.1, ge=0, le=1)
     # EDM2 power-function EMA, relative standard deviation of its averaging profile.
     ema_std: float = Field(0.05, gt=0, lt=0.28)
-    num_workers: int = Field(1, ge=0)  # Ray Train workers (0: in-process, tests)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    loader_workers: int = Field(0, ge=0)  # torch DataLoader processes per Ray worker
-    log_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    sample_every: int = Field(5000, ge=1)
-    num_samples: int = Field(2, ge=0)
-    sample_steps: int = Field(32, ge=1)
-    max_failures: int = Field(0, ge=0)
+    scaling: ScalingSettings = scaling_field()
+    strategy: Literal["ddp", "fsdp"] = run_knob("ddp")
+    loader_workers: int = run_knob(0, ge=0)  # torch DataLoader processes per Ray worker
+    log_every: int = run_knob(50, ge=1)
+    checkpoint_every: int = run_knob(1000, ge=1)
+    sample_every: int = run_knob(5000, ge=1)
+    num_samples: int = run_knob(2, ge=0)
+    sample_steps: int = run_knob(32, ge=1)
     seed: int = 0
 
 

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from spresso.config.base import Section
+from spresso.config.scaling import ScalingSettings, scaling_field
 
 
 class QINCo2Config(Section):
@@ -43,8 +44,8 @@ class QINCo2Config(Section):
     kmeans_vectors: int = Field(200000, ge=2)
     kmeans_iters: int = Field(20, ge=1)
     seed: int = 0
-    num_workers: int = Field(1, ge=0)  # Ray Train workers (0 = in the driver, for tests)
-    use_gpu: bool = True
+    # One GPU worker by default; without CUDA in the driver the stage runs on CPU instead.
+    scaling: ScalingSettings = scaling_field(use_gpu=True)
     rq_beam: int = Field(32, ge=1)  # faiss ResidualQuantizer baseline beam
     rq_train_vectors: int = Field(100000, ge=2)
     checkpoint_dir: str = "qinco2"

@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from spresso import __version__
 from spresso.config import SpressoConfig
+from spresso.config.layout import quantizer_dir, stage_output
 from spresso.core.bundle_io import (
     AUDIOAE_FILE,
     DAE_FILE,
@@ -23,12 +25,21 @@ from spresso.core.bundle_io import (
     MANIFEST,
     QUANTIZER_FILE,
     compute_model_id,
+    read_bundle_manifest,
     save_tensors,
     sha256_file,
 )
+from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core.digest import digest_tree
 from spresso.core.errors import SpressoError
+from spresso.core.rates import frame_rate
 from spresso.core.storage import absolute as _abs
-from spresso.runtime.tracking import BUNDLE_ARTIFACT
+from spresso.diffusion.checkpoints import load_dae
+from spresso.models.audioae import load_audioae
+from spresso.models.conditioned_dit import merge_lora
+from spresso.quant import load_qinco2
+from spresso.runtime import stage_run, tracking_uri
+from spresso.runtime.tracking import BUNDLE_ARTIFACT, mlflow_client
 
 log = logging.getLogger(__name__)
 STAGE = "export"
@@ -43,8 +54,6 @@ def upstream_run(uri: str, checkpoint_dir: str | Path | None, meta_run_id: str |
         return meta_run_id
     if checkpoint_dir is None:
         return None
-    from spresso.runtime.tracking import mlflow_client
-
     client = mlflow_client(uri)
     want = _abs(checkpoint_dir)
     try:
@@ -60,8 +69,6 @@ def upstream_run(uri: str, checkpoint_dir: str | Path | None, meta_run_id: str |
 def resolve_inputs(cfg: SpressoConfig, audioae: str | None = None, stage: str | None = None, quantizer: str | None = None,
                    continuous: bool = False) -> tuple[str, str, str | None]:
     """(audioae dir, stage dir, quantizer dir or None) from explicit paths or the config's stage outputs."""
-    from spresso.config.layout import quantizer_dir, stage_output
-
     ae = audioae or _abs(cfg.path(cfg.audioae.checkpoint_dir)) + "/final"
     if stage is None:
         s3 = stage_output(cfg, "stage3")
@@ -80,11 +87,6 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
            quantizer: str | None = None, continuous: bool = False, register: str | None = None, alias: str = "champion",
            parent_run_id: str | None = None, m: int | None = None) -> dict:
     """Export a bundle, log it to MLflow (lineage tags) and optionally register it; returns a summary."""
-    from spresso.core.bundle_io import read_bundle_manifest
-    from spresso.core.checkpoint import read_checkpoint_config
-    from spresso.core.digest import digest_tree
-    from spresso.runtime import stage_run, tracking_uri
-
     ae, stage_dir, qdir = resolve_inputs(cfg, audioae, stage, quantizer, continuous)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     metas = {k: read_checkpoint_config(p).get("meta", {}) for k, p in (("audioae", ae), ("stage", stage_dir)) if p}
@@ -116,8 +118,6 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
 
 def register_bundle(uri: str, name: str, run_id: str, model_id: str, alias: str | None = "champion") -> str:
     """A new version of registered model ``name`` from the run's ``bundle/`` artifact; ``alias`` points at it."""
-    from spresso.runtime.tracking import mlflow_client
-
     client = mlflow_client(uri)
     try:
         client.get_registered_model(name)
@@ -139,12 +139,6 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
     (continuous when ``qinco2_dir`` is None; discrete with a quantizer if given). ``m``: the default
     number of codebooks (None: the operating point's m from the stage config, clamped to the quantizer's M).
     """
-    from spresso.core.checkpoint import read_checkpoint_config
-    from spresso.diffusion.checkpoints import load_dae
-    from spresso.models.audioae import load_audioae
-    from spresso.models.conditioned_dit import merge_lora
-    from spresso.quant import load_qinco2
-
     if out_dir is None:
         raise SpressoError("export_bundle needs an output folder")
     out = Path(out_dir)
@@ -160,7 +154,7 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "mode": "continuous" if qinco2_dir is None else "discrete",
-        "t": t, "frame_rate": 100.0 / t, "sample_rate": audioae.sample_rate,
+        "t": t, "frame_rate": frame_rate(t), "sample_rate": audioae.sample_rate,
         "stage": meta.get("stage"),
         "text_dims": [int(v) for v in meta["text_dims"]],
         "configs": {
@@ -200,8 +194,6 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
     manifest["lineage"] = {"audioae": {"path": str(audioae_dir), "run_id": ae_info.get("meta", {}).get("mlflow_run_id")},
                            "stage": {"path": str(stage_dir), "run_id": meta.get("mlflow_run_id")},
                            **({"quantizer": {"path": str(qinco2_dir)}} if qinco2_dir else {}), **(lineage or {})}
-    from spresso import __version__
-
     manifest["exported_with"] = __version__
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out

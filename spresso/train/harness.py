@@ -12,7 +12,7 @@ Resume works at two levels:
   resumes from its latest checkpoint, and :func:`resumable_run_id` hands the driver the MLflow
   run of the unfinished attempt so no orphan run is left RUNNING.
 
-``num_workers=0`` runs the loop in the driver process (fast tests); Ray then keeps checkpoints
+``scaling.workers=0`` runs the loop in the driver process (fast tests); Ray then keeps checkpoints
 in a temporary folder, so that mode does not resume.
 """
 from __future__ import annotations
@@ -25,8 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import fsspec
+import ray.train
+import ray.train.torch
 import torch
+from mlflow.tracking import MlflowClient
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
+from ray.train.torch import TorchTrainer
 
+from spresso.config.scaling import ScalingSettings
+from spresso.core.errors import SpressoError
 from spresso.runtime.tracking import StageRun
 
 RUN_MARKER = "spresso_run.json"
@@ -38,17 +52,12 @@ class TrainJob:
     loop: Callable[[dict], None]
     loop_config: dict
     storage_path: str
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
     keep_checkpoints: int = 2
     datasets: dict = field(default_factory=dict)
 
 
 def _fs(path: str):
-    import fsspec
-
     return fsspec.core.url_to_fs(path)
 
 
@@ -59,8 +68,6 @@ def resumable_run_id(storage_path: str, name: str, tracking_uri: str) -> str | N
     if not fs.exists(marker):
         return None
     run_id = json.loads(fs.cat_file(marker))["mlflow_run_id"]
-    from mlflow.tracking import MlflowClient
-
     try:
         status = MlflowClient(tracking_uri).get_run(run_id).info.status
     except Exception:
@@ -77,24 +84,22 @@ def _remember_run(storage_path: str, name: str, run_id: str) -> None:
 
 def fit(job: TrainJob, run: StageRun):
     """Run ``job`` with Ray Train's TorchTrainer and return its ``Result``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     _remember_run(job.storage_path, job.name, run.run_id)
+    scaling = job.scaling
     loop_config = dict(job.loop_config)
     loop_config["_mlflow"] = {"run_id": run.run_id, "tracking_uri": run.tracking_uri}
-    loop_config["_use_gpu"] = job.use_gpu
-    resources = {"CPU": job.cpus_per_worker}
-    if job.use_gpu:
+    loop_config["_use_gpu"] = scaling.use_gpu
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         job.loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=job.name,
             storage_path=job.storage_path,
-            failure_config=FailureConfig(max_failures=job.max_failures),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.keep_checkpoints),
         ),
         datasets=job.datasets or None,
@@ -106,8 +111,6 @@ def copy_checkpoint(result, destination: str | Path) -> Path:
     """Copy the final checkpoint of a Ray Train result to a stable output folder."""
     destination = Path(destination)
     if result.checkpoint is None:
-        from spresso.core.errors import SpressoError
-
         raise SpressoError("training finished without reporting a checkpoint")
     tmp = destination.with_name(destination.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -121,8 +124,6 @@ class TrainContext:
     """What a training loop needs from Ray Train, built from its ``train_loop_config``."""
 
     def __init__(self, loop_config: dict):
-        import ray.train
-
         self.config = loop_config
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
@@ -138,8 +139,6 @@ class TrainContext:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """DDP when there are several workers; else just move to the device."""
         if self.world_size > 1:
-            import ray.train.torch
-
             return ray.train.torch.prepare_model(model, move_to_device=self.device)
         return model.to(self.device)
 
@@ -162,8 +161,6 @@ class TrainContext:
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
         """The folder of the checkpoint to resume from, or None on a fresh start."""
-        import ray.train
-
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             yield None
@@ -173,9 +170,6 @@ class TrainContext:
 
     def report(self, metrics: dict[str, Any], step: int, save: Callable[[Path], None] | None = None) -> None:
         """Report metrics (every rank must call it); rank 0 also writes a checkpoint via ``save``."""
-        import ray.train
-        from ray.train import Checkpoint
-
         metrics = {**metrics, "step": step}
         if save is not None and self.is_main:
             # Not a TemporaryDirectory: with num_workers=0 Ray keeps this very folder as the

@@ -1,7 +1,8 @@
 """Stage 2: train QINCo2 on frozen vector frames (z) with Ray Train, against faiss RQ; quantize caches.
 
-The driver opens the stage's MLflow run, records the vectors it reads (lineage), and runs
-:func:`train_loop` under Ray Train (one GPU worker by default; ``num_workers=0`` in-process).
+The stage (:data:`TRAIN_QINCO2`, run by :func:`spresso.train.driver.run_training`) records the
+vectors it reads (lineage) in its MLflow run and runs :func:`train_loop` under Ray Train (one GPU
+worker by default, CPU when the driver has no CUDA; ``scaling.workers=0`` in-process).
 The loop: normalisation statistics and residual k-means init from a sample, then epochs of
 streamed batches (beam encode without gradients, re-decode with gradients), dead codewords
 re-seeded each epoch, validation every ``valid_every`` steps keeping the best weights. At the
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from spresso.config import QINCo2Config, SpressoConfig
+from spresso.config import QINCo2Config, SpressoConfig, config_from_dict
 from spresso.core.checkpoint import (
     load_optimizer,
     load_state,
@@ -29,6 +31,8 @@ from spresso.core.checkpoint import (
 )
 from spresso.core.digest import digest_json, digest_tree
 from spresso.core.errors import SpressoError
+from spresso.data.vectors import VectorSource
+from spresso.data.zarr_cache import ClipCache
 from spresso.quant import (
     FaissRQ,
     QINCo2,
@@ -47,15 +51,9 @@ from spresso.quant.training import (
     train_step,
     usage_entropy,
 )
-from spresso.runtime import stage_run, tracking_uri
-from spresso.train.harness import (
-    TrainContext,
-    TrainJob,
-    copy_checkpoint,
-    fit,
-    resumable_run_id,
-)
-from spresso.train.qinco2_vectors import VectorSource
+from spresso.runtime.tracking import StageRun
+from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
+from spresso.train.harness import TrainContext, copy_checkpoint
 
 log = logging.getLogger(__name__)
 STAGE = "qinco2"
@@ -94,9 +92,9 @@ def evaluate_truncated(encode, decode, x: np.ndarray, M: int) -> tuple[dict[int,
 
 
 def train_loop(config: dict) -> None:
-    """Ray Train loop (every worker runs it)."""
+    """Ray Train loop (every worker runs it): context, model, restore, steps by epochs, final report."""
     ctx = TrainContext(config)
-    q = QINCo2Config(**config["qinco2"])
+    q: QINCo2Config = config_from_dict(config["cfg"], "checkpointed config").qinco2
     torch.manual_seed(q.seed + ctx.rank)
     src = VectorSource(config["vectors_path"], config["vectors_array"], q.layout)
     train_rows, val_rows = src.split(q.val_fraction, q.seed)
@@ -141,12 +139,12 @@ def train_loop(config: dict) -> None:
 
     def save(folder: Path, final: bool = False) -> None:
         tensors, meta = optimizer_tensors(opt)
-        save_qinco2(folder, core, config=config["spresso"], meta={"step": step, "epoch": epoch, "vectors": config["lineage"]},
+        save_qinco2(folder, core, config=config["cfg"], meta={"step": step, "epoch": epoch, "vectors": config["lineage"]},
                     state=tensors, state_meta={"step": step, "epoch": epoch, "best": best, "optimizer": meta})
         if best_weights is not None:
             tmp = QINCo2(core.spec)
             tmp.load_state_dict(best_weights)
-            save_qinco2(folder / "best", tmp, config=config["spresso"],
+            save_qinco2(folder / "best", tmp, config=config["cfg"],
                         meta={"step": best["step"], "val_mse": best["val_mse"], "vectors": config["lineage"]})
 
     x_dev = lambda a: core.norm(torch.from_numpy(a).to(ctx.device))  # noqa: E731
@@ -204,64 +202,64 @@ def train_loop(config: dict) -> None:
     if ctx.run is not None:
         ctx.run.log_text(json.dumps({"qinco2": q_mse, "faiss_rq": r_mse}, indent=1), "val_mse_per_m.json")
     ctx.report({**final, "best_val_mse": best["val_mse"]}, step + 1, save=save)
-    if config.get("export_dir"):
-        # In-process mode (num_workers=0) Ray keeps no checkpoint after the loop: export it here.
-        save(Path(config["export_dir"]))
 
 
-def train_qinco2(cfg: SpressoConfig, vectors: str | None = None, array: str | None = None,
-                 rq_train_type: str = "progressive_dim", upstream: dict | None = None) -> dict:
-    """Train the quantizer on a Zarr array of vectors; returns the final checkpoint and metrics."""
+def find_inputs(cfg: SpressoConfig, *, vectors: str | None = None, array: str | None = None,
+                rq_train_type: str = "progressive_dim", upstream: dict | None = None, **_options) -> StageInputs:
+    """The vectors (a Zarr array; default ``qinco2.vectors_path``/``vectors_array``), opened here to fail fast."""
     q = cfg.qinco2
     path = vectors or cfg.path(q.vectors_path)
     name = array or q.vectors_array
-    src = VectorSource(path, name, q.layout)  # fail fast, in the driver, on a bad input
-    out_dir = Path(cfg.path(q.checkpoint_dir))
-    storage = str((out_dir / "ray_train").resolve())
+    src = VectorSource(path, name, q.layout)
     lineage = {"uri": src.uri, "array": name, "shape": list(src.array.shape),
                "attrs": {k: v for k, v in (dict(src.group.attrs) if src.group is not None else {}).items()
                          if k in ("audioae_run_id", "audioae_digest", "shards_digest", "stage1_run_id", "z_digest", "frame_rate")}}
     digest = digest_json({**lineage, "done": int(src.usable.size)})
-    run_key = digest_json({"q": q.model_dump(), "vectors": digest})[:16]
-    job_name = f"qinco2-{run_key}"
-    uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     upstream = dict(upstream or {})
     if "audioae_run_id" in lineage["attrs"]:
         upstream.setdefault("audioae", lineage["attrs"]["audioae_run_id"])
-    with stage_run(STAGE, cfg, key=run_key, upstream=upstream or None, resume_run_id=resumable_run_id(storage, job_name, uri)) as run:
-        run.log_input("vectors", f"{src.uri}#{name}", digest)
-        loop_config = {"qinco2": q.model_dump(), "spresso": cfg.to_dict(), "vectors_path": path, "vectors_array": name,
-                       "lineage": {**lineage, "digest": digest}, "rq_train_type": rq_train_type}
-        exported = out_dir / "last.local"
-        if q.num_workers == 0:
-            shutil.rmtree(exported, ignore_errors=True)
-            loop_config["export_dir"] = str(exported.resolve())
-        result = fit(TrainJob(name=job_name, loop=train_loop, loop_config=loop_config, storage_path=storage,
-                              num_workers=q.num_workers, use_gpu=q.use_gpu and torch.cuda.is_available()), run)
-        if q.num_workers == 0:
-            last = out_dir / "last"
-            shutil.rmtree(last, ignore_errors=True)
-            exported.rename(last)
-        else:
-            last = copy_checkpoint(result, out_dir / "last")
-        final = out_dir / "final"
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.copytree(last / "best" if (last / "best").is_dir() else last, final)
-        ck_digest = digest_tree(final)
-        run.log_output("checkpoint", str(final.resolve()), ck_digest)
-        for f in ("model.safetensors", "config.json"):
-            run.log_artifact(final / f, "checkpoint")
-        metrics = dict(result.metrics or {})
-    return {"checkpoint": str(final), "run_id": run.run_id, "metrics": metrics}
+    return StageInputs(key={"vectors": digest},
+                       loop_config={"vectors_path": path, "vectors_array": name, "lineage": {**lineage, "digest": digest},
+                                    "rq_train_type": rq_train_type},
+                       logged=(LoggedInput("vectors", f"{src.uri}#{name}", digest),), upstream=upstream)
+
+
+def publish_quantizer(result, final: Path, run: StageRun) -> str:
+    """The last checkpoint to ``<checkpoint_dir>/last``, its best weights (else itself) to ``final``."""
+    last = copy_checkpoint(result, final.parent / "last")
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(last / "best" if (last / "best").is_dir() else last, final)
+    for f in ("model.safetensors", "config.json"):
+        run.log_artifact(final / f, "checkpoint")
+    return digest_tree(final)
+
+
+TRAIN_QINCO2 = TrainingStage(
+    name=STAGE,
+    section=lambda cfg: cfg.qinco2,
+    loop=train_loop,
+    find_inputs=find_inputs,
+    key_config=lambda cfg: {},
+    output=lambda cfg: (Path(cfg.path(cfg.qinco2.checkpoint_dir)) / "final").resolve(),
+    job_name=lambda cfg: "qinco2",
+    publish=publish_quantizer,
+    reuse=False,  # every call trains (and compares against faiss RQ anew)
+    gpu_if_available=True,
+)
+
+
+def train_qinco2(cfg: SpressoConfig, vectors: str | None = None, array: str | None = None,
+                 rq_train_type: str = "progressive_dim", upstream: dict | None = None, *,
+                 parent_run_id: str | None = None) -> dict:
+    """Train the quantizer on a Zarr array of vectors; returns the final checkpoint, its run and the final metrics."""
+    out = run_training(TRAIN_QINCO2, cfg, parent_run_id=parent_run_id, vectors=vectors, array=array,
+                       rq_train_type=rq_train_type, upstream=upstream)
+    return {"checkpoint": str(out.final), "run_id": out.run_id, "metrics": out.metrics}
 
 
 def quantize_cache(checkpoint: str, input_path: str, output_path: str, array: str = "z", layout: str = "NCT",
                    chunk_rows: int | None = None, beam: int | None = None, device: str | None = None) -> str:
     """Codes uint16 [N, T', M] of every row of a vector cache, written block by block (resumable)."""
-    from tqdm import tqdm
-
-    from spresso.data.zarr_cache import ClipCache
-
     if layout == "NC":
         raise SpressoError("quantize writes per-clip codes [N, T', M]: the input layout must be NCT or NTC")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,14 +5,14 @@ dropped with probability 0.8 (the decoder must learn to rely on z), AdamW 1e-4, 
 on Ray Train with checkpoints, resume and MLflow (rank 0), one run per operating point ``dae.t``.
 
 Pieces, each usable alone:
-- :func:`dae_from_dit` / :func:`load_dae`: the model from a pretrained DiT, or from a DAE checkpoint;
 - :class:`DAETrainer`: one optimisation step, checkpoint state and restore (shared with stage 3);
-- :func:`train_loop`: Ray Train's loop; :func:`train_stage1`: the stage driver.
+- :func:`dae_loop`: the per-worker loop of stages 1 and 3; :func:`train_loop`: stage 1's;
+- :data:`TRAIN_STAGE1` / :func:`train_stage1`: the stage.
+The model comes from :func:`spresso.diffusion.checkpoints.dae_from_dit` (a pretrained DiT).
 """
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,24 +26,31 @@ from spresso.core.checkpoint import (
     load_strict,
     load_weights,
     optimizer_tensors,
+    read_checkpoint_config,
     save_checkpoint,
 )
+from spresso.core.digest import digest_json, digest_tree
 from spresso.core.errors import SpressoError
-from spresso.core.storage import absolute as _abs
+from spresso.core.rates import frame_rate
+from spresso.core.storage import absolute
+from spresso.data.captions import build_caption_cache
+from spresso.data.latent_batches import LatentCaptionDataset, resumed_stream, train_rows
+from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.models.conditioned_dit import (
-    DiffusionAutoencoder,
-    set_trainable,
-)
+from spresso.models.conditioned_dit import DiffusionAutoencoder, set_trainable
 from spresso.models.text_encoder import TextEmbedding
+from spresso.train.dit import X0_IDENTITY, open_x0_cache
+from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
+from spresso.train.loop import StepResult, run_steps, worker_setup
+from spresso.train.sigma_buckets import SigmaBuckets
 
 log = logging.getLogger(__name__)
 STAGE = "train_stage1"
 
 
-# -- models ---------------------------------------------------------------------------------------
+# -- the trainer ---------------------------------------------------------------------------------------
 class DAETrainer:
     """One step of stage 1 (z = g_psi(x0)) or stage 3 (z given: z_q or z), plus checkpoint state."""
 
@@ -117,42 +124,7 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-# -- the Ray Train loop ---------------------------------------------------------------------------
-def train_loop(loop_config: dict) -> None:
-    """``train_loop_per_worker`` of stage 1: resume, train ``dae.stage1.steps`` steps, log, checkpoint."""
-    from spresso.config import config_from_dict
-    from spresso.data.zarr_cache import ClipCache
-    from spresso.train.dit import (
-        LatentCaptionDataset,
-        SigmaBuckets,
-        resumed_stream,
-        train_rows,
-    )
-    from spresso.train.harness import TrainContext
-
-    ctx = TrainContext(loop_config)
-    cfg: SpressoConfig = config_from_dict(loop_config["cfg"], "checkpointed config")
-    tc = cfg.dae.stage1
-    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    torch.manual_seed(tc.seed + ctx.rank)
-    x0_path, captions_path = loop_config["x0_path"], loop_config["captions_path"]
-    normalizer = LatentNormalizer.from_attrs(ClipCache.open(x0_path, mode="r").attrs, cfg.dit.diffusion.sigma_data)
-    model, dit_info = dae_from_dit(cfg, loop_config["dit_dir"], map_location=ctx.device)
-    trainer = DAETrainer(model, cfg, "stage1", normalizer, ctx.device, prepare=ctx.prepare_model, autocast=ctx.autocast)
-    with ctx.latest_checkpoint() as ckpt:
-        if ckpt is not None:
-            trainer.restore(ckpt)
-            log.info("rank %d resumed stage 1 from step %d", ctx.rank, trainer.step)
-    start = trainer.step
-    stream, generator = resumed_stream(LatentCaptionDataset(x0_path, captions_path, train_rows(x0_path)),
-                                       per_worker_batch(tc.batch_size, ctx.world_size), ctx, tc, start)
-    meta = checkpoint_meta(cfg, "stage1", dit_info, normalizer, loop_config)
-    trainable = sum(p.numel() for p in trainer.params)
-    if ctx.is_main:
-        ctx.log_metrics({"trainable_parameters": trainable, "total_parameters": sum(p.numel() for p in model.parameters())}, start)
-    run_steps(ctx, trainer, stream, generator, start, tc, meta, loop_config["cfg"], desc="stage1", sigma_buckets=SigmaBuckets)
-
-
+# -- the Ray Train loop (stages 1 and 3) ---------------------------------------------------------
 def checkpoint_meta(cfg: SpressoConfig, stage: str, dit_info: dict, normalizer: LatentNormalizer, loop_config: dict) -> dict:
     dmeta = dit_info.get("meta", {})
     return {**normalizer.to_meta(), "stage": stage, "t": cfg.dae.t, "text_dims": list(dmeta.get("text_dims") or
@@ -163,140 +135,114 @@ def checkpoint_meta(cfg: SpressoConfig, stage: str, dit_info: dict, normalizer: 
             "stage1_dir": loop_config.get("stage1_dir")}
 
 
-def run_steps(ctx, trainer: DAETrainer, stream, generator, start: int, tc, meta: dict, config_dict: dict, *, desc: str,
-              sigma_buckets, total: int | None = None, z_fn: Callable | None = None) -> None:
-    """The shared step loop of stages 1 and 3: log every ``log_every``, checkpoint every ``checkpoint_every``.
+def dae_loop(loop_config: dict, stage: str, dataset: Callable[[dict], torch.utils.data.Dataset], *,
+             init: Callable[[torch.nn.Module], None] | None = None, z_fn: Callable | None = None,
+             total: int | None = None) -> None:
+    """The per-worker loop of stage 1 or 3: model from the DiT (``init`` loads more weights), resume,
+    batches of ``dataset(loop_config)``, ``total`` steps (default ``steps``) with logging and checkpoints.
 
     ``z_fn(batch, generator) -> (z, extra metrics)`` gives stage 3's conditioning; None: z = g_psi(x0).
     """
-    from tqdm import tqdm
+    ctx, cfg = worker_setup(loop_config, lambda c: (c.dae.stage1 if stage == "stage1" else c.dae.stage3).seed)
+    tc = cfg.dae.stage1 if stage == "stage1" else cfg.dae.stage3
+    x0_path = loop_config["x0_path"]
+    normalizer = LatentNormalizer.from_attrs(ClipCache.open(x0_path, mode="r").attrs, cfg.dit.diffusion.sigma_data)
+    model, dit_info = dae_from_dit(cfg, loop_config["dit_dir"], map_location=ctx.device)
+    if init is not None:
+        init(model)
+    trainer = DAETrainer(model, cfg, stage, normalizer, ctx.device, prepare=ctx.prepare_model, autocast=ctx.autocast)
+    with ctx.latest_checkpoint() as ckpt:
+        if ckpt is not None:
+            trainer.restore(ckpt)
+            log.info("rank %d resumed %s from step %d", ctx.rank, stage, trainer.step)
+    start = trainer.step
+    stream, generator = resumed_stream(dataset(loop_config), per_worker_batch(tc.batch_size, ctx.world_size),
+                                       rank=ctx.rank, world_size=ctx.world_size, seed=tc.seed, start=start,
+                                       workers=tc.loader_workers)
+    meta = checkpoint_meta(cfg, stage, dit_info, normalizer, loop_config)
+    config_dict = loop_config["cfg"]
+    if stage == "stage1" and ctx.is_main:
+        ctx.log_metrics({"trainable_parameters": sum(p.numel() for p in trainer.params),
+                         "total_parameters": sum(p.numel() for p in model.parameters())}, start)
+    buckets = SigmaBuckets(sigma_data=cfg.dit.diffusion.sigma_data)
 
-    total = int(total or tc.steps)
-    buckets = sigma_buckets(sigma_data=trainer.cfg.dit.diffusion.sigma_data)
-    sums: dict[str, float] = {}
-    count, t0 = 0, time.time()
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not ctx.is_main, mininterval=10)
-    scalars = {"loss": float("nan")}
-    for step in range(start + 1, total + 1):
+    def step(i: int) -> StepResult:
         batch = next(stream)
-        extra: dict[str, float] = {}
-        z = None
-        if z_fn is not None:
-            z, extra = z_fn(batch, generator)
+        z, extra = z_fn(batch, generator) if z_fn is not None else (None, {})
         scalars, out = trainer.train_step(batch, generator, z=z)
         scalars.update(extra)
         buckets.add(out.sigma, out.per_sample, out.mse)
-        for k, v in scalars.items():
-            sums[k] = sums.get(k, 0.0) + v
-        count += 1
-        bar.update(1)
-        last = step == total
-        if step % tc.log_every == 0 or last:
-            metrics = {k: v / count for k, v in sums.items()}
-            metrics.update(buckets.metrics())
-            metrics["samples_per_second"] = count * out.sigma.numel() * ctx.world_size / max(time.time() - t0, 1e-9)
-            ctx.log_metrics(metrics, step)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            sums, count, t0 = {}, 0, time.time()
-            buckets.reset()
-        if step % tc.checkpoint_every == 0 or last:
-            state = trainer.state()
-            meta = {**meta, "step": step}
-            ctx.report({"loss": scalars["loss"]}, step, save=lambda d: save_dae_checkpoint(d, state, config_dict, meta))
-    bar.close()
+        return StepResult(scalars, out.sigma.numel())
+
+    def checkpoint(i: int, result: StepResult, extra: dict):
+        state = trainer.state()
+        step_meta = {**meta, "step": i}
+        return {"loss": result.scalars["loss"]}, lambda d: save_dae_checkpoint(d, state, config_dict, step_meta)
+
+    run_steps(ctx, desc=stage, start=start, total=int(total or tc.steps), log_every=tc.log_every,
+              checkpoint_every=tc.checkpoint_every, step=step, checkpoint=checkpoint, window=buckets)
 
 
-# -- the stage driver -----------------------------------------------------------------------------
+def train_loop(loop_config: dict) -> None:
+    """``train_loop_per_worker`` of stage 1: x0 and captions, z = g_psi(x0)."""
+    dae_loop(loop_config, "stage1", lambda lc: LatentCaptionDataset(lc["x0_path"], lc["captions_path"], train_rows(lc["x0_path"])))
 
 
-def stage_key(cfg: SpressoConfig, stage: str, inputs: dict) -> str:
-    """What determines a trained stage: the DAE's model settings, the stage's training settings, its inputs."""
-    from spresso.core.digest import digest_json
+# -- the stage -----------------------------------------------------------------------------------
+def dae_key_config(stage: str) -> Callable[[SpressoConfig], dict]:
+    """What besides its training section determines a DAE stage: the operating point, the DAE's model settings."""
+    def key_config(cfg: SpressoConfig) -> dict:
+        d = cfg.dae
+        return {"stage": stage, "t": d.t, "encoder": d.encoder.model_dump(mode="json"), "lora": d.lora.model_dump(mode="json"),
+                "audio_down_init": d.audio_down_init, "diffusion": cfg.dit.diffusion.model_dump(mode="json")}
 
-    d = cfg.dae
-    tc = d.stage1 if stage == "stage1" else d.stage3
-    train = tc.model_dump(mode="json", exclude={"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "loader_workers",
-                                                "log_every", "checkpoint_every"})
-    return digest_json({"stage": stage, "t": d.t, "encoder": d.encoder.model_dump(mode="json"), "lora": d.lora.model_dump(mode="json"),
-                        "audio_down_init": d.audio_down_init, "diffusion": cfg.dit.diffusion.model_dump(mode="json"),
-                        "train": train, "inputs": inputs})
+    return key_config
+
+
+def dae_inputs(cfg: SpressoConfig, inputs: dict, loop_config: dict, logged: tuple[LoggedInput, ...], *,
+               upstream: dict | None = None, params: dict | None = None) -> StageInputs:
+    """A DAE stage's inputs: keyed as ``{"inputs": ...}``, tagged and logged with its operating point."""
+    return StageInputs(key={"inputs": inputs}, loop_config=loop_config, logged=logged, upstream=upstream or {},
+                       params={"dae.t": cfg.dae.t, "dae.frame_rate": frame_rate(cfg.dae.t), **(params or {})},
+                       tags={"spresso.dae.t": str(cfg.dae.t)})
 
 
 def open_x0_inputs(cfg: SpressoConfig, encoder=None, progress: bool = True):
     """(x0 cache path, x0 cache, caption cache): checked, the caption cache built when missing."""
-    from spresso.data.captions import build_caption_cache
-    from spresso.data.zarr_cache import ClipCache
-
-    x0_path = _abs(cfg.path(cfg.audioae.latents_path))
-    if not ClipCache.exists(x0_path):
-        raise SpressoError(f"no x0 cache at {x0_path}: run `spresso precompute-latents` first")
-    x0 = ClipCache.open(x0_path, mode="r")
-    if not x0.complete or "x0_mean" not in x0.attrs:
-        raise SpressoError(f"x0 cache {x0_path} is unfinished (no x0_mean/x0_std): rerun `spresso precompute-latents`")
+    x0_path, x0 = open_x0_cache(cfg)
     return x0_path, x0, build_caption_cache(cfg, encoder, progress=progress)
 
 
-def run_stage(cfg: SpressoConfig, stage: str, loop, inputs: dict, loop_config: dict, upstream: dict, *, parent_run_id=None,
-              force: bool = False, log_inputs: Callable | None = None) -> Path:
-    """Reuse a finished identical run, or fit ``loop`` on Ray Train in one MLflow run; return ``<stage>/final``."""
-    from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE
-    from spresso.core.digest import digest_tree
-    from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
-    from spresso.runtime.tracking import ensure_experiment
-    from spresso.train.harness import TrainJob, copy_checkpoint, fit, resumable_run_id
-
-    if "://" in cfg.workdir:
-        raise SpressoError(f"train {stage} writes its final checkpoint locally: use a local workdir")
-    tc = cfg.dae.stage1 if stage == "stage1" else cfg.dae.stage3
-    key = stage_key(cfg, stage, inputs)
-    final = stage_output(cfg, stage)
-    name = f"dae-{stage}-t{cfg.dae.t}-{key[:16]}"
-    uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
-    run_name = f"train_{stage}"
-    if not force and final.is_dir():
-        prev = find_finished_run(uri, ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir), run_name, key)
-        if prev is not None and prev.data.tags.get("spresso.output.checkpoint.digest") == digest_tree(final):
-            log.info("%s: reusing run %s (inputs and config unchanged)", run_name, prev.info.run_id)
-            return final
-    init_ray(cfg.runtime)
-    storage = _abs(cfg.path("ray_train"))
-    job = TrainJob(name=name, loop=loop, storage_path=storage, num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                   cpus_per_worker=tc.cpus_per_worker, max_failures=tc.max_failures,
-                   loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(tc.cpus_per_worker)), **loop_config})
-    with stage_run(run_name, cfg, key=key, parent_run_id=parent_run_id, upstream={k: v for k, v in upstream.items() if v} or None,
-                   resume_run_id=resumable_run_id(storage, name, uri), extra_tags={"spresso.dae.t": str(cfg.dae.t)}) as run:
-        run.log_params({"dae.t": cfg.dae.t, "dae.frame_rate": 100.0 / cfg.dae.t})
-        if log_inputs is not None:
-            log_inputs(run)
-        result = fit(job, run)
-        final = copy_checkpoint(result, final)
-        for extra in (STATE_FILE, STATE_META_FILE):  # the optimiser stays in Ray's storage
-            (final / extra).unlink(missing_ok=True)
-        run.log_output("checkpoint", str(final), digest_tree(final))
-    return final
-
-
-def train_stage1(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
-                 progress: bool = True) -> Path:
-    """Train stage 1 at operating point ``cfg.dae.t`` (or reuse an identical finished run); return its final checkpoint."""
-    from spresso.core.checkpoint import read_checkpoint_config
-    from spresso.core.digest import digest_json, digest_tree
-
+def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> StageInputs:
+    """The pretrained DiT, the x0 cache and the caption cache."""
     dit = dit_dir(cfg)
     if not Path(dit).is_dir():
         raise SpressoError(f"no DiT checkpoint at {dit}: run `spresso train dit` first (or set dae.dit_dir)")
     x0_path, x0, captions = open_x0_inputs(cfg, encoder, progress)
     dit_digest = digest_tree(dit)
-    x0_identity = {k: x0.attrs.get(k) for k in ("audioae_digest", "shards_digest", "x0_mean", "x0_std")}
-    inputs = {"dit": dit_digest, "x0": x0_identity, "text": captions.attrs}
-    dit_run = read_checkpoint_config(dit).get("meta", {}).get("mlflow_run_id")
+    x0_identity = {k: x0.attrs.get(k) for k in X0_IDENTITY}
+    captions_path = absolute(captions.path)
+    return dae_inputs(
+        cfg, {"dit": dit_digest, "x0": x0_identity, "text": captions.attrs},
+        {"x0_path": x0_path, "captions_path": captions_path, "dit_dir": dit, "dit_digest": dit_digest},
+        (LoggedInput("x0_cache", x0_path, digest_json(x0_identity)),
+         LoggedInput("captions", captions_path, digest_json(captions.attrs)),
+         LoggedInput("dit", dit, dit_digest, context="model")),
+        upstream={"train_dit": read_checkpoint_config(dit).get("meta", {}).get("mlflow_run_id"), "precompute_latents": None})
 
-    def log_inputs(run):
-        run.log_input("x0_cache", x0_path, digest_json(x0_identity))
-        run.log_input("captions", _abs(captions.path), digest_json(captions.attrs))
-        run.log_input("dit", dit, dit_digest, context="model")
 
-    return run_stage(cfg, "stage1", train_loop, inputs,
-                     {"x0_path": x0_path, "captions_path": _abs(captions.path), "dit_dir": dit, "dit_digest": dit_digest},
-                     {"train_dit": dit_run, "precompute_latents": None}, parent_run_id=parent_run_id, force=force,
-                     log_inputs=log_inputs)
+TRAIN_STAGE1 = TrainingStage(
+    name=STAGE,
+    section=lambda cfg: cfg.dae.stage1,
+    loop=train_loop,
+    find_inputs=find_inputs,
+    key_config=dae_key_config("stage1"),
+    output=lambda cfg: stage_output(cfg, "stage1"),
+    job_name=lambda cfg: f"dae-stage1-t{cfg.dae.t}",
+)
+
+
+def train_stage1(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
+                 progress: bool = True) -> Path:
+    """Train stage 1 at operating point ``cfg.dae.t`` (or reuse an identical finished run); return its final checkpoint."""
+    return run_training(TRAIN_STAGE1, cfg, parent_run_id=parent_run_id, force=force, encoder=encoder, progress=progress).final

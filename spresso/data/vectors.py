@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import zarr
 
 from spresso.core.errors import SpressoError
 
@@ -19,9 +20,9 @@ ROWS_PER_READ = {"NCT": 64, "NTC": 64, "NC": 65536}
 
 
 class VectorSource:
-    def __init__(self, path: str, array: str, layout: str = "NCT"):
-        import zarr
+    """One Zarr array of vectors read as ``layout``: its finished rows, split, count and batches."""
 
+    def __init__(self, path: str, array: str, layout: str = "NCT"):
         self.path, self.name, self.layout = str(path), array, layout
         try:
             node = zarr.open(self.path, mode="r")

@@ -1,0 +1,183 @@
+"""The one driver of every Ray Train stage: a stage is a :class:`TrainingStage` declaration.
+
+A declaration names what differs between stages (its config section, the loop each worker runs,
+how its inputs are found, what else its result depends on, where its checkpoint goes);
+:func:`run_training` is the skeleton they share, written once:
+
+    find inputs -> cache key -> reuse an identical finished run -> join Ray -> TrainJob
+    -> the stage's MLflow run (log inputs) -> fit on Ray Train -> publish the final checkpoint -> log it
+
+The cache key hashes the stage's config (its training section without run knobs, see
+:func:`spresso.config.scaling.key_settings`, plus the settings ``key_config`` names) and the
+identity of its inputs. A rerun with the same key reuses the finished run when the published
+checkpoint is still the one it logged; an unfinished run of the same key is resumed (Ray Train
+restores its latest checkpoint, and its MLflow run is reopened).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import fsspec
+import torch
+
+from spresso.config import Section, SpressoConfig
+from spresso.config.scaling import key_settings
+from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE
+from spresso.core.digest import digest_json, digest_tree
+from spresso.core.storage import absolute
+from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
+from spresso.runtime.tracking import StageRun, ensure_experiment
+from spresso.train.harness import TrainJob, copy_checkpoint, fit, resumable_run_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoggedInput:
+    """One input the stage's MLflow run records (lineage): ``run.log_input(name, uri, digest, context)``."""
+
+    name: str
+    uri: str
+    digest: str
+    context: str = "input"
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage's ``find_inputs`` found and checked, before anything trains."""
+
+    key: dict[str, Any]  # the inputs' identity: hashed into the cache key
+    loop_config: dict[str, Any] = field(default_factory=dict)  # what the loop reads (paths, digests)
+    logged: tuple[LoggedInput, ...] = ()
+    upstream: dict[str, Optional[str]] = field(default_factory=dict)  # stage -> MLflow run that made an input
+    params: dict[str, Any] = field(default_factory=dict)  # extra MLflow params of the run
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags of the run
+
+
+# publish(result, final, run) -> digest of the published checkpoint
+Publish = Callable[[Any, Any, StageRun], str]
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """A Ray Train stage, declared: everything :func:`run_training` needs to run it.
+
+    - ``name``: the MLflow stage tag and run name (``train_dit``);
+    - ``section``: its training section (``cfg.dit.train``): the scaling it runs with, and the
+      settings its key hashes (all but the run knobs);
+    - ``loop``: ``train_loop_per_worker(loop_config)``; ``loop_config`` holds ``cfg`` (the whole
+      config as a dict), ``threads``, ``run_dir`` (the Ray Train run folder) and the inputs' entries;
+    - ``find_inputs(cfg, **options) -> StageInputs``: finds and checks its inputs (one-line errors);
+    - ``key_config(cfg) -> dict``: other settings its result depends on (model, diffusion ...);
+    - ``output(cfg)``: where the final checkpoint is published (a Path, or a URL string);
+    - ``job_name(cfg) -> str``: the Ray Train run name's prefix (the key's first 16 hex digits follow);
+    - ``publish``: writes the final checkpoint from Ray's result (default: inference files only);
+    - ``reuse``: look for a finished identical run first;
+    - ``gpu_if_available``: ``scaling.use_gpu`` falls back to CPU when the driver sees no CUDA.
+    """
+
+    name: str
+    section: Callable[[SpressoConfig], Section]
+    loop: Callable[[dict], None]
+    find_inputs: Callable[..., StageInputs]
+    key_config: Callable[[SpressoConfig], dict]
+    output: Callable[[SpressoConfig], Any]
+    job_name: Callable[[SpressoConfig], str]
+    publish: Optional[Publish] = None
+    reuse: bool = True
+    gpu_if_available: bool = False
+
+    def key(self, cfg: SpressoConfig, inputs: StageInputs) -> str:
+        """The cache key: the stage's settings (without run knobs) and its inputs' identity."""
+        return digest_json({**self.key_config(cfg), "train": key_settings(self.section(cfg)), **inputs.key})
+
+    def run(self, cfg: SpressoConfig, **kwargs: Any) -> "TrainOutcome":
+        """Train this stage: :func:`run_training` (``parent_run_id``, ``force`` and ``find_inputs`` options)."""
+        return run_training(self, cfg, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`run_training` returns: the published checkpoint and the MLflow run behind it."""
+
+    final: Any  # Path, or a URL string
+    run_id: str
+    reused: bool = False
+    metrics: dict = field(default_factory=dict)  # the last metrics the loop reported
+
+
+def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False,
+                 **options: Any) -> TrainOutcome:
+    """Train ``stage`` (or reuse an identical finished run of it) and publish its final checkpoint.
+
+    ``options`` go to the stage's ``find_inputs`` (e.g. ``progress``, ``encoder``, ``vectors``).
+    """
+    inputs = stage.find_inputs(cfg, **options)
+    key = stage.key(cfg, inputs)
+    final = stage.output(cfg)
+    uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
+    if stage.reuse and not force:
+        prev = find_finished_run(uri, ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir), stage.name, key)
+        if prev is not None and published_digest(final) == prev.data.tags.get("spresso.output.checkpoint.digest"):
+            log.info("%s: reusing run %s (inputs and config unchanged)", stage.name, prev.info.run_id)
+            return TrainOutcome(final, prev.info.run_id, reused=True)
+    init_ray(cfg.runtime)
+    storage = absolute(cfg.path("ray_train"))
+    name = f"{stage.job_name(cfg)}-{key[:16]}"
+    scaling = stage.section(cfg).scaling
+    if stage.gpu_if_available and scaling.use_gpu and not torch.cuda.is_available():
+        scaling = scaling.model_copy(update={"use_gpu": False})
+    job = TrainJob(name=name, loop=stage.loop, storage_path=storage, scaling=scaling,
+                   loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+                                "run_dir": f"{storage}/{name}", **inputs.loop_config})
+    upstream = {k: v for k, v in inputs.upstream.items() if v} or None
+    with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,
+                   resume_run_id=resumable_run_id(storage, name, uri), extra_tags=inputs.tags or None) as run:
+        if inputs.params:
+            run.log_params(inputs.params)
+        for item in inputs.logged:
+            run.log_input(item.name, item.uri, item.digest, context=item.context)
+        result = fit(job, run)
+        digest = (stage.publish or publish_checkpoint)(result, final, run)
+        run.log_output("checkpoint", str(final), digest)
+    return TrainOutcome(final, run.run_id, metrics=dict(result.metrics or {}))
+
+
+def strip_training_state(folder: Path) -> None:
+    """Drop the optimiser/discriminator state: it stays in Ray's storage, the deliverable is the model."""
+    for extra in (STATE_FILE, STATE_META_FILE):
+        (folder / extra).unlink(missing_ok=True)
+
+
+def publish_checkpoint(result, dest: str | Path, run: StageRun | None = None) -> str:
+    """Copy the run's last checkpoint to ``dest`` (local or fsspec URL), inference files only; return its digest."""
+    if "://" not in str(dest):
+        final = copy_checkpoint(result, dest)
+        strip_training_state(final)
+        return digest_tree(final)
+    fs, root = fsspec.core.url_to_fs(str(dest))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = copy_checkpoint(result, Path(tmp) / "final")
+        strip_training_state(local)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        for f in sorted(local.iterdir()):
+            fs.put_file(str(f), f"{root}/{f.name}")
+        return digest_tree(local)
+
+
+def published_digest(dest: str | Path) -> str | None:
+    """Digest of a published checkpoint folder (local or URL), or None when it is absent."""
+    if "://" not in str(dest):
+        return digest_tree(dest) if Path(dest, "config.json").is_file() else None
+    fs, root = fsspec.core.url_to_fs(str(dest))
+    if not fs.exists(f"{root}/config.json"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in fs.ls(root, detail=False):
+            fs.get_file(p, f"{tmp}/{p.rsplit('/', 1)[-1]}")
+        return digest_tree(tmp)
