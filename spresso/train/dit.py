@@ -273,16 +273,14 @@ def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> S
     )
 
 
-TRAIN_DIT = TrainingStage(
-    name=STAGE,
-    section=lambda cfg: cfg.dit.train,
-    loop=train_loop,
-    find_inputs=find_inputs,
-    key_config=lambda cfg: {"model": cfg.dit.model.model_dump(mode="json"),
-                            "diffusion": cfg.dit.diffusion.model_dump(mode="json")},
-    output=lambda cfg: Path(absolute(cfg.path(cfg.dit.checkpoint_dir))) / "final",
-    job_name=lambda cfg: "dit",
-)
+def key_config(cfg: SpressoConfig) -> dict:
+    """Besides ``dit.train``, the trained DiT depends on its network and diffusion settings."""
+    return {"model": cfg.dit.model.model_dump(mode="json"), "diffusion": cfg.dit.diffusion.model_dump(mode="json")}
+
+
+TRAIN_DIT = TrainingStage(STAGE, section=lambda cfg: cfg.dit.train, loop=train_loop, find_inputs=find_inputs,
+                          key_config=key_config, job_name=lambda cfg: "dit",
+                          output=lambda cfg: Path(absolute(cfg.path(cfg.dit.checkpoint_dir))) / "final")
 
 
 def train_dit(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,

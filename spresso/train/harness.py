@@ -172,7 +172,7 @@ class TrainContext:
         """Report metrics (every rank must call it); rank 0 also writes a checkpoint via ``save``."""
         metrics = {**metrics, "step": step}
         if save is not None and self.is_main:
-            # Not a TemporaryDirectory: with num_workers=0 Ray keeps this very folder as the
+            # Not a TemporaryDirectory: with scaling.workers=0 Ray keeps this very folder as the
             # checkpoint (no upload), so it must outlive the call; with workers, Ray deletes it
             # once it has been persisted to the storage path.
             tmp = tempfile.mkdtemp(prefix=f"spresso-ckpt-{step:09d}-")

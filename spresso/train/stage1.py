@@ -231,15 +231,14 @@ def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> S
         upstream={"train_dit": read_checkpoint_config(dit).get("meta", {}).get("mlflow_run_id"), "precompute_latents": None})
 
 
-TRAIN_STAGE1 = TrainingStage(
-    name=STAGE,
-    section=lambda cfg: cfg.dae.stage1,
-    loop=train_loop,
-    find_inputs=find_inputs,
-    key_config=dae_key_config("stage1"),
-    output=lambda cfg: stage_output(cfg, "stage1"),
-    job_name=lambda cfg: f"dae-stage1-t{cfg.dae.t}",
-)
+def dae_stage(stage: str, loop: Callable[[dict], None], find_inputs: Callable[..., StageInputs]) -> TrainingStage:
+    """The declaration of DAE stage ``stage`` (stage1 / stage3): section ``dae.<stage>``, one run per operating point."""
+    return TrainingStage(name=f"train_{stage}", section=lambda cfg: getattr(cfg.dae, stage), loop=loop,
+                         find_inputs=find_inputs, key_config=dae_key_config(stage),
+                         output=lambda cfg: stage_output(cfg, stage), job_name=lambda cfg: f"dae-{stage}-t{cfg.dae.t}")
+
+
+TRAIN_STAGE1 = dae_stage("stage1", train_loop, find_inputs)
 
 
 def train_stage1(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,

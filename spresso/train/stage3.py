@@ -21,8 +21,8 @@ from spresso.core.storage import absolute
 from spresso.data.latent_batches import LatentCaptionZDataset, split_rows, train_rows
 from spresso.data.z_latents import precompute_zq, z_cache_path
 from spresso.data.zarr_cache import ClipCache
-from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
-from spresso.train.stage1 import dae_inputs, dae_key_config, dae_loop, open_x0_inputs
+from spresso.train.driver import LoggedInput, StageInputs, run_training
+from spresso.train.stage1 import dae_inputs, dae_loop, dae_stage, open_x0_inputs
 
 STAGE = "train_stage3"
 
@@ -90,15 +90,7 @@ def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> S
         params={"stage3.m": point.m, "stage3.K": point.K, "stage3.total_steps": total})
 
 
-TRAIN_STAGE3 = TrainingStage(
-    name=STAGE,
-    section=lambda cfg: cfg.dae.stage3,
-    loop=train_loop,
-    find_inputs=find_inputs,
-    key_config=dae_key_config("stage3"),
-    output=lambda cfg: stage_output(cfg, "stage3"),
-    job_name=lambda cfg: f"dae-stage3-t{cfg.dae.t}",
-)
+TRAIN_STAGE3 = dae_stage("stage3", train_loop, find_inputs)
 
 
 def train_stage3(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
