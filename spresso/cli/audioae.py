@@ -6,9 +6,8 @@ from spresso.cli.stages import add_run_args
 
 
 def _train(args) -> int:
-    from spresso.train.audioae import (
-        train_audioae,  # lazy: keeps `spresso --help` free of torch and Ray
-    )
+    # lazy: keeps `spresso --help` free of torch and Ray
+    from spresso.train.audioae import train_audioae
 
     final = train_audioae(config_from_args(args), parent_run_id=args.parent_run_id, force=args.force)
     print(final)

@@ -10,9 +10,8 @@ from spresso.core.errors import SpressoError
 
 
 def _train(args) -> int:
-    from spresso.train.dit import (
-        train_dit,  # lazy: keeps `spresso --help` free of torch and Ray
-    )
+    # lazy: keeps `spresso --help` free of torch and Ray
+    from spresso.train.dit import train_dit
 
     final = train_dit(config_from_args(args), parent_run_id=args.parent_run_id, force=args.force)
     print(final)
@@ -20,18 +19,16 @@ def _train(args) -> int:
 
 
 def _embed_captions(args) -> int:
-    from spresso.data.captions import (
-        build_caption_cache,  # lazy: keeps `spresso --help` free of torch
-    )
+    # lazy: keeps `spresso --help` free of torch
+    from spresso.data.captions import build_caption_cache
 
     print(build_caption_cache(config_from_args(args), progress=not args.no_progress).path)
     return 0
 
 
 def _generate(args) -> int:
-    from spresso.diffusion.generate import (
-        generate_audio,  # lazy: keeps `spresso --help` free of torch
-    )
+    # lazy: keeps `spresso --help` free of torch
+    from spresso.diffusion.generate import generate_audio
 
     cfg = config_from_args(args)
     dit_dir = args.dit or str(Path(cfg.path(cfg.dit.checkpoint_dir)) / "final")

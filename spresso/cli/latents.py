@@ -20,9 +20,8 @@ def add_latents_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace, progress: bool = True) -> str:
-    from spresso.data.latents import (
-        precompute_latents,  # lazy: keeps `spresso --help` free of torch and Ray
-    )
+    # lazy: keeps `spresso --help` free of torch and Ray
+    from spresso.data.latents import precompute_latents
 
     return precompute_latents(
         config_from_args(args), args.audioae, args.shards, overwrite=args.overwrite,

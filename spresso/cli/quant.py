@@ -8,9 +8,8 @@ from spresso.cli.common import add_config_args, config_from_args
 
 
 def _train(args: argparse.Namespace) -> int:
-    from spresso.train.qinco2 import (
-        train_qinco2,  # lazy: keeps `spresso --help` free of torch, Ray and faiss
-    )
+    # lazy: keeps `spresso --help` free of torch, Ray and faiss
+    from spresso.train.qinco2 import train_qinco2
 
     cfg = config_from_args(args)
     out = train_qinco2(cfg, vectors=args.vectors, array=args.array, rq_train_type=args.rq_train_type,
@@ -26,9 +25,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from spresso.train.qinco2 import (
-        quantize_cache,  # lazy: keeps `spresso --help` free of torch, Ray and faiss
-    )
+    # lazy: keeps `spresso --help` free of torch, Ray and faiss
+    from spresso.train.qinco2 import quantize_cache
 
     cfg = config_from_args(args)
     ckpt = args.checkpoint or cfg.path(cfg.qinco2.checkpoint_dir) + "/final"

@@ -30,27 +30,24 @@ def stage_config(args: argparse.Namespace):
 
 
 def run_stage1(args: argparse.Namespace) -> int:
-    from spresso.train.stage1 import (
-        train_stage1,  # lazy: keeps `spresso --help` free of torch and Ray
-    )
+    # lazy: keeps `spresso --help` free of torch and Ray
+    from spresso.train.stage1 import train_stage1
 
     print(train_stage1(stage_config(args), parent_run_id=args.parent_run_id, force=args.force))
     return 0
 
 
 def run_stage3(args: argparse.Namespace) -> int:
-    from spresso.train.stage3 import (
-        train_stage3,  # lazy: keeps `spresso --help` free of torch and Ray
-    )
+    # lazy: keeps `spresso --help` free of torch and Ray
+    from spresso.train.stage3 import train_stage3
 
     print(train_stage3(stage_config(args), parent_run_id=args.parent_run_id, force=args.force))
     return 0
 
 
 def run_precompute_z(args: argparse.Namespace) -> int:
-    from spresso.data.z_latents import (
-        precompute_z,  # lazy: keeps `spresso --help` free of torch and Ray
-    )
+    # lazy: keeps `spresso --help` free of torch and Ray
+    from spresso.data.z_latents import precompute_z
 
     print(precompute_z(stage_config(args), args.stage1, overwrite=args.overwrite, max_blocks=args.max_blocks,
                        parent_run_id=args.parent_run_id))

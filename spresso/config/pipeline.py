@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 
 from spresso.config.base import Section
+from spresso.core.rates import bitrate_bps, continuous_bitrate_bps
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
 
@@ -52,8 +53,6 @@ class OperatingPoint(Section):
         return self
 
     def bitrate_bps(self, z_channels: int = 64) -> float:
-        from spresso.core.rates import bitrate_bps, continuous_bitrate_bps
-
         if self.continuous:
             return continuous_bitrate_bps(z_channels, self.t)
         return bitrate_bps(self.m, self.K, self.t)

@@ -77,7 +77,8 @@ class TrainingAdapter:
 
 
 def shard_stage(cfg, ctx: StageContext) -> dict[str, Any]:
-    from spresso.data.shard import shard  # lazy: declaring the DAG imports no Ray Data
+    # lazy: declaring the DAG imports no Ray Data
+    from spresso.data.shard import shard
 
     inputs = [p for p in ctx.inputs["audio"].uri.split(",") if p]
     if not inputs:
@@ -88,9 +89,8 @@ def shard_stage(cfg, ctx: StageContext) -> dict[str, Any]:
 
 
 def precompute_latents_stage(cfg, ctx: StageContext) -> StageResult:
-    from spresso.data.latents import (
-        precompute_latents,  # lazy: declaring the DAG imports no torch
-    )
+    # lazy: declaring the DAG imports no torch
+    from spresso.data.latents import precompute_latents
 
     # The DAG owns this output: a cache built from an older AudioAE is stale and is rebuilt.
     path = precompute_latents(cfg, ctx.inputs["audioae"].uri, ctx.inputs["shards"].uri,
@@ -99,9 +99,8 @@ def precompute_latents_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def precompute_z_stage(cfg, ctx: StageContext) -> StageResult:
-    from spresso.data.z_latents import (
-        precompute_z,  # lazy: declaring the DAG imports no torch
-    )
+    # lazy: declaring the DAG imports no torch
+    from spresso.data.z_latents import precompute_z
 
     path = precompute_z(stage_config(cfg, ctx), ctx.inputs["stage1"].uri, parent_run_id=ctx.parent_run_id,
                         progress=False, replace_stale=True)
@@ -109,7 +108,8 @@ def precompute_z_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def export_stage(cfg, ctx: StageContext) -> StageResult:
-    from spresso.train.export import export  # lazy: declaring the DAG imports no torch
+    # lazy: declaring the DAG imports no torch
+    from spresso.train.export import export
 
     stage = ctx.inputs["stage1" if ctx.point.continuous else "stage3"].uri
     quantizer = None if ctx.point.continuous else ctx.inputs["quantizer"].uri
@@ -119,9 +119,8 @@ def export_stage(cfg, ctx: StageContext) -> StageResult:
 
 
 def evaluate_stage(cfg, ctx: StageContext) -> StageResult:
-    from spresso.eval.harness import (
-        run_evaluation,  # lazy: declaring the DAG imports no torch
-    )
+    # lazy: declaring the DAG imports no torch
+    from spresso.eval.harness import run_evaluation
 
     # The point's bundle next to the AudioAE alone (its upper bound), on the shards' eval split.
     codecs = {ctx.point.name: f"spresso:{ctx.inputs['bundle'].uri},steps={cfg.eval.diffusion_steps}",
