@@ -111,3 +111,17 @@ def test_relative_inputs_resolve_in_the_workdir_first_then_where_typed(tmp_path,
     assert input_folder(cfg, "../shared/sfx") == str((tmp_path / "shared" / "sfx").resolve())  # typed on the command line
     assert input_folder(cfg, "missing") == str((work / "missing").resolve())  # fails later under the workdir's name
     assert input_folder(cfg, "s3://bucket/sfx") == "s3://bucket/sfx"
+
+
+def test_training_rows_are_one_adapter_over_their_declarations():
+    """Every training stage is a row over its driver declaration (the generic adapter), named as it runs in MLflow."""
+    from spresso.pipeline.registry import TrainingAdapter
+    from spresso.train.driver import TrainingStage
+
+    rows = {name: s for name, s in registry().items() if isinstance(s.fn, TrainingAdapter)}
+    assert set(rows) == {"train_audioae", "train_dit", "stage1", "qinco2", "stage3"}
+    names = {name: s.fn.resolve().name for name, s in rows.items()}
+    assert all(isinstance(s.fn.resolve(), TrainingStage) for s in rows.values())
+    assert names == {"train_audioae": "train_audioae", "train_dit": "train_dit", "stage1": "train_stage1",
+                     "qinco2": "qinco2", "stage3": "train_stage3"}
+    assert all(s.opens_run and s.uses_ray for s in rows.values())
