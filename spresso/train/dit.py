@@ -44,7 +44,7 @@ from spresso.diffusion.ema import EMA
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import load_audioae
 from spresso.models.dit import CHECKPOINT_KIND, build_denoiser
-from spresso.models.text_encoder import TextEmbedding
+from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit_examples import example_captions, write_generated_examples
 from spresso.train.dit_held_out import held_out_sigma_report
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
@@ -95,18 +95,14 @@ class DiTTrainer:
         return prepare(self.denoiser) if prepare is not None else self.denoiser
 
     def lr_at(self, step: int) -> float:
-        warm = self.tc.warmup_steps
-        return self.tc.lr * min(1.0, step / warm) if warm else self.tc.lr
+        return warmup_lr(self.tc, step)
 
     def train_step(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[dict[str, float], object]:
         """One AdamW step on a batch from :func:`batch_stream`; returns (scalars, LossOutput)."""
         self.model.train()
         self.step += 1
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        y = self.normalizer.normalize(batch["x0"].to(self.device))
-        text = TextEmbedding(batch["text"].to(self.device).float(), batch["text_mask"].to(self.device).bool(),
-                             batch["pooled"].to(self.device).float())
+        set_lr(self.optimizer, self.lr_at(self.step))
+        y, text = batch_inputs(batch, self.normalizer, self.device)
         B = y.shape[0]
         drop = torch.rand(B, generator=generator).to(self.device) < self.tc.text_dropout
         ctx = self.autocast() if self.autocast is not None else torch.autocast(self.device.type, enabled=False)

@@ -40,7 +40,7 @@ from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.conditioned_dit import DiffusionAutoencoder, set_trainable
-from spresso.models.text_encoder import TextEmbedding
+from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit import X0_IDENTITY, open_x0_cache
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
 from spresso.train.loop import StepResult, run_steps, worker_setup
@@ -71,19 +71,15 @@ class DAETrainer:
         self.step = 0
 
     def lr_at(self, step: int) -> float:
-        warm = self.tc.warmup_steps
-        return self.tc.lr * min(1.0, step / warm) if warm else self.tc.lr
+        return warmup_lr(self.tc, step)
 
     def train_step(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                    z: torch.Tensor | None = None) -> tuple[dict[str, float], object]:
         """One AdamW step; stage 1 encodes z from the batch's x0, stage 3 takes ``z`` (normalised-x0 units of z)."""
         self.model.train()
         self.step += 1
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        y = self.normalizer.normalize(batch["x0"].to(self.device))
-        text = TextEmbedding(batch["text"].to(self.device).float(), batch["text_mask"].to(self.device).bool(),
-                             batch["pooled"].to(self.device).float())
+        set_lr(self.optimizer, self.lr_at(self.step))
+        y, text = batch_inputs(batch, self.normalizer, self.device)
         drop = (torch.rand(y.shape[0], generator=generator) < self.tc.text_dropout).to(self.device)
         cond = {"z_from": y} if z is None else {"z": z.to(self.device).float()}
         ctx = self.autocast() if self.autocast is not None else torch.autocast(self.device.type, enabled=False)
