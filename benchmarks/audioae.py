@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spresso.audio.io import AudioError, load_mono  # noqa: E402
+from spresso.audio.synth import synth_corpus
 from spresso.config import load_config  # noqa: E402
 from spresso.data.latents import frame_sums, latent_arrays  # noqa: E402
 from spresso.data.zarr_cache import CacheDataset, ClipCache  # noqa: E402
@@ -65,7 +66,6 @@ def audio_folder(arg: str | None, tmp: Path) -> tuple[Path, str]:
     dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfx-dev"
     if dev.is_dir():
         return dev, "sfx-dev"
-    from spresso.audio.synth import synth_corpus
 
     synth_corpus(tmp / "synth", minutes=3, seed=0)
     return tmp / "synth", "synth_corpus(3 min)"

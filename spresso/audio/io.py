@@ -11,6 +11,7 @@ import re
 import struct
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import soundfile as sf
 import soxr
@@ -29,7 +30,6 @@ def _read_bytes(source: str | Path | bytes) -> bytes:
         return bytes(source)
     text = str(source)
     if "://" in text:
-        import fsspec
 
         with fsspec.open(text, "rb") as f:
             return f.read()
@@ -44,7 +44,7 @@ def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _decode_av(data: bytes) -> tuple[np.ndarray, int]:
-    import av
+    import av  # lazy: optional PyAV, only for formats libsndfile cannot decode
 
     with av.open(io.BytesIO(data)) as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)

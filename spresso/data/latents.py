@@ -23,11 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
 
 from spresso.config import SpressoConfig
+from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core.digest import digest_bytes, digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.data.precompute import ROW, fill_cache
-from spresso.data.zarr_cache import ClipCache
+from spresso.data.reader import (
+    MANIFEST,
+    SHARD_PATTERN,
+    _fs,
+    _join,
+    _open,
+    decode_clip,
+    read_dataset_info,
+    read_manifest,
+)
+from spresso.data.zarr_cache import LAYOUT_ATTR, CacheDataset, ClipCache
+from spresso.models.audioae import load_audioae
+from spresso.runtime import find_finished_run, stage_run, tracking_uri
+from spresso.runtime.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +59,6 @@ _MANIFESTS: dict[str, dict[str, np.ndarray]] = {}
 def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
     """The manifest columns the source needs, read once per worker process."""
     if shards_dir not in _MANIFESTS:
-        from spresso.data.reader import read_manifest
 
         table = read_manifest(shards_dir)
         _MANIFESTS[shards_dir] = {
@@ -55,7 +71,6 @@ def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
 def _tar_path(shards_dir: str, split: str, shard: Any) -> str:
     """Where a manifest ``shard`` entry lives: a path relative to the shards dir, a file name in
     the split's folder, or a shard number."""
-    from spresso.data.reader import SHARD_PATTERN, _fs, _join
 
     if isinstance(shard, (int, np.integer)) or str(shard).isdigit():
         return _join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
@@ -78,8 +93,6 @@ class ShardClipSource:
         self.clip_samples = int(clip_samples)
 
     def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        from spresso.data.reader import _open, decode_clip
-
         m = _manifest_columns(self.shards_dir)
         keys = m["key"][start:stop]
         wanted = {str(k): i for i, k in enumerate(keys)}
@@ -137,17 +150,11 @@ class EncodeLatents:
     """
 
     def __init__(self, checkpoint_dir: str):
-        import torch
-
-        from spresso.models.audioae import load_audioae
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_audioae(checkpoint_dir, map_location=self.device).eval()
         self.hop = self.model.hop
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         wave = torch.from_numpy(np.ascontiguousarray(batch["wave"], dtype=np.float32)).to(self.device)
         with torch.inference_mode():
             x0 = self.model.encode(wave).float().cpu().numpy().astype(np.float16)
@@ -178,8 +185,6 @@ def channel_stats(cache: ClipCache, split: str = "train") -> tuple[list[float], 
 # -- lineage -------------------------------------------------------------------------------------
 def shards_digest(shards_dir: str) -> str:
     """The dataset digest `spresso shard` recorded, else a digest of the manifest file."""
-    from spresso.core.digest import digest_bytes
-    from spresso.data.reader import MANIFEST, _join, _open, read_dataset_info
 
     try:
         info = read_dataset_info(shards_dir)
@@ -194,17 +199,12 @@ def shards_digest(shards_dir: str) -> str:
 
 def audioae_run_id(checkpoint_dir: str, digest: str, cfg: SpressoConfig) -> str:
     """The MLflow run that produced the checkpoint: from its metadata, else by its output digest."""
-    from spresso.core.checkpoint import read_checkpoint_config
 
     meta = read_checkpoint_config(checkpoint_dir, CHECKPOINT_KIND).get("meta", {})
     for k in ("mlflow_run_id", "run_id"):
         if meta.get(k):
             return str(meta[k])
     try:
-        from mlflow.tracking import MlflowClient
-
-        from spresso.runtime.tracking import tracking_uri
-
         client = MlflowClient(tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri))
         exp = client.get_experiment_by_name(cfg.runtime.experiment)
         if exp is not None:
@@ -222,8 +222,6 @@ def cache_digest(cache: ClipCache) -> str:
     The content is a deterministic function of the AudioAE and the shards, so this is cheap
     where hashing hundreds of GB of chunks is not.
     """
-    from spresso.core.digest import digest_json
-    from spresso.data.zarr_cache import LAYOUT_ATTR
 
     return digest_json({"layout": cache._layout, "attrs": cache.attrs, LAYOUT_ATTR: True})
 
@@ -250,9 +248,6 @@ def _resolve_inputs(cfg: SpressoConfig, audioae_dir: str | None, shards_dir: str
 def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, *, overwrite: bool = False,
                          replace_stale: bool = False) -> ClipCache:
     """Size the x0 cache from the manifest and the checkpoint's model settings (no model loaded)."""
-    from spresso.core.checkpoint import read_checkpoint_config
-    from spresso.core.digest import digest_tree
-    from spresso.data.reader import read_manifest
 
     model_cfg = read_checkpoint_config(audioae_dir, CHECKPOINT_KIND)["config"]["audioae"]["model"]
     hop, latent_dim, sr = int(model_cfg["hop"]), int(model_cfg["latent_dim"]), int(model_cfg["sample_rate"])
@@ -276,8 +271,6 @@ def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, 
 
 
 def _stage_key(cache: ClipCache) -> str:
-    from spresso.core.digest import digest_json
-
     a = cache.attrs
     return digest_json({"stage": STAGE, "audioae": a["audioae_digest"], "shards": a["shards_digest"], "layout": cache._layout})
 
@@ -299,8 +292,6 @@ def precompute_latents(
     A complete cache from the same AudioAE and shards whose MLflow run finished is reused
     without a new run. ``mapper`` is the actor class (a subclass may wrap the encoder).
     """
-    from spresso.runtime import find_finished_run, stage_run, tracking_uri
-    from spresso.runtime.tracking import ensure_experiment
 
     audioae_dir, shards_dir = _resolve_inputs(cfg, audioae_dir, shards_dir)
     cache = open_or_create_cache(cfg, audioae_dir, shards_dir, overwrite=overwrite, replace_stale=replace_stale)
@@ -353,7 +344,6 @@ def x0_dataset(path: str, split: str = "train", arrays: tuple[str, ...] = ("x0",
     Wrap it in a ``torch.utils.data.DataLoader(shuffle=True, num_workers=N)`` for random clip
     batches; each worker opens the cache itself, so forked workers are safe.
     """
-    from spresso.data.zarr_cache import CacheDataset
 
     cache = ClipCache.open(path, mode="r")
     rows = cache.rows_where("split", split)

@@ -18,6 +18,7 @@ import tarfile
 from pathlib import PurePosixPath
 from typing import Iterable, Iterator
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,15 +40,11 @@ def _join(root: str, *parts: str) -> str:
 
 
 def _fs(path: str):
-    import fsspec
-
     fs, _, [resolved] = fsspec.get_fs_token_paths(str(path))
     return fs, resolved
 
 
 def _open(path: str, mode: str = "rb"):
-    import fsspec
-
     return fsspec.open(str(path), mode).open()
 
 

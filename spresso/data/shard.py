@@ -27,8 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.data as rd
+import soundfile as sf
+from tqdm.auto import tqdm
 
 from spresso.audio.io import AudioError
 from spresso.core.digest import digest_json
@@ -37,6 +41,7 @@ from spresso.data.clips import ClipSettings, clip_spans, process_source
 from spresso.data.reader import DATASET_JSON, MANIFEST, REJECTS, SHARD_PATTERN
 from spresso.data.sources import Source, caption_from_name, discover, read_sidecar
 from spresso.data.tars import ShardWriter
+from spresso.runtime import init_ray, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,6 @@ REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("re
 
 # ----------------------------------------------------------------------------- file system helpers
 def _fs(url: str):
-    import fsspec
-
     fs, _, [path] = fsspec.get_fs_token_paths(url)
     return fs, path
 
@@ -110,8 +113,6 @@ class Unit:
 
 def _probe_seconds(src: Source) -> float:
     """Duration from the header (cheap); when unreadable, guess from the size (128 kbit/s)."""
-    import fsspec
-    import soundfile as sf
 
     try:
         with fsspec.open(src.path, "rb") as f:
@@ -149,8 +150,6 @@ def plan_units(sources: list[Source], settings: ClipSettings, clips_per_shard: i
 
 # ----------------------------------------------------------------------------- the worker
 def _caption(src: dict) -> str:
-    import fsspec
-
     for car in src["sidecars"]:
         try:
             with fsspec.open(car, "rb") as f:
@@ -165,7 +164,6 @@ def _caption(src: dict) -> str:
 
 def run_unit(unit: dict, out: str, settings: dict) -> dict:
     """Process one unit and write its tar and done-record. Returns a summary row (small)."""
-    import fsspec
 
     cs = ClipSettings(**settings)
     fs, root = _fs(out)
@@ -304,10 +302,7 @@ def _cleanup(fs, root: str, units: list[Unit], records: dict[str, dict]) -> None
 
 
 def _run_ray(pending: list[Unit], out: str, settings: ClipSettings, cfg, num_cpus: float | None, bar) -> list[dict]:
-    from spresso.runtime import init_ray
-
     ray = init_ray(cfg.runtime)
-    import ray.data as rd
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours shows clips, hours and rate instead
@@ -348,8 +343,6 @@ class Progress:
     """Clips and hours done and the rate (audio seconds per wall second), via tqdm."""
 
     def __init__(self, total_clips: int, enabled: bool = True):
-        from tqdm.auto import tqdm
-
         self.t0 = time.perf_counter()
         self.audio = 0.0
         self.bar = tqdm(total=total_clips, unit="clip", desc="shard", disable=not enabled, dynamic_ncols=True)
@@ -450,7 +443,6 @@ def shard(inputs: list[str], cfg, *, output: str | None = None, captions_csv: st
 
     if not track:
         return body(None)
-    from spresso.runtime import stage_run
 
     with stage_run("shard", cfg, key=plan_key) as run:
         return body(run)

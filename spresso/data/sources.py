@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import fsspec
+
 from spresso.audio.io import AUDIO_EXTENSIONS
 from spresso.core.errors import SpressoError
 
@@ -39,8 +41,6 @@ class Source:
 
 
 def _fs(url: str):
-    import fsspec
-
     fs, _, paths = fsspec.get_fs_token_paths(url)
     return fs, paths
 
@@ -177,7 +177,6 @@ def read_sidecar(text: str, kind: str) -> str | None:
 
 def load_captions_csv(path: str) -> dict[str, str]:
     """A ``path,caption`` CSV (header optional) -> ``{path as written: caption}``."""
-    import fsspec
 
     try:
         with fsspec.open(path, "r", encoding="utf-8") as f:

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import zarr
 
+from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
 
 LAYOUT_ATTR = "spresso_layout"
@@ -46,7 +48,6 @@ class CacheError(SpressoError):
 
 def default_compressor():
     # zstd + bit shuffle: float16 latents compress better bit-plane-wise than byte-wise.
-    import zarr
 
     return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
@@ -66,8 +67,6 @@ def _store_path(path: str | os.PathLike) -> str:
 
 
 def _layout(keys: Sequence[str], arrays: Mapping[str, ArraySpec], chunk_rows: int) -> dict:
-    from spresso.core.digest import digest_json
-
     return {
         "n_rows": len(keys),
         "chunk_rows": int(chunk_rows),
@@ -126,7 +125,6 @@ class ClipCache:
         always starts afresh; ``replace_stale=True`` resumes a compatible group and replaces an
         incompatible one (what a pipeline wants when an upstream model changed) instead of raising.
         """
-        import zarr
 
         keys = [str(k) for k in keys]
         attrs = dict(attrs or {})
@@ -189,7 +187,6 @@ class ClipCache:
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """True when ``path`` holds a completely created cache."""
-        import zarr
 
         try:
             group = zarr.open_group(_store_path(path), mode="r")
@@ -199,8 +196,6 @@ class ClipCache:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r+") -> "ClipCache":
-        import zarr
-
         store = _store_path(path)
         try:
             group = zarr.open_group(store, mode=mode)

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
+from spresso.audio.io import AudioError, load_mono
 from spresso.core.errors import SpressoError
+from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
 EVAL_RATE = 48000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
@@ -65,7 +68,6 @@ def sample_indices(n_candidates: int, n: int, seed: int) -> np.ndarray:
 
 def from_shards(shards_dir: str, split: str, n: int, seed: int = 0) -> EvalSet:
     """N clips of one split of the shards (contract 1), sampled by key from the manifest."""
-    from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
     manifest = read_manifest(shards_dir)
     keys = [k for k, s in zip(manifest.column("key").to_pylist(), manifest.column("split").to_pylist()) if s == split]
@@ -89,21 +91,17 @@ def _safe_key(rel: str) -> str:
 
 def _duration_samples(path: Path) -> int:
     """Length at 48 kHz, from the header when soundfile can read it (no decoding)."""
-    import soundfile as sf
 
     try:
         info = sf.info(str(path))
         return int(round(info.frames * EVAL_RATE / info.samplerate))
     except (RuntimeError, sf.LibsndfileError):
-        from spresso.audio.io import load_mono
-
         return load_mono(path, EVAL_RATE)[0].shape[-1]
 
 
 def from_folder(folder: str | Path, n: int, seed: int = 0, clip_seconds: float = 5.0, min_seconds: float = 0.25) -> EvalSet:
     """N clips from a folder of audio files (recursive): each file is cut into non-overlapping
     ``clip_seconds`` windows (a last window of at least ``min_seconds`` is kept, zero-padded)."""
-    from spresso.audio.io import AudioError, load_mono
 
     root = Path(folder)
     if not root.is_dir():
