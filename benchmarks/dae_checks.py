@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from spresso.cli.common import add_config_args, config_from_args
-from spresso.core.digest import digest_tree
-from spresso.core.storage import absolute
-from spresso.eval import dae_checks as dc
-from spresso.models.audioae import load_audioae
-from spresso.runtime import stage_run
+from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
+from spresso.core.digest import digest_tree  # noqa: E402
+from spresso.core.storage import absolute  # noqa: E402
+from spresso.eval import dae_checks as dc  # noqa: E402
+from spresso.models.audioae import load_audioae  # noqa: E402
+from spresso.runtime import stage_run  # noqa: E402
 
 
 def main() -> None:

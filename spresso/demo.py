@@ -27,7 +27,7 @@ from spresso.codec.codec import load
 from spresso.config import load_config
 from spresso.core.bundle_io import read_bundle_manifest
 from spresso.core.errors import SpressoError
-from spresso.core.rates import bitrate_bps
+from spresso.core.rates import bitrate_bps, frame_rate
 from spresso.data.reader import iter_clips, read_manifest, shard_paths
 from spresso.pipeline import run_pipeline
 
@@ -149,7 +149,7 @@ def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: fl
         m = read_bundle_manifest(bundle)
         rate = ("continuous float16 z" if m["mode"] == "continuous" else
                 f"K={m['K']} M={m['M']} m={m['m']}: {bitrate_bps(m['m'], m['K'], m['t']) / 1000:.3f} kbps")
-        print(f"\n[{point}] {100 / m['t']:.1f} Hz, {rate}")
+        print(f"\n[{point}] {frame_rate(m['t']):.1f} Hz, {rate}")
         print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --bundle ...)")
         for f in made.get(point, []):
             what = "z float16" if f["codebooks"] is None else f"{f['codebooks']} codebooks"

@@ -18,7 +18,8 @@ import soxr
 
 from spresso.core.errors import SpressoError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".m4a")
+# The one list of audio file suffixes (lower case) that folders are scanned for.
+AUDIO_EXTENSIONS = (".aif", ".aifc", ".aiff", ".flac", ".m4a", ".mp3", ".oga", ".ogg", ".opus", ".wav")
 
 
 class AudioError(SpressoError):

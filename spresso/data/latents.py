@@ -30,13 +30,11 @@ from spresso.config import SpressoConfig
 from spresso.core.checkpoint import read_checkpoint_config
 from spresso.core.digest import digest_bytes, digest_json, digest_tree
 from spresso.core.errors import SpressoError
+from spresso.core.storage import filesystem, join, open_file
 from spresso.data.precompute import ROW, fill_cache
 from spresso.data.reader import (
     MANIFEST,
     SHARD_PATTERN,
-    _fs,
-    _join,
-    _open,
     decode_clip,
     read_dataset_info,
     read_manifest,
@@ -56,10 +54,9 @@ CHECKPOINT_KIND = "audioae"
 _MANIFESTS: dict[str, dict[str, np.ndarray]] = {}
 
 
-def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
-    """The manifest columns the source needs, read once per worker process."""
+def manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
+    """The manifest's key, split, shard and valid_samples columns as arrays, read once per process."""
     if shards_dir not in _MANIFESTS:
-
         table = read_manifest(shards_dir)
         _MANIFESTS[shards_dir] = {
             c: np.asarray(table.column(c).to_pylist(), dtype=object if c != "valid_samples" else np.int64)
@@ -73,13 +70,13 @@ def _tar_path(shards_dir: str, split: str, shard: Any) -> str:
     the split's folder, or a shard number."""
 
     if isinstance(shard, (int, np.integer)) or str(shard).isdigit():
-        return _join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
+        return join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
     shard = str(shard)
     if "://" in shard or shard.startswith("/"):
         return shard
-    candidate = _join(shards_dir, shard)
-    fs, resolved = _fs(candidate)
-    return candidate if "/" in shard and fs.exists(resolved) else _join(shards_dir, split, shard.rsplit("/", 1)[-1])
+    candidate = join(shards_dir, shard)
+    fs, resolved = filesystem(candidate)
+    return candidate if "/" in shard and fs.exists(resolved) else join(shards_dir, split, shard.rsplit("/", 1)[-1])
 
 
 class ShardClipSource:
@@ -93,7 +90,7 @@ class ShardClipSource:
         self.clip_samples = int(clip_samples)
 
     def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        m = _manifest_columns(self.shards_dir)
+        m = manifest_columns(self.shards_dir)
         keys = m["key"][start:stop]
         wanted = {str(k): i for i, k in enumerate(keys)}
         by_tar: dict[str, set[str]] = {}
@@ -103,7 +100,7 @@ class ShardClipSource:
         found = np.zeros(stop - start, dtype=bool)
         for tar_path, tar_keys in sorted(by_tar.items()):
             members: dict[str, dict[str, bytes]] = {}
-            with _open(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            with open_file(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
                 for member in tar:
                     name = member.name.rsplit("/", 1)[-1]
                     key, _, ext = name.partition(".")  # keys hold no dots (DESIGN.md §3)
@@ -193,7 +190,7 @@ def shards_digest(shards_dir: str) -> str:
     for k in ("digest", "dataset_digest", "sha256"):
         if isinstance(info.get(k), str) and info[k]:
             return info[k]
-    with _open(_join(shards_dir, MANIFEST)) as f:
+    with open_file(join(shards_dir, MANIFEST)) as f:
         return digest_bytes(f.read())
 
 
@@ -223,7 +220,7 @@ def cache_digest(cache: ClipCache) -> str:
     where hashing hundreds of GB of chunks is not.
     """
 
-    return digest_json({"layout": cache._layout, "attrs": cache.attrs, LAYOUT_ATTR: True})
+    return digest_json({"layout": cache.layout, "attrs": cache.attrs, LAYOUT_ATTR: True})
 
 
 # -- the stage -----------------------------------------------------------------------------------
@@ -272,7 +269,7 @@ def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, 
 
 def _stage_key(cache: ClipCache) -> str:
     a = cache.attrs
-    return digest_json({"stage": STAGE, "audioae": a["audioae_digest"], "shards": a["shards_digest"], "layout": cache._layout})
+    return digest_json({"stage": STAGE, "audioae": a["audioae_digest"], "shards": a["shards_digest"], "layout": cache.layout})
 
 
 def precompute_latents(

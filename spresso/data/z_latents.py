@@ -24,6 +24,7 @@ from spresso.config.layout import stage_output
 from spresso.core.checkpoint import read_checkpoint_config
 from spresso.core.digest import digest_tree
 from spresso.core.errors import SpressoError
+from spresso.core.rates import frame_rate
 from spresso.data.latents import cache_digest
 from spresso.data.precompute import ROW, fill_cache
 from spresso.data.zarr_cache import ClipCache
@@ -120,7 +121,7 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
     z_channels = int(info["config"]["dae"]["encoder"]["z_channels"])
     x0 = _x0_cache(cfg)
     (C, T), _ = x0.row_spec("x0")
-    attrs = {"stage1_digest": digest_tree(stage1_dir), "x0_digest": cache_digest(x0), "t": t, "frame_rate": 100.0 / t,
+    attrs = {"stage1_digest": digest_tree(stage1_dir), "x0_digest": cache_digest(x0), "t": t, "frame_rate": frame_rate(t),
              "stage1_run_id": info.get("meta", {}).get("mlflow_run_id", "")}
     arrays = {"z": ((z_channels, pooled_frames(T, t)), "float32"), "valid_frames": ((), "int32"), "split": ((), "str")}
     cache = ClipCache.create(z_cache_path(cfg), x0.keys, arrays, cfg.dae.zcache.chunk_clips, attrs, overwrite=overwrite,

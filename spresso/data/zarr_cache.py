@@ -85,8 +85,8 @@ def _describe_difference(old: dict, new: dict) -> str:
 
 def _incompatibility(cache: "ClipCache", layout: dict, attrs: Mapping[str, Any]) -> str | None:
     """Why an existing cache cannot be resumed for this layout and these identity attrs (None: it can)."""
-    if cache._layout != layout:
-        return f"an existing cache is incompatible: {_describe_difference(cache._layout, layout)}"
+    if cache.layout != layout:
+        return f"an existing cache is incompatible: {_describe_difference(cache.layout, layout)}"
     old = cache.attrs
     for k, v in attrs.items():
         if k in old and old[k] != v:
@@ -210,6 +210,11 @@ class ClipCache:
         return (ClipCache.open, (self.path, self._mode))
 
     # -- layout -----------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict:
+        """What fixes the cache's shape: row count, chunk rows and each array's row shape and dtype."""
+        return self._layout
+
     @property
     def n_rows(self) -> int:
         return int(self._layout["n_rows"])

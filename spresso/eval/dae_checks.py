@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from spresso.codec.fast_decode import sample
 from spresso.config.layout import point_config, quantizer_dir, stage_output
 from spresso.core.errors import SpressoError
-from spresso.data.latents import ShardClipSource, _manifest_columns
+from spresso.core.rates import frame_rate
+from spresso.data.latents import ShardClipSource, manifest_columns
 from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.checkpoints import load_dae
 from spresso.diffusion.normalize import LatentNormalizer
@@ -122,7 +123,7 @@ def _real_audio(shards_dir: str, rows: np.ndarray, keys: list[str], clip_samples
     if not Path(shards_dir).exists() and "://" not in shards_dir:
         return None, f"no shards at {shards_dir}: scored against the AudioAE-decoded x0 only"
     try:
-        manifest_keys = _manifest_columns(shards_dir)["key"]
+        manifest_keys = manifest_columns(shards_dir)["key"]
         if any(str(manifest_keys[r]) != k for r, k in zip(rows, keys)):
             return None, f"{shards_dir}: manifest rows do not match the x0 cache's keys (shards rebuilt?): AudioAE reference only"
         source = ShardClipSource(shards_dir, clip_samples)
@@ -440,7 +441,7 @@ def compare(rows: list[Row]) -> list[Comparison]:
                                   r, by[f"{r.point}/stage1/{WITHHELD}"]))
     if len({r.t for r in stage1_z}) > 1:
         lo, hi = min(stage1_z, key=lambda r: r.t), max(stage1_z, key=lambda r: r.t)
-        out.append(Comparison("frame_rate", f"stage 1 from z: t={lo.t} ({100 / lo.t:.3g} Hz) beats t={hi.t} ({100 / hi.t:.3g} Hz)", lo, hi))
+        out.append(Comparison("frame_rate", f"stage 1 from z: t={lo.t} ({frame_rate(lo.t):.3g} Hz) beats t={hi.t} ({frame_rate(hi.t):.3g} Hz)", lo, hi))
     for r in rows:
         if r.model == "stage3" and r.condition == FROM_ZQ and f"{r.point}/stage1/{FROM_ZQ}" in by:
             out.append(Comparison(f"stage3.{r.point}", f"{r.point}: stage 3 beats stage 1 on the same z_q",

@@ -94,8 +94,7 @@ def mel_distance(estimate: Any, reference: Any) -> np.ndarray:
 
 
 def nominal_bitrate_bps(m: int, K: int, t: int) -> float:
-    """The operating point's nominal bitrate, m x log2(K) x (100 / t) bits/s (see spresso.rates)."""
-
+    """The operating point's nominal bitrate, m x log2(K) x (100 / t) bits/s (see spresso.core.rates)."""
     return bitrate_bps(m, K, t)
 
 

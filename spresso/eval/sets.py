@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from spresso.audio.io import AudioError, load_mono
+from spresso.audio.io import AUDIO_EXTENSIONS, AudioError, load_mono
 from spresso.core.errors import SpressoError
 from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
 EVAL_RATE = 48000
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
 
 
 @dataclass(frozen=True)
@@ -106,9 +105,9 @@ def from_folder(folder: str | Path, n: int, seed: int = 0, clip_seconds: float =
     root = Path(folder)
     if not root.is_dir():
         raise SpressoError(f"evaluation folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
-        raise SpressoError(f"{root} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise SpressoError(f"{root} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     clip = int(round(clip_seconds * EVAL_RATE))
     shortest = int(round(min_seconds * EVAL_RATE))
     candidates: list[tuple[Path, int]] = []
