@@ -89,13 +89,29 @@ def format_table(rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
-def rate_quality_plot(rows: list[ResultRow], metric: str, path: str | Path) -> Path:
-    """Metric against nominal bitrate (log axis), one line per method, 95% intervals as error bars."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib  # lazy: optional, only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: after matplotlib.use("Agg")
 
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
+def rate_quality_plot(rows: list[ResultRow], metric: str, path: str | Path) -> Path:
+    """Metric against nominal bitrate (log axis), one line per method, 95% intervals as error bars."""
+    plt = _pyplot()
     points = [r for r in rows if r.bitrate_bps and metric in r.metrics and not r.note]
     if not points:
         raise SpressoError(f"no rows with a bitrate and metric {metric!r} to plot")
@@ -113,21 +129,12 @@ def rate_quality_plot(rows: list[ResultRow], metric: str, path: str | Path) -> P
     ax.set_ylabel(f"{title} ({'higher' if higher else 'lower'} is better)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | Path, title: str = "") -> Path:
     """Log-magnitude STFT picture (dB, 0-24 kHz at 48 kHz) for the report."""
-    import matplotlib  # lazy: optional, only the plots need it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: after matplotlib.use("Agg")
-
+    plt = _pyplot()
     x = np.asarray(wave, dtype=np.float64).ravel()
     n_fft, hop = 1024, 256
     if x.size < n_fft:
@@ -141,12 +148,7 @@ def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | Path, title:
     ax.set_ylabel("kHz")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 @dataclass
