@@ -68,7 +68,6 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="shard-bench-"))
     inputs = args.input
     if not inputs:
-
         synth_corpus(tmp / "corpus", args.synth_minutes, seed=0)
         inputs = [str(tmp / "corpus")]
     cfg = load_config(None, [f"workdir={tmp}", f"data.clips_per_shard={args.clips_per_shard}", "runtime.num_cpus=2"])

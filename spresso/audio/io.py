@@ -31,7 +31,6 @@ def _read_bytes(source: str | Path | bytes) -> bytes:
         return bytes(source)
     text = str(source)
     if "://" in text:
-
         with fsspec.open(text, "rb") as f:
             return f.read()
     return Path(text).read_bytes()

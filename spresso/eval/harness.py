@@ -145,7 +145,6 @@ def evaluate_chunk(spec: str | None, clips: list[EvalClip], audio_keys: set[str]
         if clip.key in audio_keys:
             r["recon"] = recon.astype(np.float32)
             if adapter is not None and adapter.stochastic and settings.variations:
-
                 native = resample(clip.wave, EVAL_RATE, adapter.info.sample_rate)
                 data = adapter.encode(native)
                 n = clip.wave.shape[-1]

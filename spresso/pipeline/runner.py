@@ -193,7 +193,6 @@ def execute_stage(node: StageNode, ctx: StageContext, invoke: Callable, uri: str
     fn = node.stage.resolve_fn()
     tags = _lineage_tags(node, ctx.key, ctx.inputs)
     if node.stage.opens_run:
-
         t0 = int(time.time() * 1000)
         result = invoke(fn, node.cfg, ctx)
         run_id = result.run_id or _find_child_run(uri, experiment_id, ctx.parent_run_id or "", node.kind, t0)
@@ -360,7 +359,6 @@ def run_pipeline(
     that the selection needs are reused when they can be, else reported ``not run``.
     """
     if stages is None:
-
         stages = registry()
     cfg = pipeline_cfg
     graph = build_graph(cfg, stages)

@@ -44,7 +44,6 @@ def _latest_states(client, exp_id: str, pid: str) -> dict[str, list[str]]:
 
 def pipeline_status(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[Stage] | None = None) -> list[StageStatus]:
     if stages is None:
-
         stages = registry()
     graph = build_graph(cfg, stages)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)

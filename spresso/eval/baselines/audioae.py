@@ -50,7 +50,6 @@ class AudioAEAdapter(CodecAdapter):
     @property
     def model(self):
         if self._model is None:
-
             self._model = load_audioae(self.checkpoint_dir, map_location=torch_device(self.device))
         return self._model
 
