@@ -48,7 +48,6 @@ class CacheError(SpressoError):
 
 def default_compressor():
     # zstd + bit shuffle: float16 latents compress better bit-plane-wise than byte-wise.
-
     return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
 

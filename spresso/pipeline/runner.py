@@ -368,7 +368,6 @@ def run_pipeline(
     ray_tasks = use_ray_tasks(cfg)
     if ray_tasks or any(graph.nodes[n].stage.uses_ray for n in graph.ancestors(run_set)):
         # Once, before any stage thread: two threads calling ray.init at once race.
-
         init_ray(cfg.runtime)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     experiment_id = ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir)
