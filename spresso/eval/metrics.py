@@ -16,9 +16,7 @@ import torch
 
 from spresso.core.errors import SpressoError
 from spresso.core.rates import bitrate_bps
-from spresso.models.mel import (
-    multiscale_mel_distance,  # lazy: owned by the AudioAE module
-)
+from spresso.models.mel import multiscale_mel_distance
 
 
 def _as_batch(x: Any, name: str) -> np.ndarray:
