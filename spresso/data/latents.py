@@ -30,7 +30,7 @@ from spresso.config import SpressoConfig
 from spresso.core.checkpoint import read_checkpoint_config
 from spresso.core.digest import digest_bytes, digest_json, digest_tree
 from spresso.core.errors import SpressoError
-from spresso.core.storage import filesystem, join, open_file
+from spresso.core.storage import exists, join, open_file
 from spresso.data.precompute import ROW, fill_cache
 from spresso.data.reader import (
     MANIFEST,
@@ -68,15 +68,13 @@ def manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
 def _tar_path(shards_dir: str, split: str, shard: Any) -> str:
     """Where a manifest ``shard`` entry lives: a path relative to the shards dir, a file name in
     the split's folder, or a shard number."""
-
     if isinstance(shard, (int, np.integer)) or str(shard).isdigit():
         return join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
     shard = str(shard)
     if "://" in shard or shard.startswith("/"):
         return shard
     candidate = join(shards_dir, shard)
-    fs, resolved = filesystem(candidate)
-    return candidate if "/" in shard and fs.exists(resolved) else join(shards_dir, split, shard.rsplit("/", 1)[-1])
+    return candidate if "/" in shard and exists(candidate) else join(shards_dir, split, shard.rsplit("/", 1)[-1])
 
 
 class ShardClipSource:
