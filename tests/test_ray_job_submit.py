@@ -272,7 +272,10 @@ def test_export(chain):
     from spresso.core.bundle_io import read_bundle_manifest as read_manifest
 
     log = chain.submit("export", "export.py", "--out", "bundles/d4", "--m", str(POINT["m"]))
-    summary = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
+    lines = log.splitlines()  # the CLI prints the summary as indented JSON: from its last "{" to the next "}"
+    start = max(i for i, line in enumerate(lines) if line.startswith("{"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("}"))
+    summary = json.loads("\n".join(lines[start:end + 1]))
     manifest = read_manifest(summary["bundle"])
     assert summary["model_id"] == manifest["model_id"] and manifest["t"] == T
 

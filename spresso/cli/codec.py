@@ -16,6 +16,8 @@ import glob
 import json
 from pathlib import Path
 
+from spresso.cli.common import add_config_args
+from spresso.cli.stages import stage_config
 from spresso.core.errors import SpressoError
 
 
@@ -239,14 +241,14 @@ def _decode_long(codec, args, src: Path, dst: Path, data: bytes) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from spresso.cli.common import config_from_args
+    # lazy: keeps `spresso --help` free of torch and MLflow
     from spresso.train.export import export
 
-    cfg = config_from_args(args)
-    point = "c" if args.continuous else "d"
-    out = args.out or cfg.path(f"bundles/t{cfg.dae.t}{point}")
-    summary = export(cfg, out, audioae=args.audioae, stage=args.stage, quantizer=args.quantizer, continuous=args.continuous,
-                     register=args.register, alias=args.alias, m=args.codebooks)
+    cfg = stage_config(args)
+    out = args.out or f"bundles/t{cfg.dae.t}{'c' if args.continuous else 'd'}"
+    summary = export(cfg, cfg.path(out), audioae=args.audioae, stage=args.stage, quantizer=args.quantizer,
+                     continuous=args.continuous, register=args.register, alias=args.alias,
+                     parent_run_id=args.parent_run_id, m=args.codebooks)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -281,15 +283,15 @@ def register(commands, train) -> None:
     p.set_defaults(func=cmd_decode)
 
     p = commands.add_parser("export", help="trained checkpoints -> codec bundle, logged to MLflow")
-    from spresso.cli.common import add_config_args
-
     add_config_args(p)
-    p.add_argument("--out", default=None, help="bundle folder (default <workdir>/bundles/t<t>d|c)")
+    p.add_argument("--t", type=int, default=None, help="pooling factor of the operating point [dae.t]")
+    p.add_argument("--out", default=None, help="bundle folder, relative to the workdir (default bundles/t<t>d|c)")
     p.add_argument("--audioae", default=None, help="AudioAE checkpoint (default: the config's trained one)")
     p.add_argument("--stage", default=None, help="stage-3 (or stage-1) checkpoint (default: the config's)")
     p.add_argument("--quantizer", default=None, help="QINCo2 checkpoint (default: the config's)")
     p.add_argument("--continuous", action="store_true", help="continuous bundle (float16 z, stage 1, no quantizer)")
-    p.add_argument("--codebooks", "-m", type=int, default=None, help="default codebooks m (default: the operating point's)")
+    p.add_argument("--codebooks", "--m", "-m", type=int, default=None, help="default codebooks m (default: the operating point's)")
+    p.add_argument("--parent-run-id", default=None, help="MLflow run id of the pipeline run (lineage)")
     p.add_argument("--register", default=None, metavar="NAME", help="register the bundle as a model version of NAME")
     p.add_argument("--alias", default="champion", help="registry alias set with --register [champion]")
     p.set_defaults(func=cmd_export)
