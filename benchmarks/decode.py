@@ -64,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     import spresso
-    from spresso.codec.fast_decode import evaluations
+    from spresso.diffusion.sampler import evaluations
 
     if args.bundle:
         bundle, what = Path(args.bundle), f"bundle {args.bundle}"

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 def main() -> None:
     from spresso.cli.common import add_config_args, config_from_args
     from spresso.core.storage import absolute
+    from spresso.diffusion.checkpoints import load_dit
     from spresso.diffusion.normalize import LatentNormalizer
-    from spresso.models.dit import load_dit
     from spresso.train.dit import HELD_OUT_SIGMAS, held_out_sigma_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -19,10 +19,9 @@ from spresso.config.dae import (
 )
 from spresso.config.dit import DiTConfig, DiTModelConfig
 from spresso.core.checkpoint import save_checkpoint
+from spresso.diffusion.autoencoder import build_dae, build_denoiser
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import AudioAE
-from spresso.models.conditioned_dit import build_dae
-from spresso.models.dit import build_denoiser
 from spresso.quant import QINCo2, QINCo2Spec, save_qinco2
 from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 

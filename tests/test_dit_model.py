@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.models.dit import DiT, build_denoiser, count_parameters
+from spresso.models.dit import DiT, count_parameters
 from spresso.models.latent_encoder import decimated_positions
 from spresso.models.mmdit import StreamInput
 from spresso.models.rope import RotaryEmbedding, apply_rope, frame_positions

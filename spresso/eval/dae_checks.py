@@ -205,8 +205,8 @@ def decode_x0(stage: StageModel, z: torch.Tensor | None, frames: int, batch: int
 
     The noise depends only on (seed, batch, C, frames), so every row starts from the same noise.
     """
-    from spresso.codec.fast_decode import sample
     from spresso.diffusion.reconstruct import null_text
+    from spresso.diffusion.sampler import sample
 
     model = stage.model
     device = next(model.parameters()).device

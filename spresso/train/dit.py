@@ -33,10 +33,11 @@ from spresso.core.checkpoint import (
 )
 from spresso.core.errors import SpressoError
 from spresso.core.storage import absolute as _abs
+from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.edm2 import EDM2Loss, preconditioning
 from spresso.diffusion.ema import EMA
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.models.dit import CHECKPOINT_KIND, build_denoiser
+from spresso.models.dit import CHECKPOINT_KIND
 from spresso.models.text_encoder import TextEmbedding
 
 log = logging.getLogger(__name__)

@@ -30,13 +30,10 @@ from spresso.core.checkpoint import (
 )
 from spresso.core.errors import SpressoError
 from spresso.core.storage import absolute as _abs
+from spresso.diffusion.autoencoder import DiffusionAutoencoder, set_trainable
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.models.conditioned_dit import (
-    DiffusionAutoencoder,
-    set_trainable,
-)
 from spresso.models.text_encoder import TextEmbedding
 
 log = logging.getLogger(__name__)
