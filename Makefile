@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The house rules alone (layers, cycles, lazy imports, private names, duplicates) and ruff's import hygiene.
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check --select F,I spresso pipelines benchmarks tests
+	$(BIN)/python -m pytest tests/test_architecture.py -q
 
 clean:
 	rm -rf work/demo

@@ -28,19 +28,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spresso.audio.io import AudioError, load_mono  # noqa: E402
+from spresso.audio.io import AUDIO_EXTENSIONS, AudioError, load_mono  # noqa: E402
+from spresso.audio.synth import synth_corpus  # noqa: E402
 from spresso.config import load_config  # noqa: E402
 from spresso.data.latents import frame_sums, latent_arrays  # noqa: E402
 from spresso.data.zarr_cache import CacheDataset, ClipCache  # noqa: E402
 from spresso.models.audioae import AudioAE, load_audioae  # noqa: E402
 
 SR = 48000
-AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3"}
 
 
 def load_clips(folder: Path, n: int, clip_samples: int) -> np.ndarray:
     clips: list[np.ndarray] = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXT):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
         try:
             wave = load_mono(str(path), SR)[0]
         except AudioError:
@@ -65,7 +65,6 @@ def audio_folder(arg: str | None, tmp: Path) -> tuple[Path, str]:
     dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "sfx-dev"
     if dev.is_dir():
         return dev, "sfx-dev"
-    from spresso.audio.synth import synth_corpus
 
     synth_corpus(tmp / "synth", minutes=3, seed=0)
     return tmp / "synth", "synth_corpus(3 min)"

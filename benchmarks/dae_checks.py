@@ -21,11 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
+from spresso.core.digest import digest_tree  # noqa: E402
+from spresso.core.storage import absolute  # noqa: E402
+from spresso.eval import dae_checks as dc  # noqa: E402
+from spresso.models.audioae import load_audioae  # noqa: E402
+from spresso.runtime import stage_run  # noqa: E402
+
 
 def main() -> None:
-    from spresso.cli.common import add_config_args, config_from_args
-    from spresso.eval import dae_checks as dc
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(ap)
     ap.add_argument("--clips", type=int, default=16, help="valid-split clips (seeded draw)")
@@ -44,9 +48,6 @@ def main() -> None:
     cfg = config_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    from spresso.core.storage import absolute
-    from spresso.models.audioae import load_audioae
-
     points, skipped = dc.trained_points(cfg, device)
     for line in skipped:
         print(f"skipped: {line}")
@@ -60,8 +61,6 @@ def main() -> None:
     print(table)
     if args.no_mlflow:
         return
-    from spresso.core.digest import digest_tree
-    from spresso.runtime import stage_run
 
     upstream = {f"{p.name}.{s.stage}": s.run_id for p in points for s in (p.stage1, p.stage3) if s is not None and s.run_id}
     with stage_run("dae_checks", cfg, upstream=upstream or None) as run:

@@ -20,14 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
+from spresso.core.storage import absolute  # noqa: E402
+from spresso.diffusion.checkpoints import load_dit  # noqa: E402
+from spresso.diffusion.normalize import LatentNormalizer  # noqa: E402
+from spresso.train.dit import HELD_OUT_SIGMAS, held_out_sigma_report  # noqa: E402
+
 
 def main() -> None:
-    from spresso.cli.common import add_config_args, config_from_args
-    from spresso.core.storage import absolute
-    from spresso.diffusion.checkpoints import load_dit
-    from spresso.diffusion.normalize import LatentNormalizer
-    from spresso.train.dit import HELD_OUT_SIGMAS, held_out_sigma_report
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(ap)
     ap.add_argument("--checkpoint", default=None, help="DiT checkpoint folder [<workdir>/<dit.checkpoint_dir>/final]")

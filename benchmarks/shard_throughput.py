@@ -16,13 +16,18 @@ import json
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import ray
+
+from spresso.audio.synth import synth_corpus
 from spresso.config import load_config
 from spresso.data.clips import ClipSettings, process_source
 from spresso.data.shard import shard
 from spresso.data.sources import caption_from_name, discover
 from spresso.data.tars import ShardWriter
+from spresso.runtime import init_ray
 
 
 def plain_loop(inputs: list[str], cfg, out: Path, part: int = 0, parts: int = 1) -> float:
@@ -47,7 +52,6 @@ def plain_loop(inputs: list[str], cfg, out: Path, part: int = 0, parts: int = 1)
 
 def plain_two_processes(inputs: list[str], cfg, out: Path) -> float:
     """The plain loop in two OS processes, files dealt alternately: what 2 cores give without Ray."""
-    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(2) as pool:
         return sum(pool.map(plain_loop, [inputs] * 2, [cfg] * 2, [out] * 2, [0, 1], [2, 2]))
@@ -64,13 +68,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="shard-bench-"))
     inputs = args.input
     if not inputs:
-        from spresso.audio.synth import synth_corpus
-
         synth_corpus(tmp / "corpus", args.synth_minutes, seed=0)
         inputs = [str(tmp / "corpus")]
     cfg = load_config(None, [f"workdir={tmp}", f"data.clips_per_shard={args.clips_per_shard}", "runtime.num_cpus=2"])
-
-    from spresso.audio.synth import synth_corpus
 
     synth_corpus(tmp / "warm-corpus", 1.0, seed=1)
 
@@ -81,10 +81,6 @@ def main() -> None:
         return run
 
     def start_ray(cpus: int) -> None:
-        import ray
-
-        from spresso.runtime import init_ray
-
         ray.shutdown()
         init_ray(cfg.runtime.model_copy(update={"num_cpus": cpus}), log_to_driver=False)
         # Warm-up (untimed): Ray starts its workers, they import the library once.

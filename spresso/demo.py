@@ -21,14 +21,21 @@ import sys
 import time
 from pathlib import Path
 
+from spresso.audio.io import write_audio
+from spresso.audio.synth import corpus_summary, synth_corpus
+from spresso.codec.codec import load
+from spresso.config import load_config
+from spresso.core.bundle_io import read_bundle_manifest
 from spresso.core.errors import SpressoError
+from spresso.core.rates import bitrate_bps, frame_rate
+from spresso.data.reader import iter_clips, read_manifest, shard_paths
+from spresso.pipeline import run_pipeline
 
 log = logging.getLogger("spresso.demo")
 
 
 def ensure_corpus(cfg, minutes: float, seed: int) -> Path:
     """The procedural corpus, regenerated only when missing or made with other settings."""
-    from spresso.audio.synth import corpus_summary, synth_corpus
 
     corpus = Path(cfg.path("corpus"))
     stamp = corpus / ".synth.json"
@@ -44,7 +51,6 @@ def ensure_corpus(cfg, minutes: float, seed: int) -> Path:
 
 def demo_clips(cfg, n: int) -> list[dict]:
     """``n`` clips of the test split (different sources first), as the shards hold them."""
-    from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
     shards = cfg.path(cfg.data.shards_dir)
     split = "test" if shard_paths(shards, "test") else "train"
@@ -64,8 +70,6 @@ def demo_clips(cfg, n: int) -> list[dict]:
 
 def codec_roundtrips(bundle: str, out_dir: Path, clips: list[dict]) -> list[dict]:
     """Encode every clip to .spr (two bitrates for a discrete bundle), decode it; reuse files of the same bundle."""
-    from spresso.audio.io import write_audio
-    from spresso.core.bundle_io import read_bundle_manifest
 
     manifest = read_bundle_manifest(bundle)
     rates = [None] if manifest["mode"] == "continuous" else sorted({int(manifest["m"]), max(1, int(manifest["m"]) // 2)}, reverse=True)
@@ -74,7 +78,6 @@ def codec_roundtrips(bundle: str, out_dir: Path, clips: list[dict]) -> list[dict
     made = []
     if stamp.exists() and json.loads(stamp.read_text()).get("want") == want:
         return json.loads(stamp.read_text())["files"]
-    from spresso.codec.codec import load
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -112,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    from spresso.config import load_config
-    from spresso.pipeline import run_pipeline
-
     t_start = time.perf_counter()
     try:
         cfg = load_config(args.config, args.overrides)
@@ -142,9 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: float) -> None:
-    from spresso.core.bundle_io import read_bundle_manifest
-    from spresso.core.rates import bitrate_bps
-
     print("\n" + "=" * 78)
     print(f"spresso demo finished in {seconds / 60:.1f} min  "
           f"({', '.join(f'{v} {k}' for k, v in result.counts().items())})")
@@ -152,7 +149,7 @@ def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: fl
         m = read_bundle_manifest(bundle)
         rate = ("continuous float16 z" if m["mode"] == "continuous" else
                 f"K={m['K']} M={m['M']} m={m['m']}: {bitrate_bps(m['m'], m['K'], m['t']) / 1000:.3f} kbps")
-        print(f"\n[{point}] {100 / m['t']:.1f} Hz, {rate}")
+        print(f"\n[{point}] {frame_rate(m['t']):.1f} Hz, {rate}")
         print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --bundle ...)")
         for f in made.get(point, []):
             what = "z float16" if f["codebooks"] is None else f"{f['codebooks']} codebooks"

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from spresso.core.errors import SpressoError
 from spresso.eval.embeddings import (
@@ -78,8 +79,6 @@ def _save_pickle(path):
 
 
 def test_vggish_loads_a_saved_random_model(tmp_path):
-    from safetensors.torch import save_file
-
     torch.manual_seed(0)
     net = build_vggish().eval()
     torch.save(net.state_dict(), tmp_path / "vggish.pth")

@@ -1,16 +1,29 @@
 """The evaluation harness: sets, baseline adapters, caching, the table/plot/HTML outputs, the CLI."""
 import json
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
+from spresso.cli import main
+from spresso.config import SpressoConfig, load_config
+from spresso.config.audioae import AudioAEModelConfig
+from spresso.core.checkpoint import save_checkpoint
 from spresso.core.errors import SpressoError
 from spresso.eval.adapter import roundtrip
 from spresso.eval.baselines import build_adapter, parse_spec, spec_fingerprint
+from spresso.eval.baselines.dae import load_rq, save_rq
+from spresso.eval.baselines.neural import load_dac
+from spresso.eval.harness import Harness, HarnessSettings, run_evaluation
+from spresso.eval.listening import trials_from_folder
 from spresso.eval.sets import from_folder, sample_indices
+from spresso.models.audioae import AudioAE
+from spresso.quant import FaissRQ
 
 torch.set_num_threads(1)
 
@@ -89,9 +102,6 @@ def test_specs_parse_and_absent_codecs_say_why(tmp_path):
 
 
 def test_rq_ablation_quantizer_saves_and_reloads_exactly(tmp_path):
-    from spresso.eval.baselines.dae import load_rq, save_rq
-    from spresso.quant import FaissRQ
-
     x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
     rq = FaissRQ(8, 3, 16, beam=4, train_type="default").train(x)
     back = load_rq(save_rq(rq, tmp_path / "rq"))
@@ -103,10 +113,6 @@ def test_rq_ablation_quantizer_saves_and_reloads_exactly(tmp_path):
 def test_dac_loader_builds_from_metadata_and_loads_strictly(tmp_path, monkeypatch):
     """DAC itself cannot be installed here (audiotools needs torchaudio): exercise our loader against
     a stand-in module exposing DAC's documented constructor, and the real checkpoint layout."""
-    import sys
-    import types
-
-    from spresso.eval.baselines.neural import load_dac
 
     class FakeDAC(torch.nn.Module):
         def __init__(self, latent_dim=4, sample_rate=44100):
@@ -127,11 +133,6 @@ def test_dac_loader_builds_from_metadata_and_loads_strictly(tmp_path, monkeypatc
 
 # -- end to end ------------------------------------------------------------------------------------
 def _tiny_audioae(path: Path) -> Path:
-    from spresso.config import SpressoConfig
-    from spresso.config.audioae import AudioAEModelConfig
-    from spresso.core.checkpoint import save_checkpoint
-    from spresso.models.audioae import AudioAE
-
     cfg = SpressoConfig()
     cfg.audioae.model = AudioAEModelConfig(width=32, blocks=1, intermediate=64)
     torch.manual_seed(0)
@@ -142,12 +143,8 @@ def _tiny_audioae(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_eval_end_to_end_table_plot_html_and_cache_reuse(sfx_dev, tmp_path, mlflow_env, ray_local):
-    from spresso.config import load_config
-    from spresso.eval.listening import trials_from_folder
-
     ae = _tiny_audioae(tmp_path / "ae")
     cfg = load_config("demo", [f"workdir={tmp_path}/work", "eval.n_boot=10", "eval.example_clips=1", "eval.seed=3"])
-    from spresso.eval.harness import run_evaluation
 
     codecs = {"ae": f"audioae:{ae}", "opus6": "opus:6", "dac": f"dac:{tmp_path}/dac.pth"}
     result, run_id = run_evaluation(cfg, codecs, folder=str(sfx_dev), num_clips=3, progress=False)
@@ -177,11 +174,8 @@ def test_eval_end_to_end_table_plot_html_and_cache_reuse(sfx_dev, tmp_path, mlfl
     assert again.codecs["opus12"].row.metrics["mel"].value < again.codecs["opus6"].row.metrics["mel"].value
 
     # the MLflow run holds the report; listening-test accepts the output folder
-    from mlflow.tracking import MlflowClient
-
     arts = {a.path for a in MlflowClient().list_artifacts(run2, "report")}
     assert {"report/index.html", "report/table.md", "report/table.csv", "report/listening"} <= arts
-    from spresso.cli import main
 
     assert main(["listening-test", "--eval", str(out), "--out", str(tmp_path / "lt")]) == 0
     assert (tmp_path / "lt" / "index.html").is_file()
@@ -203,7 +197,6 @@ def test_trained_audioae_beats_every_lossy_codec_on_si_sdr(sfx_dev, tmp_path):
     ckpt = _trained_audioae()
     if ckpt is None:
         pytest.skip("no trained AudioAE checkpoint: train configs/audioae-cpu.yaml and set SPRESSO_AUDIOAE_CKPT to its audioae/final")
-    from spresso.eval.harness import Harness, HarnessSettings
 
     s = from_folder(sfx_dev, 4, seed=0)
     h = Harness(s, {"ae": f"audioae:{ckpt}", "opus6": "opus:6", "opus8": "opus:8"}, tmp_path / "cache",

@@ -1,13 +1,19 @@
 """The harness's adapters for our own models (stage 1, the faiss-RQ ablation, a codec bundle), on toy checkpoints."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from codec_toys import T_POOL, ZC, make_checkpoints, shared_bundle
 
+import spresso
+from spresso.core.errors import SpressoError
 from spresso.eval.adapter import roundtrip
 from spresso.eval.baselines import build_adapter
+from spresso.eval.baselines.dae import save_rq
+from spresso.eval.baselines.neural import load_sqcodec
+from spresso.quant import FaissRQ
 
 torch.set_num_threads(2)
 N = 240000  # one 5 s clip at 48 kHz
@@ -41,9 +47,6 @@ def test_stage1_adapter_stores_float16_z_and_decodes_a_clip(checkpoints):
 
 
 def test_rq_adapter_codes_at_m_bits_per_frame_and_checks_m(checkpoints, tmp_path):
-    from spresso.eval.baselines.dae import save_rq
-    from spresso.quant import FaissRQ
-
     z = np.random.default_rng(0).standard_normal((3000, ZC)).astype(np.float32)
     save_rq(FaissRQ(ZC, 4, 16, beam=4, train_type="default").train(z), tmp_path / "rq")
     spec = f"rq:{checkpoints['stage']},audioae={checkpoints['audioae']},rq={tmp_path / 'rq'},m=3,steps=2"
@@ -67,7 +70,6 @@ def test_bundle_adapter_describes_its_point_and_round_trips():
     assert "t=100" in a.info.variant and "m=3" in a.info.variant
     r = roundtrip(a, clip())
     assert r.reconstruction.shape == (N,) and np.isfinite(r.reconstruction).all()
-    import spresso
 
     assert r.num_bytes == len(spresso.load(bundle).encode(clip(), 48000))  # the .spr bytes, header included
     peeled = build_adapter(f"spresso:{bundle},codebooks=1,steps=2")
@@ -78,10 +80,6 @@ def test_bundle_adapter_describes_its_point_and_round_trips():
 def test_sqcodec_loader_reloads_saved_random_weights_strictly(tmp_path):
     """No real SQCodec weights here: a randomly initialised network, saved per module, loads back exactly."""
     sq_codec = pytest.importorskip("sq_codec")
-    from pathlib import Path
-
-    from spresso.core.errors import SpressoError
-    from spresso.eval.baselines.neural import load_sqcodec
 
     torch.manual_seed(0)
     ref = sq_codec.SQCodec(sq_codec.SQCodecConfig(config_file=Path(sq_codec.CONFIG_DIR) / "0k75bps.toml"))

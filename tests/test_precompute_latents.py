@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
+from mlflow.tracking import MlflowClient
 
 from spresso.config import load_config
 from spresso.core.checkpoint import save_checkpoint
@@ -32,6 +33,7 @@ from spresso.data.latents import (
     x0_stats,
 )
 from spresso.data.precompute import fill_cache
+from spresso.data.reader import iter_clips, read_manifest, shard_paths
 from spresso.data.zarr_cache import ClipCache
 from spresso.models.audioae import AudioAE
 
@@ -108,8 +110,6 @@ def filled(setup, ray_local):
 
 
 def test_cache_rows_equal_direct_encoding(setup, filled):
-    from spresso.data.reader import iter_clips, read_manifest, shard_paths
-
     manifest = read_manifest(str(setup["shards"]))
     assert filled.keys == manifest.column("key").to_pylist()
     assert filled.complete and filled.n_rows == 9 and filled.chunk_rows == 2
@@ -138,8 +138,6 @@ def test_cache_rows_equal_direct_encoding(setup, filled):
     assert len(valid_ds) == 2 and valid_ds[1]["keys"] == "valid_clip001"
 
     # One FINISHED MLflow run with its inputs, upstream and output recorded.
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(setup["cfg"].runtime.mlflow_tracking_uri)
     exp = client.get_experiment_by_name(setup["cfg"].runtime.experiment)
     runs = client.search_runs([exp.experiment_id], "tags.`spresso.stage` = 'precompute_latents'")

@@ -1,6 +1,7 @@
 """spresso.data.reader: the shard contract other stages read (contract 1)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -100,5 +101,4 @@ def test_shard_writer_is_deterministic(tmp_path):
             w.add("k-00000", {"json": b"{}", "flac": _flac(0.3)})
             digests.append(w.close())
     assert digests[0] == digests[1] and (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
-    import hashlib
     assert hashlib.sha256((tmp_path / "a.tar").read_bytes()).hexdigest() == digests[0][0]

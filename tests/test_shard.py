@@ -7,11 +7,14 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm as pyln
 import pytest
 import soundfile as sf
+from mlflow.tracking import MlflowClient
 
 from spresso.audio.io import AudioError
 from spresso.audio.synth import synth_corpus
+from spresso.cli import main
 from spresso.config import load_config
 from spresso.core.errors import SpressoError
 from spresso.data.clips import (
@@ -73,8 +76,6 @@ def test_captions_from_names_and_sidecars():
 
 
 def test_loudness_matches_pyloudnorm():
-    import pyloudnorm as pyln
-
     rng = np.random.default_rng(0)
     for x in (0.1 * rng.standard_normal(240000), 0.5 * np.sin(2 * np.pi * 1000 * np.arange(240000) / 48000),
               np.concatenate([0.3 * rng.standard_normal(100000), np.zeros(140000)])):
@@ -210,8 +211,6 @@ def test_shard_end_to_end(ray_local, mlflow_env, corpus, tmp_path):
     assert info["digest"] == res.digest and info["clips"] == len(rows) and info["rejects"] == len(rejects)
 
     # MLflow lineage
-    from mlflow.tracking import MlflowClient
-
     run = MlflowClient(mlflow_env).get_run(res.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["spresso.output.shards.digest"] == res.digest
     assert run.data.metrics["clips"] == len(rows) and run.data.metrics["rejects"] == len(rejects)
@@ -243,8 +242,6 @@ def test_shard_end_to_end(ray_local, mlflow_env, corpus, tmp_path):
 
 
 def test_clear_errors_for_missing_input_and_unwritable_output(tmp_path, capsys):
-    from spresso.cli import main
-
     cfg = _cfg(tmp_path)
     with pytest.raises(SpressoError, match="input not found"):
         shard([str(tmp_path / "nope")], cfg, output=str(tmp_path / "o"), track=False)

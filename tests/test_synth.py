@@ -1,11 +1,13 @@
 """The procedural corpus: varied like a real library, captioned, and byte-identical per seed."""
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from spresso.audio.io import read_audio
 from spresso.audio.synth import (
@@ -56,10 +58,6 @@ def test_lengths_span_under_a_second_to_a_minute():
 
 
 def test_fix_ogg_serial_keeps_a_valid_stream(tmp_path):
-    import io
-
-    import soundfile as sf
-
     buf = io.BytesIO()
     sf.write(buf, np.sin(np.arange(20000) / 10).astype(np.float32) * 0.3, 16000, format="OGG", subtype="VORBIS")
     fixed = fix_ogg_serial(buf.getvalue(), 1234)

@@ -1,9 +1,11 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
+from spresso import __version__
 from spresso.config import load_config
 from spresso.core.digest import digest_json
 from spresso.runtime import StageRun, find_finished_run, stage_run, tracking_uri
+from spresso.runtime.tracking import code_version
 
 
 def test_default_tracking_uri_is_sqlite_in_workdir(tmp_path, monkeypatch):
@@ -51,8 +53,5 @@ def test_attach_logs_to_the_same_run(tmp_path, mlflow_env):
 
 
 def test_code_version_is_a_digest_of_library_sources():
-    from spresso import __version__
-    from spresso.runtime.tracking import code_version
-
     v = code_version()
     assert v.startswith(__version__ + "+") and len(v.split("+")[1]) == 12 and v == code_version()

@@ -11,13 +11,15 @@ import re
 import struct
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import soundfile as sf
 import soxr
 
 from spresso.core.errors import SpressoError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".m4a")
+# The one list of audio file suffixes (lower case) that folders are scanned for.
+AUDIO_EXTENSIONS = (".aif", ".aifc", ".aiff", ".flac", ".m4a", ".mp3", ".oga", ".ogg", ".opus", ".wav")
 
 
 class AudioError(SpressoError):
@@ -29,8 +31,6 @@ def _read_bytes(source: str | Path | bytes) -> bytes:
         return bytes(source)
     text = str(source)
     if "://" in text:
-        import fsspec
-
         with fsspec.open(text, "rb") as f:
             return f.read()
     return Path(text).read_bytes()
@@ -44,7 +44,7 @@ def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _decode_av(data: bytes) -> tuple[np.ndarray, int]:
-    import av
+    import av  # lazy: optional PyAV, only for formats libsndfile cannot decode
 
     with av.open(io.BytesIO(data)) as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)

@@ -1,20 +1,31 @@
 """The `spresso` command line: argument parsing only; every command calls the library.
 
 Each capability registers its subcommands in its own module (``spresso/cli/<name>.py`` with a
-``register(commands, train)`` function), so commands can be added without editing this file's
-logic. A :class:`~spresso.errors.SpressoError` becomes one line on stderr and exit status 2.
+``register(commands, train)`` function); a new module is added to ``COMMAND_MODULES``.
+A :class:`~spresso.core.errors.SpressoError` becomes one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from spresso.cli import (
+    audioae,
+    codec,
+    config,
+    data,
+    dit,
+    evaluate,
+    latents,
+    pipeline,
+    quant,
+    stages,
+)
 from spresso.core.errors import SpressoError
 
-# Modules that add subcommands; each has register(commands, train).
-COMMAND_MODULES = ["config", "data", "audioae", "latents", "dit", "quant", "stages", "codec", "evaluate", "pipeline"]
+# Modules that add subcommands, in help order; each has register(commands, train).
+COMMAND_MODULES = [config, data, audioae, latents, dit, quant, stages, codec, evaluate, pipeline]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train a model stage")
     train = train_parser.add_subparsers(dest="train_command", metavar="STAGE")
     train_parser.set_defaults(func=lambda args: train_parser.print_help() or 2)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"{__name__}.{name}":
-                continue  # capability not built yet
-            raise
+    for module in COMMAND_MODULES:
         module.register(commands, train)
     return parser
 

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.core.errors import SpressoError
 
 
 def register(commands, train) -> None:
@@ -24,8 +25,8 @@ def register(commands, train) -> None:
 
 
 def synth_corpus_cmd(args: argparse.Namespace) -> int:
+    # lazy: pulls scipy; keeps `spresso --help` fast
     from spresso.audio.synth import corpus_summary, synth_corpus
-    from spresso.core.errors import SpressoError
 
     if args.minutes <= 0:
         raise SpressoError("--minutes must be > 0")
@@ -38,6 +39,7 @@ def synth_corpus_cmd(args: argparse.Namespace) -> int:
 
 
 def shard_cmd(args: argparse.Namespace) -> int:
+    # lazy: pulls Ray; keeps `spresso --help` fast
     from spresso.data.shard import shard
 
     cfg = config_from_args(args)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 
+from spresso.cli.common import add_config_args, config_from_args
 from spresso.core.errors import SpressoError
 
 
 def register(commands, train) -> None:
-    from spresso.cli.common import add_config_args
-
     ev = commands.add_parser(
         "eval", help="evaluate codecs and baselines: Table 1/2-style metrics, rate-quality plot, HTML report",
         description="Round-trip a fixed seeded sample of 5 s clips through each codec (resampled to its rate and back), "
@@ -51,6 +52,7 @@ def register(commands, train) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    # lazy: pulls torch/scipy; keeps `spresso --help` fast
     from spresso.eval.listening import build_listening_test, trials_from_folder
 
     if not args.eval_source or not args.out:
@@ -65,6 +67,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
+    # lazy: pulls torch/scipy; keeps `spresso --help` fast
     from spresso.eval.listening import summarize
 
     summary = summarize(args.files)
@@ -75,7 +78,7 @@ def _summarize(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from spresso.cli.common import config_from_args
+    # lazy: pulls torch/scipy; keeps `spresso --help` fast
     from spresso.eval.harness import parse_codec_args, run_evaluation
 
     cfg = config_from_args(args)
@@ -97,11 +100,10 @@ def _listening_source(source: str) -> Path:
         return src / "listening" if (src / "listening").is_dir() else src
     if src.exists():
         raise SpressoError(f"{src} is not a folder")
-    import os
-    import tempfile
 
+    # lazy: MLflow takes seconds to import; only this command needs it
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: as above
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         raise SpressoError(f"{source} is neither a folder nor (without MLFLOW_TRACKING_URI set) a reachable MLflow run")

@@ -12,6 +12,7 @@ def _config(args):
 
 
 def _uri(args) -> str:
+    # lazy: pulls MLflow; keeps `spresso --help` fast
     from spresso.runtime.tracking import tracking_uri
 
     if getattr(args, "tracking_uri", None):
@@ -28,15 +29,17 @@ def _run(args) -> int:
     if args.max_parallel:
         cfg.pipeline.max_parallel = args.max_parallel
     if args.dry_run:
+        # lazy: imports Ray and MLflow; keeps `spresso --help` fast
         from spresso.pipeline.graph import build_graph
-        from spresso.pipeline.plan import describe
-        from spresso.pipeline.registry import registry
+        from spresso.pipeline.plan import describe  # lazy: as above
+        from spresso.pipeline.registry import registry  # lazy: as above
 
         graph = build_graph(cfg, registry())
         selected = graph.select(args.from_, args.until, args.only) | {n for s in args.force for n in graph.match(s)}
         print(describe(graph, selected))
         print("dry run: nothing started")
         return 0
+    # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline import run_pipeline
 
     result = run_pipeline(cfg, from_=args.from_, until=args.until, only=args.only, force=args.force)
@@ -49,6 +52,7 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
+    # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline.status import format_status, pipeline_status
 
     print(format_status(pipeline_status(_config(args))))
@@ -56,14 +60,15 @@ def _status(args) -> int:
 
 
 def _graph(args) -> int:
+    # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline.graph import build_graph
-    from spresso.pipeline.registry import registry
-    from spresso.pipeline.render import render_graph
+    from spresso.pipeline.registry import registry  # lazy: as above
+    from spresso.pipeline.render import render_graph  # lazy: as above
 
     cfg = _config(args)
     states = {}
     if args.status:
-        from spresso.pipeline.status import pipeline_status
+        from spresso.pipeline.status import pipeline_status  # lazy: as above
 
         states = {s.name: s.state for s in pipeline_status(cfg)}
     engine = render_graph(build_graph(cfg, registry()), args.out, states, engine=args.engine)
@@ -72,6 +77,7 @@ def _graph(args) -> int:
 
 
 def _compare(args) -> int:
+    # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline.compare import compare_runs
 
     cmp = compare_runs(_uri(args), args.experiment, args.metric or None, args.stage, args.parent, args.max_runs, args.status)
@@ -81,6 +87,7 @@ def _compare(args) -> int:
 
 
 def _lineage(args) -> int:
+    # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline.lineage import format_lineage, lineage
 
     kind, rows = lineage(_uri(args), args.target)

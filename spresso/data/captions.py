@@ -18,11 +18,13 @@ import logging
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
+from spresso.data.reader import read_manifest
 from spresso.data.zarr_cache import CacheError, ClipCache
-from spresso.models.text_encoder import TextEncoder
+from spresso.models.text_encoder import TextEncoder, build_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ def caption_arrays(encoder: TextEncoder) -> dict:
 def fill_caption_cache(path: str, keys: Sequence[str], captions: Sequence[str], encoder: TextEncoder, *,
                        chunk_rows: int = 256, batch_size: int = 64, progress: bool = True) -> ClipCache:
     """Create (or finish) the caption cache at ``path`` for ``keys``/``captions`` (row-aligned)."""
-    from tqdm.auto import tqdm
 
     if len(keys) != len(captions):
         raise SpressoError(f"{len(keys)} keys but {len(captions)} captions")
@@ -70,7 +71,6 @@ def fill_caption_cache(path: str, keys: Sequence[str], captions: Sequence[str], 
 
 def manifest_captions(shards_dir: str, keys: Sequence[str]) -> list[str]:
     """The captions of ``keys`` from the shard manifest (an unknown key is an error)."""
-    from spresso.data.reader import read_manifest
 
     table = read_manifest(shards_dir)
     by_key = dict(zip(table.column("key").to_pylist(), table.column("caption").to_pylist()))
@@ -82,7 +82,6 @@ def manifest_captions(shards_dir: str, keys: Sequence[str]) -> list[str]:
 
 def build_caption_cache(cfg, encoder: TextEncoder | None = None, *, progress: bool = True) -> ClipCache:
     """The caption cache for the x0 cache of ``cfg`` (``cfg.dit.captions_path``), filled as needed."""
-    from spresso.models.text_encoder import build_text_encoder
 
     x0 = ClipCache.open(cfg.path(cfg.audioae.latents_path), mode="r")
     keys = x0.keys

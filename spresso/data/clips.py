@@ -15,6 +15,7 @@ import soundfile as sf
 from scipy import signal
 
 from spresso.audio.io import AudioError, read_audio, resample, to_mono
+from spresso.data.sources import clip_key
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,4 @@ def process_source(data: bytes, *, key_prefix: str, source_id: str, caption: str
 
 
 def _default_key(prefix: str, index: int) -> str:
-    from spresso.data.sources import clip_key
-
     return clip_key(prefix, index)

@@ -23,11 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
 
 from spresso.config import SpressoConfig
+from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core.digest import digest_bytes, digest_json, digest_tree
 from spresso.core.errors import SpressoError
+from spresso.core.storage import exists, join, open_file
 from spresso.data.precompute import ROW, fill_cache
-from spresso.data.zarr_cache import ClipCache
+from spresso.data.reader import (
+    MANIFEST,
+    SHARD_PATTERN,
+    decode_clip,
+    read_dataset_info,
+    read_manifest,
+)
+from spresso.data.zarr_cache import LAYOUT_ATTR, CacheDataset, ClipCache
+from spresso.models.audioae import load_audioae
+from spresso.runtime import find_finished_run, stage_run, tracking_uri
+from spresso.runtime.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +54,9 @@ CHECKPOINT_KIND = "audioae"
 _MANIFESTS: dict[str, dict[str, np.ndarray]] = {}
 
 
-def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
-    """The manifest columns the source needs, read once per worker process."""
+def manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
+    """The manifest's key, split, shard and valid_samples columns as arrays, read once per process."""
     if shards_dir not in _MANIFESTS:
-        from spresso.data.reader import read_manifest
-
         table = read_manifest(shards_dir)
         _MANIFESTS[shards_dir] = {
             c: np.asarray(table.column(c).to_pylist(), dtype=object if c != "valid_samples" else np.int64)
@@ -55,16 +68,13 @@ def _manifest_columns(shards_dir: str) -> dict[str, np.ndarray]:
 def _tar_path(shards_dir: str, split: str, shard: Any) -> str:
     """Where a manifest ``shard`` entry lives: a path relative to the shards dir, a file name in
     the split's folder, or a shard number."""
-    from spresso.data.reader import SHARD_PATTERN, _fs, _join
-
     if isinstance(shard, (int, np.integer)) or str(shard).isdigit():
-        return _join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
+        return join(shards_dir, split, SHARD_PATTERN.format(int(shard)))
     shard = str(shard)
     if "://" in shard or shard.startswith("/"):
         return shard
-    candidate = _join(shards_dir, shard)
-    fs, resolved = _fs(candidate)
-    return candidate if "/" in shard and fs.exists(resolved) else _join(shards_dir, split, shard.rsplit("/", 1)[-1])
+    candidate = join(shards_dir, shard)
+    return candidate if "/" in shard and exists(candidate) else join(shards_dir, split, shard.rsplit("/", 1)[-1])
 
 
 class ShardClipSource:
@@ -78,9 +88,7 @@ class ShardClipSource:
         self.clip_samples = int(clip_samples)
 
     def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        from spresso.data.reader import _open, decode_clip
-
-        m = _manifest_columns(self.shards_dir)
+        m = manifest_columns(self.shards_dir)
         keys = m["key"][start:stop]
         wanted = {str(k): i for i, k in enumerate(keys)}
         by_tar: dict[str, set[str]] = {}
@@ -90,7 +98,7 @@ class ShardClipSource:
         found = np.zeros(stop - start, dtype=bool)
         for tar_path, tar_keys in sorted(by_tar.items()):
             members: dict[str, dict[str, bytes]] = {}
-            with _open(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            with open_file(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
                 for member in tar:
                     name = member.name.rsplit("/", 1)[-1]
                     key, _, ext = name.partition(".")  # keys hold no dots (DESIGN.md §3)
@@ -137,17 +145,11 @@ class EncodeLatents:
     """
 
     def __init__(self, checkpoint_dir: str):
-        import torch
-
-        from spresso.models.audioae import load_audioae
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_audioae(checkpoint_dir, map_location=self.device).eval()
         self.hop = self.model.hop
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         wave = torch.from_numpy(np.ascontiguousarray(batch["wave"], dtype=np.float32)).to(self.device)
         with torch.inference_mode():
             x0 = self.model.encode(wave).float().cpu().numpy().astype(np.float16)
@@ -178,8 +180,6 @@ def channel_stats(cache: ClipCache, split: str = "train") -> tuple[list[float], 
 # -- lineage -------------------------------------------------------------------------------------
 def shards_digest(shards_dir: str) -> str:
     """The dataset digest `spresso shard` recorded, else a digest of the manifest file."""
-    from spresso.core.digest import digest_bytes
-    from spresso.data.reader import MANIFEST, _join, _open, read_dataset_info
 
     try:
         info = read_dataset_info(shards_dir)
@@ -188,23 +188,18 @@ def shards_digest(shards_dir: str) -> str:
     for k in ("digest", "dataset_digest", "sha256"):
         if isinstance(info.get(k), str) and info[k]:
             return info[k]
-    with _open(_join(shards_dir, MANIFEST)) as f:
+    with open_file(join(shards_dir, MANIFEST)) as f:
         return digest_bytes(f.read())
 
 
 def audioae_run_id(checkpoint_dir: str, digest: str, cfg: SpressoConfig) -> str:
     """The MLflow run that produced the checkpoint: from its metadata, else by its output digest."""
-    from spresso.core.checkpoint import read_checkpoint_config
 
     meta = read_checkpoint_config(checkpoint_dir, CHECKPOINT_KIND).get("meta", {})
     for k in ("mlflow_run_id", "run_id"):
         if meta.get(k):
             return str(meta[k])
     try:
-        from mlflow.tracking import MlflowClient
-
-        from spresso.runtime.tracking import tracking_uri
-
         client = MlflowClient(tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri))
         exp = client.get_experiment_by_name(cfg.runtime.experiment)
         if exp is not None:
@@ -222,10 +217,8 @@ def cache_digest(cache: ClipCache) -> str:
     The content is a deterministic function of the AudioAE and the shards, so this is cheap
     where hashing hundreds of GB of chunks is not.
     """
-    from spresso.core.digest import digest_json
-    from spresso.data.zarr_cache import LAYOUT_ATTR
 
-    return digest_json({"layout": cache._layout, "attrs": cache.attrs, LAYOUT_ATTR: True})
+    return digest_json({"layout": cache.layout, "attrs": cache.attrs, LAYOUT_ATTR: True})
 
 
 # -- the stage -----------------------------------------------------------------------------------
@@ -250,9 +243,6 @@ def _resolve_inputs(cfg: SpressoConfig, audioae_dir: str | None, shards_dir: str
 def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, *, overwrite: bool = False,
                          replace_stale: bool = False) -> ClipCache:
     """Size the x0 cache from the manifest and the checkpoint's model settings (no model loaded)."""
-    from spresso.core.checkpoint import read_checkpoint_config
-    from spresso.core.digest import digest_tree
-    from spresso.data.reader import read_manifest
 
     model_cfg = read_checkpoint_config(audioae_dir, CHECKPOINT_KIND)["config"]["audioae"]["model"]
     hop, latent_dim, sr = int(model_cfg["hop"]), int(model_cfg["latent_dim"]), int(model_cfg["sample_rate"])
@@ -276,10 +266,8 @@ def open_or_create_cache(cfg: SpressoConfig, audioae_dir: str, shards_dir: str, 
 
 
 def _stage_key(cache: ClipCache) -> str:
-    from spresso.core.digest import digest_json
-
     a = cache.attrs
-    return digest_json({"stage": STAGE, "audioae": a["audioae_digest"], "shards": a["shards_digest"], "layout": cache._layout})
+    return digest_json({"stage": STAGE, "audioae": a["audioae_digest"], "shards": a["shards_digest"], "layout": cache.layout})
 
 
 def precompute_latents(
@@ -299,8 +287,6 @@ def precompute_latents(
     A complete cache from the same AudioAE and shards whose MLflow run finished is reused
     without a new run. ``mapper`` is the actor class (a subclass may wrap the encoder).
     """
-    from spresso.runtime import find_finished_run, stage_run, tracking_uri
-    from spresso.runtime.tracking import ensure_experiment
 
     audioae_dir, shards_dir = _resolve_inputs(cfg, audioae_dir, shards_dir)
     cache = open_or_create_cache(cfg, audioae_dir, shards_dir, overwrite=overwrite, replace_stale=replace_stale)
@@ -353,7 +339,6 @@ def x0_dataset(path: str, split: str = "train", arrays: tuple[str, ...] = ("x0",
     Wrap it in a ``torch.utils.data.DataLoader(shuffle=True, num_workers=N)`` for random clip
     batches; each worker opens the cache itself, so forked workers are safe.
     """
-    from spresso.data.zarr_cache import CacheDataset
 
     cache = ClipCache.open(path, mode="r")
     rows = cache.rows_where("split", split)

@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import ray
+from tqdm.auto import tqdm
 
 from spresso.config.runtime import RuntimeConfig
 from spresso.core.errors import SpressoError
 from spresso.data.zarr_cache import ClipCache
+from spresso.runtime import actor_cpus, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +116,6 @@ class _BlockAssembler:
 
 
 def cluster_gpus() -> int:
-    import ray
-
     return int(ray.cluster_resources().get("GPU", 0))
 
 
@@ -137,10 +138,6 @@ def fill_cache(
     ``use_gpu=None`` uses GPUs when the Ray cluster has any (one per actor, at most one actor
     per GPU). ``max_blocks`` limits this call to the first N missing blocks (incremental fills).
     """
-    import ray
-    from tqdm.auto import tqdm
-
-    from spresso.runtime import actor_cpus, init_ray
 
     if int(batch_size) != batch_size or batch_size < 1:
         raise SpressoError(f"batch_size must be a positive integer (got {batch_size})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from pathlib import PurePosixPath
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -24,31 +23,12 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from spresso.core.errors import SpressoError
+from spresso.core.storage import filesystem, join, open_file
 
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
 DATASET_JSON = "dataset.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
-
-
-def _join(root: str, *parts: str) -> str:
-    root = str(root)
-    if "://" in root:
-        return "/".join([root.rstrip("/"), *parts])
-    return str(PurePosixPath(root).joinpath(*parts))
-
-
-def _fs(path: str):
-    import fsspec
-
-    fs, _, [resolved] = fsspec.get_fs_token_paths(str(path))
-    return fs, resolved
-
-
-def _open(path: str, mode: str = "rb"):
-    import fsspec
-
-    return fsspec.open(str(path), mode).open()
 
 
 def read_manifest(shards_dir: str) -> pa.Table:
@@ -57,11 +37,11 @@ def read_manifest(shards_dir: str) -> pa.Table:
     Columns: ``key, split, shard, source, offset_seconds, duration_seconds, valid_samples,
     caption, source_rate, source_channels, loudness_lufs``.
     """
-    path = _join(shards_dir, MANIFEST)
-    fs, resolved = _fs(path)
+    path = join(shards_dir, MANIFEST)
+    fs, resolved = filesystem(path)
     if not fs.exists(resolved):
         raise SpressoError(f"no manifest at {path}: run `spresso shard` first")
-    with _open(path) as f:
+    with open_file(path) as f:
         table = pq.read_table(f)
     # Written sorted already; sort again so the contract holds for any writer.
     return table.sort_by([("split", "ascending"), ("key", "ascending")])
@@ -69,32 +49,32 @@ def read_manifest(shards_dir: str) -> pa.Table:
 
 def read_rejects(shards_dir: str) -> pa.Table:
     """Inputs refused by `spresso shard`, with the reason (columns ``path, reason``)."""
-    path = _join(shards_dir, REJECTS)
-    with _open(path) as f:
+    path = join(shards_dir, REJECTS)
+    with open_file(path) as f:
         return pq.read_table(f)
 
 
 def read_dataset_info(shards_dir: str) -> dict:
     """``dataset.json``: the dataset digest, counts and settings of the shard run."""
-    path = _join(shards_dir, DATASET_JSON)
-    fs, resolved = _fs(path)
+    path = join(shards_dir, DATASET_JSON)
+    fs, resolved = filesystem(path)
     if not fs.exists(resolved):
         raise SpressoError(f"no dataset.json at {path}: run `spresso shard` first")
-    with _open(path) as f:
+    with open_file(path) as f:
         return json.loads(f.read().decode())
 
 
 def shard_paths(shards_dir: str, split: str) -> list[str]:
     """The tars of one split, sorted (``[]`` when the split has none)."""
-    folder = _join(shards_dir, split)
-    fs, resolved = _fs(folder)
+    folder = join(shards_dir, split)
+    fs, resolved = filesystem(folder)
     if not fs.exists(resolved):
         return []
     names = sorted(
         p.rsplit("/", 1)[-1] for p in fs.ls(resolved, detail=False)
         if p.endswith(".tar") and p.rsplit("/", 1)[-1].startswith("shard-")
     )
-    return [_join(shards_dir, split, n) for n in names]
+    return [join(shards_dir, split, n) for n in names]
 
 
 def decode_clip(flac: bytes, meta: dict, key: str) -> dict:
@@ -117,7 +97,7 @@ def decode_clip(flac: bytes, meta: dict, key: str) -> dict:
 def iter_tar(tar_path: str) -> Iterator[dict]:
     """Yield the clips of one tar in member order (members of a key are adjacent)."""
     pending: dict[str, dict[str, bytes]] = {}
-    with _open(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+    with open_file(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue

@@ -27,16 +27,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.data as rd
+import soundfile as sf
+from tqdm.auto import tqdm
 
 from spresso.audio.io import AudioError
 from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
+from spresso.core.storage import filesystem, join
 from spresso.data.clips import ClipSettings, clip_spans, process_source
 from spresso.data.reader import DATASET_JSON, MANIFEST, REJECTS, SHARD_PATTERN
 from spresso.data.sources import Source, caption_from_name, discover, read_sidecar
 from spresso.data.tars import ShardWriter
+from spresso.runtime import init_ray, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +59,6 @@ REJECTS_SCHEMA = pa.schema([("path", pa.string()), ("source", pa.string()), ("re
 
 
 # ----------------------------------------------------------------------------- file system helpers
-def _fs(url: str):
-    import fsspec
-
-    fs, _, [path] = fsspec.get_fs_token_paths(url)
-    return fs, path
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 def _write_atomic(fs, path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, "wb") as f:
@@ -72,10 +67,10 @@ def _write_atomic(fs, path: str, data: bytes) -> None:
 
 
 def _check_writable(out: str):
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     try:
         fs.makedirs(root, exist_ok=True)
-        probe = _join(root, f".write-test-{uuid.uuid4().hex[:8]}")
+        probe = join(root, f".write-test-{uuid.uuid4().hex[:8]}")
         with fs.open(probe, "wb") as f:
             f.write(b"ok")
         fs.rm(probe)
@@ -110,8 +105,6 @@ class Unit:
 
 def _probe_seconds(src: Source) -> float:
     """Duration from the header (cheap); when unreadable, guess from the size (128 kbit/s)."""
-    import fsspec
-    import soundfile as sf
 
     try:
         with fsspec.open(src.path, "rb") as f:
@@ -149,8 +142,6 @@ def plan_units(sources: list[Source], settings: ClipSettings, clips_per_shard: i
 
 # ----------------------------------------------------------------------------- the worker
 def _caption(src: dict) -> str:
-    import fsspec
-
     for car in src["sidecars"]:
         try:
             with fsspec.open(car, "rb") as f:
@@ -165,15 +156,14 @@ def _caption(src: dict) -> str:
 
 def run_unit(unit: dict, out: str, settings: dict) -> dict:
     """Process one unit and write its tar and done-record. Returns a summary row (small)."""
-    import fsspec
 
     cs = ClipSettings(**settings)
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     split, name = unit["split"], SHARD_PATTERN.format(unit["index"])
-    fs.makedirs(_join(root, split), exist_ok=True)
-    fs.makedirs(_join(root, PROGRESS_DIR), exist_ok=True)
-    final = _join(root, split, name)
-    tmp = _join(root, split, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    fs.makedirs(join(root, split), exist_ok=True)
+    fs.makedirs(join(root, PROGRESS_DIR), exist_ok=True)
+    final = join(root, split, name)
+    tmp = join(root, split, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     rows, rejects = [], []
     silent = 0
     t0 = time.perf_counter()
@@ -214,7 +204,7 @@ def run_unit(unit: dict, out: str, settings: dict) -> dict:
         sha, size = None, 0
     record = {"fingerprint": unit["fingerprint"], "shard": f"{split}/{name}", "tar": f"{split}/{name}" if rows else None,
               "sha256": sha, "size": size, "rows": rows, "rejects": rejects, "silent_clips": silent}
-    _write_atomic(fs, _join(root, unit["record"]), json.dumps(record, sort_keys=True).encode())
+    _write_atomic(fs, join(root, unit["record"]), json.dumps(record, sort_keys=True).encode())
     audio_s = sum(r["duration_seconds"] for r in rows)
     return {"shard": f"{split}/{name}", "clips": len(rows), "rejects": len(rejects),
             "audio_seconds": audio_s, "busy_seconds": time.perf_counter() - t0}
@@ -247,7 +237,7 @@ class ShardResult:
 
 
 def _read_record(fs, root: str, unit: Unit) -> dict | None:
-    path = _join(root, unit.record)
+    path = join(root, unit.record)
     try:
         with fs.open(path, "rb") as f:
             rec = json.loads(f.read())
@@ -256,7 +246,7 @@ def _read_record(fs, root: str, unit: Unit) -> dict | None:
     if rec.get("fingerprint") != unit.fingerprint:
         return None
     if rec.get("tar"):
-        tar = _join(root, rec["tar"])
+        tar = join(root, rec["tar"])
         if not fs.exists(tar) or fs.size(tar) != rec["size"]:
             return None
     return rec
@@ -271,14 +261,14 @@ def _plan_key(sources: list[Source], settings: ClipSettings, data_cfg) -> str:
 
 def _up_to_date(fs, root: str, plan_key: str) -> dict | None:
     try:
-        with fs.open(_join(root, DATASET_JSON), "rb") as f:
+        with fs.open(join(root, DATASET_JSON), "rb") as f:
             info = json.loads(f.read())
     except (FileNotFoundError, json.JSONDecodeError, OSError):
         return None
     if info.get("plan_key") != plan_key:
         return None
     needed = [MANIFEST, REJECTS, *info.get("tars", {})]
-    return info if all(fs.exists(_join(root, p)) for p in needed) else None
+    return info if all(fs.exists(join(root, p)) for p in needed) else None
 
 
 def _dataset_digest(tars: dict[str, str], rows: list[dict], rejects: list[dict]) -> str:
@@ -304,10 +294,7 @@ def _cleanup(fs, root: str, units: list[Unit], records: dict[str, dict]) -> None
 
 
 def _run_ray(pending: list[Unit], out: str, settings: ClipSettings, cfg, num_cpus: float | None, bar) -> list[dict]:
-    from spresso.runtime import init_ray
-
     ray = init_ray(cfg.runtime)
-    import ray.data as rd
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours shows clips, hours and rate instead
@@ -348,8 +335,6 @@ class Progress:
     """Clips and hours done and the rate (audio seconds per wall second), via tqdm."""
 
     def __init__(self, total_clips: int, enabled: bool = True):
-        from tqdm.auto import tqdm
-
         self.t0 = time.perf_counter()
         self.audio = 0.0
         self.bar = tqdm(total=total_clips, unit="clip", desc="shard", disable=not enabled, dynamic_ncols=True)
@@ -377,7 +362,7 @@ def shard(inputs: list[str], cfg, *, output: str | None = None, captions_csv: st
     captions_csv = captions_csv or cfg.data.captions_csv
     settings = ClipSettings.from_config(cfg.data)
     sources = discover([str(i) for i in inputs], cfg.data.splits.model_dump(), captions_csv)
-    fs, root = _fs(out)
+    fs, root = filesystem(out)
     plan_key = _plan_key(sources, settings, cfg.data)
     input_digest = digest_json([s.fingerprint() for s in sources])
 
@@ -414,8 +399,8 @@ def shard(inputs: list[str], cfg, *, output: str | None = None, captions_csv: st
         digest = _dataset_digest(tars, rows, rejects)
         hours = sum(r["duration_seconds"] for r in rows) / 3600
         silent = sum(rec["silent_clips"] for rec in records.values())
-        _write_atomic(fs, _join(root, MANIFEST), _parquet(rows, MANIFEST_SCHEMA))
-        _write_atomic(fs, _join(root, REJECTS), _parquet(rejects, REJECTS_SCHEMA))
+        _write_atomic(fs, join(root, MANIFEST), _parquet(rows, MANIFEST_SCHEMA))
+        _write_atomic(fs, join(root, REJECTS), _parquet(rejects, REJECTS_SCHEMA))
         splits = {}
         for r in rows:
             s = splits.setdefault(r["split"], {"clips": 0, "hours": 0.0, "shards": set()})
@@ -430,7 +415,7 @@ def shard(inputs: list[str], cfg, *, output: str | None = None, captions_csv: st
             "tars": dict(sorted(tars.items())), "inputs": [str(i) for i in inputs],
             "mlflow_run_id": run.run_id if run else None,
         }
-        _write_atomic(fs, _join(root, DATASET_JSON), json.dumps(info, indent=1, sort_keys=True).encode())
+        _write_atomic(fs, join(root, DATASET_JSON), json.dumps(info, indent=1, sort_keys=True).encode())
         seconds = time.perf_counter() - t0
         res = ShardResult(out, digest, len(rows), hours, len(rejects), len(sources), len(tars),
                           processed_units=len(pending), seconds=seconds, run_id=run.run_id if run else None, info=info)
@@ -450,7 +435,6 @@ def shard(inputs: list[str], cfg, *, output: str | None = None, captions_csv: st
 
     if not track:
         return body(None)
-    from spresso.runtime import stage_run
 
     with stage_run("shard", cfg, key=plan_key) as run:
         return body(run)

@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import fsspec
+from fsspec.core import url_to_fs
+
 from spresso.audio.io import AUDIO_EXTENSIONS
 from spresso.core.errors import SpressoError
 
@@ -36,13 +39,6 @@ class Source:
 
     def fingerprint(self) -> list:
         return [self.source_id, self.size, self.mtime, list(self.sidecars), [list(x) for x in self.sidecar_stamps], self.csv_caption]
-
-
-def _fs(url: str):
-    import fsspec
-
-    fs, _, paths = fsspec.get_fs_token_paths(url)
-    return fs, paths
 
 
 def _protocol_prefix(url: str) -> str:
@@ -77,8 +73,7 @@ def list_inputs(inputs: list[str]) -> tuple[dict[str, tuple[str, int, float, boo
     for raw in inputs:
         url = str(raw).rstrip("/") or "/"
         prefix = _protocol_prefix(url)
-        fs, _ = _fs(url)
-        bare = fs._strip_protocol(url)
+        fs, bare = url_to_fs(url)
         explicit = False
         if any(c in bare for c in GLOB_CHARS):
             # The root of a glob is the folder above its first wildcard.
@@ -177,7 +172,6 @@ def read_sidecar(text: str, kind: str) -> str | None:
 
 def load_captions_csv(path: str) -> dict[str, str]:
     """A ``path,caption`` CSV (header optional) -> ``{path as written: caption}``."""
-    import fsspec
 
     try:
         with fsspec.open(path, "r", encoding="utf-8") as f:

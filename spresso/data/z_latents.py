@@ -17,11 +17,23 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from spresso.config import SpressoConfig
+from spresso.config.layout import stage_output
+from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core.digest import digest_tree
 from spresso.core.errors import SpressoError
+from spresso.core.rates import frame_rate
+from spresso.data.latents import cache_digest
 from spresso.data.precompute import ROW, fill_cache
 from spresso.data.zarr_cache import ClipCache
+from spresso.diffusion.checkpoints import CHECKPOINT_KIND, load_dae
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.models.latent_encoder import pooled_frames
+from spresso.quant import load_qinco2
+from spresso.runtime import find_finished_run, stage_run, tracking_uri
+from spresso.runtime.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 STAGE = "precompute_z"
@@ -45,11 +57,6 @@ class EncodeZ:
     """Ray Data actor: the stage-1 encoder g_psi on normalised x0 (float32, no autocast)."""
 
     def __init__(self, checkpoint_dir: str):
-        import torch
-
-        from spresso.diffusion.checkpoints import load_dae
-        from spresso.diffusion.normalize import LatentNormalizer
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, info = load_dae(checkpoint_dir, map_location=self.device)
         self.encoder = model.encoder.eval()
@@ -58,8 +65,6 @@ class EncodeZ:
         self.t = model.t
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         x0 = torch.from_numpy(np.asarray(batch["x0"], dtype=np.float32)).to(self.device)
         with torch.inference_mode():
             z = self.encoder(self.normalizer.normalize(x0)).float().cpu().numpy()
@@ -71,10 +76,6 @@ class QuantizeZ:
     """Ray Data actor: z -> (codes with the first m codebooks, z_q) with the frozen QINCo2."""
 
     def __init__(self, quantizer_dir: str, m: int, beam: int | None = None):
-        import torch
-
-        from spresso.quant import load_qinco2
-
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.q = load_qinco2(quantizer_dir, device=self.device)
         if m > self.q.M:
@@ -82,8 +83,6 @@ class QuantizeZ:
         self.m, self.beam = int(m), beam
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         z = torch.from_numpy(np.asarray(batch["z"], dtype=np.float32)).transpose(1, 2)  # [B, T', 64]
         codes = self.q.encode(z, self.m, beam=self.beam)
         zq = self.q.decode(codes).float().transpose(1, 2).cpu().numpy()
@@ -111,14 +110,6 @@ def _x0_cache(cfg: SpressoConfig) -> ClipCache:
 def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite: bool = False, replace_stale: bool = False, max_blocks: int | None = None,
                  parent_run_id: str | None = None, progress: bool = True) -> str:
     """Fill (or finish) the z cache of operating point ``cfg.dae.t``; return its path."""
-    from spresso.config.layout import stage_output
-    from spresso.core.checkpoint import read_checkpoint_config
-    from spresso.core.digest import digest_tree
-    from spresso.data.latents import cache_digest
-    from spresso.diffusion.checkpoints import CHECKPOINT_KIND
-    from spresso.models.latent_encoder import pooled_frames
-    from spresso.runtime import find_finished_run, stage_run, tracking_uri
-    from spresso.runtime.tracking import ensure_experiment
 
     stage1_dir = str(stage1_dir or stage_output(cfg, "stage1"))
     if not (Path(stage1_dir) / "config.json").is_file():
@@ -130,7 +121,7 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
     z_channels = int(info["config"]["dae"]["encoder"]["z_channels"])
     x0 = _x0_cache(cfg)
     (C, T), _ = x0.row_spec("x0")
-    attrs = {"stage1_digest": digest_tree(stage1_dir), "x0_digest": cache_digest(x0), "t": t, "frame_rate": 100.0 / t,
+    attrs = {"stage1_digest": digest_tree(stage1_dir), "x0_digest": cache_digest(x0), "t": t, "frame_rate": frame_rate(t),
              "stage1_run_id": info.get("meta", {}).get("mlflow_run_id", "")}
     arrays = {"z": ((z_channels, pooled_frames(T, t)), "float32"), "valid_frames": ((), "int32"), "split": ((), "str")}
     cache = ClipCache.create(z_cache_path(cfg), x0.keys, arrays, cfg.dae.zcache.chunk_clips, attrs, overwrite=overwrite,
@@ -155,8 +146,6 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
 
 def precompute_zq(cfg: SpressoConfig, quantizer_dir: str, m: int, *, beam: int | None = None, progress: bool = True) -> str:
     """Fill (or finish) the z_q cache (first m codebooks of the frozen quantizer) for stage 3; return its path."""
-    from spresso.core.digest import digest_tree
-    from spresso.data.latents import cache_digest
 
     zpath = z_cache_path(cfg)
     if not ClipCache.exists(zpath) or not ClipCache.open(zpath, mode="r").complete:

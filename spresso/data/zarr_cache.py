@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import zarr
 
+from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
 
 LAYOUT_ATTR = "spresso_layout"
@@ -46,8 +48,6 @@ class CacheError(SpressoError):
 
 def default_compressor():
     # zstd + bit shuffle: float16 latents compress better bit-plane-wise than byte-wise.
-    import zarr
-
     return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
 
@@ -66,8 +66,6 @@ def _store_path(path: str | os.PathLike) -> str:
 
 
 def _layout(keys: Sequence[str], arrays: Mapping[str, ArraySpec], chunk_rows: int) -> dict:
-    from spresso.core.digest import digest_json
-
     return {
         "n_rows": len(keys),
         "chunk_rows": int(chunk_rows),
@@ -86,8 +84,8 @@ def _describe_difference(old: dict, new: dict) -> str:
 
 def _incompatibility(cache: "ClipCache", layout: dict, attrs: Mapping[str, Any]) -> str | None:
     """Why an existing cache cannot be resumed for this layout and these identity attrs (None: it can)."""
-    if cache._layout != layout:
-        return f"an existing cache is incompatible: {_describe_difference(cache._layout, layout)}"
+    if cache.layout != layout:
+        return f"an existing cache is incompatible: {_describe_difference(cache.layout, layout)}"
     old = cache.attrs
     for k, v in attrs.items():
         if k in old and old[k] != v:
@@ -126,7 +124,6 @@ class ClipCache:
         always starts afresh; ``replace_stale=True`` resumes a compatible group and replaces an
         incompatible one (what a pipeline wants when an upstream model changed) instead of raising.
         """
-        import zarr
 
         keys = [str(k) for k in keys]
         attrs = dict(attrs or {})
@@ -189,7 +186,6 @@ class ClipCache:
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """True when ``path`` holds a completely created cache."""
-        import zarr
 
         try:
             group = zarr.open_group(_store_path(path), mode="r")
@@ -199,8 +195,6 @@ class ClipCache:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r+") -> "ClipCache":
-        import zarr
-
         store = _store_path(path)
         try:
             group = zarr.open_group(store, mode=mode)
@@ -215,6 +209,11 @@ class ClipCache:
         return (ClipCache.open, (self.path, self._mode))
 
     # -- layout -----------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict:
+        """What fixes the cache's shape: row count, chunk rows and each array's row shape and dtype."""
+        return self._layout
+
     @property
     def n_rows(self) -> int:
         return int(self._layout["n_rows"])

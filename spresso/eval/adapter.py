@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spresso.audio.io import resample
+from spresso.eval.metrics import actual_bitrate_bps
+
 EVAL_RATE = 48000
 
 
@@ -57,14 +60,11 @@ class Roundtrip:
 
     @property
     def actual_bitrate_bps(self) -> float:
-        from spresso.eval.metrics import actual_bitrate_bps
-
         return actual_bitrate_bps(self.num_bytes, self.seconds)
 
 
 def roundtrip(adapter: CodecAdapter, wave48k: np.ndarray) -> Roundtrip:
     """Resample to the codec's rate, encode, decode, resample back to 48 kHz, match the length."""
-    from spresso.audio.io import resample
 
     sr = adapter.info.sample_rate
     native = resample(np.asarray(wave48k, dtype=np.float32), EVAL_RATE, sr)

@@ -24,15 +24,26 @@ bootstrap interval for its mean difference.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from spresso.config.layout import point_config, quantizer_dir, stage_output
 from spresso.core.errors import SpressoError
+from spresso.core.rates import frame_rate
+from spresso.data.latents import ShardClipSource, manifest_columns
+from spresso.data.zarr_cache import ClipCache
+from spresso.diffusion.checkpoints import load_dae
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.reconstruct import null_text
+from spresso.diffusion.sampler import sample
 from spresso.eval.metrics import mel_distance, si_sdr
+from spresso.quant import load_qinco2
 
 # Row conditions.
 FROM_Z, WITHHELD, FROM_ZQ = "z", "withheld", "z_q"
@@ -86,7 +97,6 @@ class EvalClips:
 
 def select_clips(x0_path: str, n: int, *, seed: int = 0, split: str = "valid", shards_dir: str | None = None) -> EvalClips:
     """``n`` rows of ``split`` drawn with ``seed`` (sorted), their x0 and, from ``shards_dir``, their audio."""
-    from spresso.data.zarr_cache import ClipCache
 
     cache = ClipCache.open(x0_path, mode="r")
     pool = cache.rows_where("split", split)
@@ -109,12 +119,11 @@ def select_clips(x0_path: str, n: int, *, seed: int = 0, split: str = "valid", s
 
 def _real_audio(shards_dir: str, rows: np.ndarray, keys: list[str], clip_samples: int) -> tuple[np.ndarray | None, str]:
     """The clips' audio from the shards (row i of the cache = manifest row i), checked by key."""
-    from spresso.data.latents import ShardClipSource, _manifest_columns
 
     if not Path(shards_dir).exists() and "://" not in shards_dir:
         return None, f"no shards at {shards_dir}: scored against the AudioAE-decoded x0 only"
     try:
-        manifest_keys = _manifest_columns(shards_dir)["key"]
+        manifest_keys = manifest_columns(shards_dir)["key"]
         if any(str(manifest_keys[r]) != k for r, k in zip(rows, keys)):
             return None, f"{shards_dir}: manifest rows do not match the x0 cache's keys (shards rebuilt?): AudioAE reference only"
         source = ShardClipSource(shards_dir, clip_samples)
@@ -140,9 +149,6 @@ class StageModel:
 
 
 def load_stage(checkpoint_dir: str | Path, stage: str, device="cpu") -> StageModel:
-    from spresso.diffusion.checkpoints import load_dae
-    from spresso.diffusion.normalize import LatentNormalizer
-
     model, info = load_dae(checkpoint_dir, map_location=device)
     meta = info.get("meta", {})
     normalizer = LatentNormalizer.from_attrs(meta, float(model.denoiser.sigma_data))
@@ -170,8 +176,6 @@ def trained_points(cfg, device="cpu") -> tuple[list[PointModels], list[str]]:
 
     Returns the loaded points and one line per point or part left out (not trained yet).
     """
-    from spresso.config.layout import point_config, quantizer_dir, stage_output
-    from spresso.quant import load_qinco2
 
     points, skipped = [], []
     if not cfg.pipeline.points:
@@ -205,9 +209,6 @@ def decode_x0(stage: StageModel, z: torch.Tensor | None, frames: int, batch: int
 
     The noise depends only on (seed, batch, C, frames), so every row starts from the same noise.
     """
-    from spresso.diffusion.reconstruct import null_text
-    from spresso.diffusion.sampler import sample
-
     model = stage.model
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
@@ -389,9 +390,6 @@ class DAEChecks:
 def run_checks(points: Iterable[PointModels], clips: EvalClips, audioae, settings: DecodeSettings = DecodeSettings(), *,
                batch: int = 8, progress: bool = False) -> DAEChecks:
     """Decode and score every row the three checks need; return the rows and the comparisons."""
-    import time
-
-    from tqdm.auto import tqdm
 
     points = list(points)
     if not points:
@@ -442,7 +440,7 @@ def compare(rows: list[Row]) -> list[Comparison]:
                                   r, by[f"{r.point}/stage1/{WITHHELD}"]))
     if len({r.t for r in stage1_z}) > 1:
         lo, hi = min(stage1_z, key=lambda r: r.t), max(stage1_z, key=lambda r: r.t)
-        out.append(Comparison("frame_rate", f"stage 1 from z: t={lo.t} ({100 / lo.t:.3g} Hz) beats t={hi.t} ({100 / hi.t:.3g} Hz)", lo, hi))
+        out.append(Comparison("frame_rate", f"stage 1 from z: t={lo.t} ({frame_rate(lo.t):.3g} Hz) beats t={hi.t} ({frame_rate(hi.t):.3g} Hz)", lo, hi))
     for r in rows:
         if r.model == "stage3" and r.condition == FROM_ZQ and f"{r.point}/stage1/{FROM_ZQ}" in by:
             out.append(Comparison(f"stage3.{r.point}", f"{r.point}: stage 3 beats stage 1 on the same z_q",

@@ -15,6 +15,7 @@ Nothing is ever downloaded. See docs/evaluation.md for files, windows and paddin
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -23,8 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
 
+from spresso.audio.io import resample
 from spresso.core.errors import SpressoError
+
+try:
+    from numpy._core.multiarray import scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +42,6 @@ BACKENDS = ("aisfx", "vggish", "clap")
 
 
 def _default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -65,7 +73,6 @@ class EmbeddingModel(ABC):
 
     def embed(self, waves: Any) -> np.ndarray:
         """waves [B, n] (numpy or torch) at ``self.sample_rate`` -> frame embeddings float32 [B, F, D]."""
-        import torch
 
         x = _as_waves(waves)
         out = []
@@ -76,7 +83,6 @@ class EmbeddingModel(ABC):
 
     def embed_from(self, waves: Any, sample_rate: int) -> np.ndarray:
         """Like :meth:`embed` for audio at another rate (resampled with soxr first)."""
-        from spresso.audio.io import resample
 
         return self.embed(resample(_as_waves(waves), sample_rate, self.sample_rate))
 
@@ -131,7 +137,6 @@ class AisfxEmbedding(EmbeddingModel):
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 16):
         super().__init__(device, batch_size)
-        import torch
 
         self.net = build_aisfx_net()
         path = Path(checkpoint) if checkpoint else aisfx_checkpoint_path()
@@ -145,8 +150,6 @@ class AisfxEmbedding(EmbeddingModel):
         self.window = torch.hann_window(self.n_fft, periodic=False, device=self.device)
 
     def _spectrogram(self, x):
-        import torch
-
         peak = x.abs().amax(dim=1, keepdim=True)
         x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
         spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True, pad_mode="constant", return_complex=True)
@@ -154,8 +157,6 @@ class AisfxEmbedding(EmbeddingModel):
         return torch.log10(1e4 * (power @ self.mel) + 1.0) / self.spec_max  # [b, T, 96]
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        import torch
-
         spec = self._spectrogram(torch.from_numpy(waves).to(self.device))
         t = spec.shape[1]
         if t < self.block:
@@ -168,7 +169,6 @@ class AisfxEmbedding(EmbeddingModel):
 
 def aisfx_checkpoint_path() -> Path:
     """The checkpoint inside the installed aisfx wheel (found without importing the package)."""
-    import importlib.util
 
     spec = importlib.util.find_spec("aisfx")
     if spec is None or not spec.submodule_search_locations:
@@ -186,12 +186,7 @@ def load_aisfx_state(path: Path) -> dict:
     reconstructor (the dataset table holds numpy ints), which builds a number from a dtype and
     bytes and cannot call anything else. The classifier heads are dropped.
     """
-    import torch
 
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     allowed = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
     allowed += [type(np.dtype(t)) for t in ("int64", "int32", "float64", "float32")]
     try:
@@ -210,6 +205,7 @@ def load_aisfx_state(path: Path) -> dict:
 def build_aisfx_net():
     """The aisfx embedding CNN (random init); the class comes from the installed package."""
     try:
+        # lazy: optional package, aisfx backend only
         from aisfx.models.cnn2d import EmbeddingNet
     except ImportError as err:
         raise SpressoError(f"the aisfx package is not importable: {err}") from None
@@ -221,8 +217,6 @@ def build_aisfx_net():
 def build_vggish(final_relu: bool = True):
     """VGGish in torch with the module names of the common torch port's state dict
     (``features.{0,3,6,8,11,13}``, ``embeddings.{0,2,4}``), so its .pth loads strictly."""
-    import torch
-    from torch import nn
 
     class VGGish(nn.Module):
         def __init__(self):
@@ -265,7 +259,6 @@ class VGGishEmbedding(EmbeddingModel):
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | None = None, batch_size: int = 16, final_relu: bool = True):
         super().__init__(device, batch_size)
-        import torch
 
         self.net = build_vggish(final_relu)
         load_state_dict_file(self.net, checkpoint, "VGGish")
@@ -276,8 +269,6 @@ class VGGishEmbedding(EmbeddingModel):
         self.window = torch.hann_window(self.win, periodic=True, device=self.device)
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        import torch
-
         x = torch.from_numpy(waves).to(self.device)
         need = self.win + self.hop * (self.example - 1)
         if x.shape[1] < need:
@@ -292,15 +283,12 @@ class VGGishEmbedding(EmbeddingModel):
 
 def load_state_dict_file(module, path: str | os.PathLike, what: str) -> None:
     """Load a local .safetensors or .pt/.pth state dict strictly; pickles only with weights_only=True."""
-    import torch
 
     p = Path(path)
     if not p.is_file():
         raise SpressoError(f"{what} checkpoint not found: {p} (weights are never downloaded; give a local file)")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(p))
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
@@ -337,7 +325,10 @@ class ClapEmbedding(EmbeddingModel):
                 f"CLAP checkpoint must be a local Hugging Face directory with config.json and model.safetensors, got {p}"
             )
         try:
+            # lazy: optional package, CLAP backend only
             from transformers import ClapAudioModelWithProjection, ClapFeatureExtractor
+
+            # lazy: optional package, CLAP backend only
             from transformers.utils import logging as hf_logging
         except ImportError as err:
             raise SpressoError(f"the CLAP backend needs transformers: {err}") from None
@@ -358,8 +349,6 @@ class ClapEmbedding(EmbeddingModel):
         self.dim = int(self.net.config.projection_dim)
 
     def _embed_batch(self, waves: np.ndarray) -> np.ndarray:
-        import torch
-
         b, n = waves.shape
         n_win = max(1, math.ceil(n / self.window))
         chunks = [waves[i, w * self.window : (w + 1) * self.window] for i in range(b) for w in range(n_win)]

@@ -27,15 +27,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import ray
+import torch
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
+from spresso.audio.io import resample, write_audio
+from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
 from spresso.eval.adapter import EVAL_RATE, roundtrip
+from spresso.eval.baselines import build_adapter, spec_fingerprint
 from spresso.eval.bootstrap import (
     Interval,
     bootstrap_fad,
     bootstrap_kad,
     bootstrap_mean,
 )
+from spresso.eval.embeddings import load_embedding_model
+from spresso.eval.metrics import cosine_similarity, mel_distance, si_sdr
 from spresso.eval.report import (
     ExampleClip,
     ResultRow,
@@ -43,7 +52,8 @@ from spresso.eval.report import (
     table_rows,
     write_html_report,
 )
-from spresso.eval.sets import EvalClip, EvalSet
+from spresso.eval.sets import EvalClip, EvalSet, from_folder, from_shards
+from spresso.runtime import cpu_count, init_ray, stage_run
 
 log = logging.getLogger(__name__)
 REFERENCE = "_original"  # the originals' embeddings live in the cache like a codec's
@@ -103,7 +113,6 @@ _EMBEDDERS: dict[str, object] = {}
 
 def _embedder(settings: HarnessSettings):
     """One embedding model per worker process (loading aisfx/CLAP per chunk would dominate)."""
-    from spresso.eval.embeddings import load_embedding_model
 
     key = settings.embedding_id()
     if key not in _EMBEDDERS:
@@ -117,10 +126,6 @@ def evaluate_chunk(spec: str | None, clips: list[EvalClip], audio_keys: set[str]
     Each result: si_sdr, mel, emb [F, D] float32, num_bytes, seconds; plus the reconstruction
     (float32) and ``variations`` (other seeds) for clips in ``audio_keys``.
     """
-    import torch
-
-    from spresso.eval.baselines import build_adapter
-    from spresso.eval.metrics import mel_distance, si_sdr
 
     torch.set_num_threads(max(1, settings.threads_per_task))
     adapter = build_adapter(spec, {"steps": settings.diffusion_steps}) if spec else None
@@ -140,8 +145,6 @@ def evaluate_chunk(spec: str | None, clips: list[EvalClip], audio_keys: set[str]
         if clip.key in audio_keys:
             r["recon"] = recon.astype(np.float32)
             if adapter is not None and adapter.stochastic and settings.variations:
-                from spresso.audio.io import resample
-
                 native = resample(clip.wave, EVAL_RATE, adapter.info.sample_rate)
                 data = adapter.encode(native)
                 n = clip.wave.shape[-1]
@@ -188,8 +191,6 @@ class ResultCache:
 
 
 def codec_id(name: str, spec: str | None, settings: HarnessSettings) -> str:
-    from spresso.eval.baselines import spec_fingerprint
-
     parts = [settings.embedding_id(), spec_fingerprint(spec) if spec else "original", settings.diffusion_steps]
     return f"{name}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]}"
 
@@ -236,7 +237,6 @@ class Harness:
 
     def _compute(self, jobs: list[tuple[str, str | None, ResultCache, list[EvalClip]]], progress: bool) -> dict[str, int]:
         """Run every (name, spec, cache, clips) job; write results to the caches; return counts."""
-        from tqdm import tqdm
 
         audio = set(self.example_keys)
         total = sum(len(c) for *_, c in jobs)
@@ -252,7 +252,6 @@ class Harness:
                     bar.update(1)
             bar.close()
             return counts
-        import ray
 
         resources = ray.cluster_resources()
         gpus = self.settings.gpus_per_task if resources.get("GPU", 0) > 0 else 0
@@ -283,8 +282,6 @@ class Harness:
         return counts
 
     def run(self, progress: bool = True) -> EvalResult:
-        from spresso.eval.baselines import build_adapter
-
         s = self.settings
         ref_cache = ResultCache(self.cache_dir, codec_id(REFERENCE, None, s))
         jobs = [(REFERENCE, None, ref_cache, self._missing(ref_cache))]
@@ -320,18 +317,11 @@ class Harness:
         return EvalResult(self.set, results)
 
     def _metrics(self, ref_emb: list[np.ndarray], emb: list[np.ndarray], per_clip: dict) -> dict[str, Interval]:
-        from threadpoolctl import threadpool_limits
-
-        from spresso.runtime import cpu_count
-
-        s, e = self.settings, self.settings.embedding
         # BLAS threads beyond half the cores thrash on a shared machine (FAD's eighs got 8x slower)
         with threadpool_limits(limits=max(1, cpu_count() // 2)):
             return self._set_metrics(ref_emb, emb, per_clip)
 
     def _set_metrics(self, ref_emb, emb, per_clip) -> dict[str, Interval]:
-        from spresso.eval.metrics import cosine_similarity
-
         s, e = self.settings, self.settings.embedding
         cos = cosine_similarity(np.stack([x.mean(0) for x in ref_emb]), np.stack([x.mean(0) for x in emb]))
         per_clip[f"{e}_cos"] = cos
@@ -347,7 +337,6 @@ class Harness:
     def write_outputs(self, result: EvalResult, out_dir: str | Path, title: str | None = None) -> EvalResult:
         """table.md / table.csv / results.json, rate-quality PNGs, index.html with players and
         spectrograms, and ``listening/<clip>/{reference,<codec>}.wav`` for ``spresso listening-test``."""
-        from spresso.audio.io import write_audio
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -396,8 +385,6 @@ class Harness:
 
 # -- the stage: set + harness + outputs + MLflow ---------------------------------------------------
 def load_eval_set(cfg, *, split: str | None = None, folder: str | None = None, num_clips: int | None = None) -> EvalSet:
-    from spresso.eval.sets import from_folder, from_shards
-
     n = int(num_clips or cfg.eval.num_clips)
     if folder:
         return from_folder(folder, n, cfg.eval.seed, cfg.eval.clip_seconds, cfg.data.min_seconds)
@@ -408,8 +395,6 @@ def run_evaluation(cfg, codecs: dict[str, str], *, split: str | None = None, fol
                    num_clips: int | None = None, out_dir: str | None = None, parent_run_id: str | None = None,
                    use_ray: bool = True, progress: bool = True) -> tuple[EvalResult, str]:
     """The ``evaluate`` stage: one MLflow run holding the table, plots, report and listening folder."""
-    from spresso.core.digest import digest_json
-    from spresso.runtime import init_ray, stage_run
 
     check_codec_names(codecs)
     eval_set = load_eval_set(cfg, split=split, folder=folder, num_clips=num_clips)

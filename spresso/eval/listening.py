@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from scipy import stats
+from scipy.signal import butter, sosfiltfilt
 
+from spresso.audio.io import load_mono, write_audio
 from spresso.core.errors import SpressoError
 
 REFERENCE = "reference"  # the hidden reference's condition name in results
@@ -41,7 +44,6 @@ class Trial:
 
 def lowpass_anchor(wave: np.ndarray, sample_rate: int, cutoff_hz: float = 3500.0) -> np.ndarray:
     """The BS.1534 low anchor: the reference low-passed at 3.5 kHz (zero-phase 8th-order Butterworth)."""
-    from scipy.signal import butter, sosfiltfilt
 
     sos = butter(8, cutoff_hz, btype="low", fs=sample_rate, output="sos")
     return sosfiltfilt(sos, wave).astype(np.float32)
@@ -77,7 +79,6 @@ def build_listening_test(
     seed: int = 0, anchor_hz: float = 3500.0,
 ) -> Path:
     """Write the page and its audio (48 kHz mono WAV, opaque file names) to ``out_dir``; returns index.html."""
-    from spresso.audio.io import load_mono, write_audio
 
     if max_trials is not None and max_trials < len(trials):
         trials = random.Random(seed).sample(trials, max_trials)
@@ -140,9 +141,7 @@ class ListeningSummary:
 
 
 def _t975(df: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
+    return float(stats.t.ppf(0.975, df))
 
 
 def _load_result(path: Path) -> dict:

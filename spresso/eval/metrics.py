@@ -12,8 +12,11 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 
 from spresso.core.errors import SpressoError
+from spresso.core.rates import bitrate_bps
+from spresso.models.mel import multiscale_mel_distance
 
 
 def _as_batch(x: Any, name: str) -> np.ndarray:
@@ -74,11 +77,6 @@ def mel_distance(estimate: Any, reference: Any) -> np.ndarray:
     also the training loss); it is imported lazily so the other metrics work without torch
     models loaded. Computed clip by clip so the result is per clip whatever reduction it uses.
     """
-    import torch
-
-    from spresso.models.mel import (
-        multiscale_mel_distance,  # lazy: owned by the AudioAE module
-    )
 
     est = _as_batch(estimate, "estimate")
     ref = _as_batch(reference, "reference")
@@ -94,9 +92,7 @@ def mel_distance(estimate: Any, reference: Any) -> np.ndarray:
 
 
 def nominal_bitrate_bps(m: int, K: int, t: int) -> float:
-    """The operating point's nominal bitrate, m x log2(K) x (100 / t) bits/s (see spresso.rates)."""
-    from spresso.core.rates import bitrate_bps
-
+    """The operating point's nominal bitrate, m x log2(K) x (100 / t) bits/s (see spresso.core.rates)."""
     return bitrate_bps(m, K, t)
 
 

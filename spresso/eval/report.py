@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spresso.audio.io import load_mono, write_audio
 from spresso.core.errors import SpressoError
 from spresso.eval.bootstrap import Interval
 
@@ -88,13 +89,29 @@ def format_table(rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
-def rate_quality_plot(rows: list[ResultRow], metric: str, path: str | Path) -> Path:
-    """Metric against nominal bitrate (log axis), one line per method, 95% intervals as error bars."""
-    import matplotlib
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib  # lazy: optional, only the plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use("Agg")
 
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
+def rate_quality_plot(rows: list[ResultRow], metric: str, path: str | Path) -> Path:
+    """Metric against nominal bitrate (log axis), one line per method, 95% intervals as error bars."""
+    plt = _pyplot()
     points = [r for r in rows if r.bitrate_bps and metric in r.metrics and not r.note]
     if not points:
         raise SpressoError(f"no rows with a bitrate and metric {metric!r} to plot")
@@ -112,21 +129,12 @@ def rate_quality_plot(rows: list[ResultRow], metric: str, path: str | Path) -> P
     ax.set_ylabel(f"{title} ({'higher' if higher else 'lower'} is better)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | Path, title: str = "") -> Path:
     """Log-magnitude STFT picture (dB, 0-24 kHz at 48 kHz) for the report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     x = np.asarray(wave, dtype=np.float64).ravel()
     n_fft, hop = 1024, 256
     if x.size < n_fft:
@@ -140,12 +148,7 @@ def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | Path, title:
     ax.set_ylabel("kHz")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 @dataclass
@@ -159,7 +162,6 @@ def write_html_report(
     plots: dict[str, str | Path] | None = None,
 ) -> Path:
     """A static folder: index.html + table.md/json + plots + audio/ + spectrograms/ (no network needed)."""
-    from spresso.audio.io import load_mono
 
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -189,7 +191,6 @@ def write_html_report(
         for vi, (label, src) in enumerate(ex.versions.items()):
             wave, sr, _ = load_mono(src, 48000)
             stem = f"{ci:03d}_{vi:02d}"
-            from spresso.audio.io import write_audio
 
             write_audio(out / "audio" / f"{stem}.wav", np.clip(wave, -1, 1), 48000, subtype="PCM_16")
             spectrogram_png(wave, 48000, out / "spectrograms" / f"{stem}.png", title=label)

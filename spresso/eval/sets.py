@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
+from spresso.audio.io import AUDIO_EXTENSIONS, AudioError, load_mono
 from spresso.core.errors import SpressoError
+from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
 EVAL_RATE = 48000
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,6 @@ def sample_indices(n_candidates: int, n: int, seed: int) -> np.ndarray:
 
 def from_shards(shards_dir: str, split: str, n: int, seed: int = 0) -> EvalSet:
     """N clips of one split of the shards (contract 1), sampled by key from the manifest."""
-    from spresso.data.reader import iter_clips, read_manifest, shard_paths
 
     manifest = read_manifest(shards_dir)
     keys = [k for k, s in zip(manifest.column("key").to_pylist(), manifest.column("split").to_pylist()) if s == split]
@@ -89,28 +90,24 @@ def _safe_key(rel: str) -> str:
 
 def _duration_samples(path: Path) -> int:
     """Length at 48 kHz, from the header when soundfile can read it (no decoding)."""
-    import soundfile as sf
 
     try:
         info = sf.info(str(path))
         return int(round(info.frames * EVAL_RATE / info.samplerate))
     except (RuntimeError, sf.LibsndfileError):
-        from spresso.audio.io import load_mono
-
         return load_mono(path, EVAL_RATE)[0].shape[-1]
 
 
 def from_folder(folder: str | Path, n: int, seed: int = 0, clip_seconds: float = 5.0, min_seconds: float = 0.25) -> EvalSet:
     """N clips from a folder of audio files (recursive): each file is cut into non-overlapping
     ``clip_seconds`` windows (a last window of at least ``min_seconds`` is kept, zero-padded)."""
-    from spresso.audio.io import AudioError, load_mono
 
     root = Path(folder)
     if not root.is_dir():
         raise SpressoError(f"evaluation folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
-        raise SpressoError(f"{root} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise SpressoError(f"{root} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     clip = int(round(clip_seconds * EVAL_RATE))
     shortest = int(round(min_seconds * EVAL_RATE))
     candidates: list[tuple[Path, int]] = []

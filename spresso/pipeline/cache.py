@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import fsspec
+
 from spresso.core.digest import digest_file, digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.pipeline.graph import StageNode
@@ -35,7 +37,6 @@ def _local(uri: str) -> Path:
 def path_exists(uri: str) -> bool:
     if not is_remote(uri):
         return _local(uri).exists()
-    import fsspec
 
     try:
         fs, path = fsspec.core.url_to_fs(uri)

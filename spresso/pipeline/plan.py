@@ -6,6 +6,7 @@ without steps count zero. Cost = GPU-hours x ``pipeline.gpu_hour_usd``.
 """
 from __future__ import annotations
 
+from spresso.core.rates import frame_rate
 from spresso.pipeline.graph import PipelineGraph
 
 
@@ -34,7 +35,7 @@ def describe(graph: PipelineGraph, selected: set[str] | None = None) -> str:
     if pc is not None:
         for p in pc.points:
             kind = "continuous" if p.continuous else f"K={p.K} m={p.m}"
-            lines.append(f"operating point {p.name}: t={p.t} ({100 / p.t:.3g} Hz) {kind} -> {p.bitrate_bps() / 1000:.3g} kbps")
+            lines.append(f"operating point {p.name}: t={p.t} ({frame_rate(p.t):.3g} Hz) {kind} -> {p.bitrate_bps() / 1000:.3g} kbps")
         total = sum(hours[n] for n in graph.order if selected is None or n in selected)
         lines.append(f"estimated GPU time: {total:.0f} {pc.gpu_type} GPU-hours "
                      f"(model: steps x step_seconds x gpus x workers per stage; about ${total * pc.gpu_hour_usd:,.0f} "

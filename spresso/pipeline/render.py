@@ -43,10 +43,10 @@ def layers(graph: PipelineGraph) -> dict[str, int]:
 
 
 def _matplotlib(graph: PipelineGraph, out: Path, states: Mapping[str, str]) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only the fallback renderer (no Graphviz) needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use("Agg")
 
     depth = layers(graph)
     columns: dict[int, list[str]] = {}

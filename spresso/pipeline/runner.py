@@ -24,6 +24,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+import ray
+from tqdm import tqdm
+
 from spresso.config import SpressoConfig
 from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
@@ -38,7 +41,9 @@ from spresso.pipeline.cache import (
     stage_key,
 )
 from spresso.pipeline.graph import PipelineGraph, StageNode, build_graph
+from spresso.pipeline.registry import registry
 from spresso.pipeline.stage import Artifact, Stage, StageContext, StageResult
+from spresso.runtime import StageRun, init_ray
 from spresso.runtime.tracking import (
     TAG_STAGE,
     code_version,
@@ -124,8 +129,6 @@ def _invoke_local(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageR
 
 
 def _invoke_ray(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageResult:
-    import ray
-
     res = ctx.resources
     if res.workers:
         opts = {"num_cpus": DRIVER_CPUS, "num_gpus": 0}
@@ -141,7 +144,6 @@ def _invoke_ray(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageRes
 
 def _record_outputs(node: StageNode, run_id: str, uri: str, result: StageResult) -> dict[str, Artifact]:
     """Every declared output with its digest: as the stage logged it, returned it, or as found on disk."""
-    from spresso.runtime import StageRun
 
     run = StageRun.attach(run_id, uri)
     tags = run.client.get_run(run_id).data.tags
@@ -191,8 +193,6 @@ def execute_stage(node: StageNode, ctx: StageContext, invoke: Callable, uri: str
     fn = node.stage.resolve_fn()
     tags = _lineage_tags(node, ctx.key, ctx.inputs)
     if node.stage.opens_run:
-        from spresso.runtime import StageRun
-
         t0 = int(time.time() * 1000)
         result = invoke(fn, node.cfg, ctx)
         run_id = result.run_id or _find_child_run(uri, experiment_id, ctx.parent_run_id or "", node.kind, t0)
@@ -255,8 +255,6 @@ class _Scheduler:
         self._publish()
 
     def run(self) -> dict[str, StageOutcome]:
-        from tqdm import tqdm
-
         graph = self.graph
         needed = graph.ancestors(self.run_set)
         for n in graph.order:
@@ -361,8 +359,6 @@ def run_pipeline(
     that the selection needs are reused when they can be, else reported ``not run``.
     """
     if stages is None:
-        from spresso.pipeline.registry import registry
-
         stages = registry()
     cfg = pipeline_cfg
     graph = build_graph(cfg, stages)
@@ -372,8 +368,6 @@ def run_pipeline(
     ray_tasks = use_ray_tasks(cfg)
     if ray_tasks or any(graph.nodes[n].stage.uses_ray for n in graph.ancestors(run_set)):
         # Once, before any stage thread: two threads calling ray.init at once race.
-        from spresso.runtime import init_ray
-
         init_ray(cfg.runtime)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
     experiment_id = ensure_experiment(uri, cfg.runtime.experiment, cfg.workdir)

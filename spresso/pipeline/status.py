@@ -17,6 +17,7 @@ from spresso.config import SpressoConfig
 from spresso.core.errors import SpressoError
 from spresso.pipeline.cache import TAG_INSTANCE, external_fingerprint, lookup, stage_key
 from spresso.pipeline.graph import build_graph
+from spresso.pipeline.registry import registry
 from spresso.pipeline.runner import TAG_PIPELINE_ID, TAG_STATES, pipeline_id
 from spresso.pipeline.stage import Artifact, Stage
 from spresso.runtime.tracking import code_version, mlflow_client, tracking_uri
@@ -43,8 +44,6 @@ def _latest_states(client, exp_id: str, pid: str) -> dict[str, list[str]]:
 
 def pipeline_status(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[Stage] | None = None) -> list[StageStatus]:
     if stages is None:
-        from spresso.pipeline.registry import registry
-
         stages = registry()
     graph = build_graph(cfg, stages)
     uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)

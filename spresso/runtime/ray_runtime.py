@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import os
 
+import ray
+
 from spresso.config.runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,6 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
     With ``cfg.ray_address`` or ``RAY_ADDRESS`` set we join that cluster (``ray job submit``
     sets it for the driver); otherwise a local Ray with ``num_cpus`` (default: all cores) starts.
     """
-    import ray
 
     cfg = cfg or RuntimeConfig()
     if ray.is_initialized():

@@ -25,6 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from spresso import __version__
 from spresso.core.errors import SpressoError
 
 TAG_STAGE = "spresso.stage"
@@ -53,7 +61,6 @@ def code_version() -> str:
     A content digest rather than the git commit: editing docs, tests or configs must not
     invalidate every cached stage, and an uncommitted change to the library must.
     """
-    from spresso import __version__
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
@@ -64,8 +71,6 @@ def code_version() -> str:
 
 
 def mlflow_client(uri: str):
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri=uri)
 
 
@@ -118,25 +123,17 @@ class StageRun:
         return mlflow_client(self.tracking_uri)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -150,9 +147,6 @@ class StageRun:
 
     def log_input(self, name: str, uri: str, digest: str, context: str = "input") -> None:
         """Record a dataset this stage read: an MLflow dataset input plus plain tags."""
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
 
         try:
             with warnings.catch_warnings():
@@ -160,8 +154,6 @@ class StageRun:
                 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
                 source = resolve_dataset_source(uri)
         except Exception:
-            from mlflow.data.http_dataset_source import HTTPDatasetSource
-
             source = HTTPDatasetSource(uri)
         ds = MetaDataset(source=source, name=name, digest=digest[:36])
         entity = DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
@@ -249,8 +241,6 @@ BUNDLE_ARTIFACT = "bundle"
 
 def download_bundle(uri: str, dst: str | Path | None = None) -> str:
     """A local copy of the bundle behind ``models:/NAME@alias``, ``models:/NAME/<version>`` or ``runs:/<id>/<path>``."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     dst = str(dst or tempfile.mkdtemp(prefix="spresso-bundle-"))

@@ -24,6 +24,11 @@ from typing import Callable
 
 from spresso.core.errors import SpressoError
 from spresso.eval.adapter import CodecAdapter
+from spresso.eval.baselines.audioae import AudioAEAdapter
+from spresso.eval.baselines.bundle import BundleAdapter
+from spresso.eval.baselines.dae import RQAdapter, Stage1Adapter
+from spresso.eval.baselines.neural import DACAdapter, SQCodecAdapter
+from spresso.eval.baselines.opus import OpusAdapter
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -42,46 +47,32 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
 
 
 def _opus(arg, o, defaults):
-    from spresso.eval.baselines.opus import OpusAdapter
-
     return OpusAdapter(float(arg or 6), int(o.pop("sr", 48000)))
 
 
 def _audioae(arg, o, defaults):
-    from spresso.eval.baselines.audioae import AudioAEAdapter
-
     return AudioAEAdapter(arg, device=o.pop("device", None))
 
 
 def _stage1(arg, o, defaults):
-    from spresso.eval.baselines.dae import Stage1Adapter
-
     return Stage1Adapter(arg, _need(o, "audioae", "stage1"), steps=int(o.pop("steps", defaults.get("steps", 32))),
                          device=o.pop("device", None))
 
 
 def _rq(arg, o, defaults):
-    from spresso.eval.baselines.dae import RQAdapter
-
     return RQAdapter(arg, _need(o, "audioae", "rq"), _need(o, "rq", "rq"), m=int(_need(o, "m", "rq")),
                      steps=int(o.pop("steps", defaults.get("steps", 32))), device=o.pop("device", None))
 
 
 def _dac(arg, o, defaults):
-    from spresso.eval.baselines.neural import DACAdapter
-
     return DACAdapter(arg, codebooks=int(o.pop("codebooks", 2)), device=o.pop("device", None))
 
 
 def _sqcodec(arg, o, defaults):
-    from spresso.eval.baselines.neural import SQCodecAdapter
-
     return SQCodecAdapter(arg, config=o.pop("config", "0k75bps"), device=o.pop("device", None))
 
 
 def _spresso(arg, o, defaults):
-    from spresso.eval.baselines.bundle import BundleAdapter
-
     kbps = o.pop("kbps", None)
     codebooks = o.pop("codebooks", None)
     return BundleAdapter(arg, kbps=float(kbps) if kbps else None, codebooks=int(codebooks) if codebooks else None,

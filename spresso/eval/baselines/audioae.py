@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from spresso.eval.adapter import CodecAdapter, CodecInfo
+from spresso.models.audioae import load_audioae
 
 
 def torch_device(device: str | None):
-    import torch
-
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -50,21 +50,15 @@ class AudioAEAdapter(CodecAdapter):
     @property
     def model(self):
         if self._model is None:
-            from spresso.models.audioae import load_audioae
-
             self._model = load_audioae(self.checkpoint_dir, map_location=torch_device(self.device))
         return self._model
 
     def encode(self, wave: np.ndarray) -> bytes:
-        import torch
-
         x = torch.from_numpy(pad_to(np.asarray(wave, np.float32), self.model.hop))[None].to(next(self.model.parameters()).device)
         with torch.inference_mode():
             return float16_stream(self.model.encode(x)[0].float().cpu().numpy())
 
     def decode(self, data: bytes, num_samples: int) -> np.ndarray:
-        import torch
-
         x0 = torch.from_numpy(read_float16_stream(data))[None].to(next(self.model.parameters()).device)
         with torch.inference_mode():
             out = self.model.decode(x0)[0].float().cpu().numpy()

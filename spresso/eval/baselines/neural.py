@@ -21,7 +21,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from spresso.codec.bitpack import pack_codes, unpack_codes
 from spresso.core.errors import SpressoError
 from spresso.eval.adapter import CodecAdapter, CodecInfo
 from spresso.eval.baselines.audioae import torch_device
@@ -34,8 +36,6 @@ def _package_missing(module: str, pip_name: str) -> str | None:
 
 
 def _safe_torch_load(path: Path, what: str):
-    import torch
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
@@ -51,14 +51,11 @@ def _strict(module, state: dict, what: str) -> None:
 
 def _codes_stream(codes: np.ndarray, bits: int) -> bytes:
     """codes [n_q, T] -> uint16 n_q, uint32 T, then the codes bit-packed at ``bits`` each."""
-    from spresso.codec.bitpack import pack_codes
 
     return np.array([codes.shape[0]], "<u2").tobytes() + np.array([codes.shape[1]], "<u4").tobytes() + pack_codes(codes.T, bits)
 
 
 def _read_codes_stream(data: bytes, bits: int) -> np.ndarray:
-    from spresso.codec.bitpack import unpack_codes
-
     nq = int(np.frombuffer(data[:2], "<u2")[0])
     t = int(np.frombuffer(data[2:6], "<u4")[0])
     return np.asarray(unpack_codes(data[6:], t, nq, bits)).reshape(t, nq).T.astype(np.int64)
@@ -94,8 +91,6 @@ class DACAdapter(CodecAdapter):
         return self._model
 
     def encode(self, wave: np.ndarray) -> bytes:
-        import torch
-
         m = self.model
         x = torch.from_numpy(np.asarray(wave, np.float32))[None, None].to(next(m.parameters()).device)
         with torch.inference_mode():
@@ -104,8 +99,6 @@ class DACAdapter(CodecAdapter):
         return _codes_stream(codes.cpu().numpy(), self.bits)
 
     def decode(self, data: bytes, num_samples: int) -> np.ndarray:
-        import torch
-
         m = self.model
         codes = torch.from_numpy(_read_codes_stream(data, self.bits))[None].to(next(m.parameters()).device)
         with torch.inference_mode():
@@ -115,7 +108,7 @@ class DACAdapter(CodecAdapter):
 
 def load_dac(path: str | Path, device="cpu"):
     """``dac.DAC`` from a local ``.pth`` ({"state_dict", "metadata": {"kwargs"}}), tensors only, strict."""
-    import dac
+    import dac  # lazy: optional package, only for the DAC baseline
 
     obj = _safe_torch_load(Path(path), "DAC")
     if not isinstance(obj, dict) or "state_dict" not in obj:
@@ -164,8 +157,6 @@ class SQCodecAdapter(CodecAdapter):
         return self._codec
 
     def encode(self, wave: np.ndarray) -> bytes:
-        import torch
-
         c = self.codec
         x = torch.from_numpy(np.asarray(wave, np.float32))[None].to(next(c.network.parameters()).device)
         with torch.inference_mode():
@@ -173,8 +164,6 @@ class SQCodecAdapter(CodecAdapter):
         return _codes_stream(indices.reshape(1, -1).cpu().numpy(), self.bits)
 
     def decode(self, data: bytes, num_samples: int) -> np.ndarray:
-        import torch
-
         c = self.codec
         idx = torch.from_numpy(_read_codes_stream(data, self.bits)).to(next(c.network.parameters()).device)
         with torch.inference_mode():
@@ -185,7 +174,7 @@ class SQCodecAdapter(CodecAdapter):
 def load_sqcodec(model_dir: str | Path, config: str, device="cpu"):
     """An ``sq_codec.SQCodec`` built from the package's bundled config, every module's weights
     loaded strictly from ``<model_dir>/<module>.pt`` (the package itself would download them)."""
-    import sq_codec
+    import sq_codec  # lazy: optional package, only for the SQ-Codec baseline
 
     toml = Path(sq_codec.CONFIG_DIR) / f"{config}.toml"
     if not toml.is_file():

@@ -30,7 +30,7 @@ class OpusAdapter(CodecAdapter):
 
     def available(self) -> tuple[bool, str]:
         try:
-            import av
+            import av  # lazy: PyAV loads FFmpeg; only the Opus baseline needs it
         except ImportError as err:
             return False, f"PyAV is not installed ({err})"
         if "libopus" not in av.codecs_available:
@@ -38,7 +38,7 @@ class OpusAdapter(CodecAdapter):
         return True, ""
 
     def encode(self, wave: np.ndarray) -> bytes:
-        import av
+        import av  # lazy: PyAV loads FFmpeg; only the Opus baseline needs it
 
         x = np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)[None, :]
         buf = io.BytesIO()
@@ -56,7 +56,7 @@ class OpusAdapter(CodecAdapter):
         return buf.getvalue()
 
     def decode(self, data: bytes, num_samples: int) -> np.ndarray:
-        import av
+        import av  # lazy: PyAV loads FFmpeg; only the Opus baseline needs it
 
         try:
             with av.open(io.BytesIO(data)) as container:
