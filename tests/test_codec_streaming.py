@@ -11,6 +11,7 @@ import torch
 from codec_toys import shared_bundle
 
 import spresso
+from spresso.audio.io import resample
 from spresso.codec import bitstream as bs
 from spresso.codec import streaming
 from spresso.codec import windowing as win
@@ -39,8 +40,6 @@ def test_windows_from_blocks_equal_cut(monkeypatch, tmp_path, seconds, sr, ch):
     n = win.model_length(frames, rate)
     plan = win.plan_windows(n)
     mono = wave.mean(axis=0, dtype=np.float32) if ch > 1 else wave[0]
-    from spresso.audio.io import resample
-
     whole = resample(mono, sr, 48000)
     expected = win.cut(np.pad(whole, (0, max(0, n - whole.shape[0])))[:n], plan)
     got = np.stack(list(streaming.block_windows(blocks, plan)))
