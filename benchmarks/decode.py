@@ -24,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import spresso  # noqa: E402
+from spresso.diffusion.sampler import evaluations  # noqa: E402
+from spresso.quant.features import logmel_frames  # noqa: E402
+
 
 def logmel(wave: np.ndarray) -> np.ndarray:
-    from spresso.quant.features import logmel_frames
-
     return logmel_frames(wave.astype(np.float32), 48000, n_mels=64)
 
 
@@ -46,6 +48,7 @@ def find_bundle() -> tuple[Path, str]:
         for p in sorted(root.iterdir()):
             if (p / "bundle.json").is_file():
                 return p, f"trained demo bundle {p}"
+    # lazy: the toy bundle (and the training code that writes it) only when no trained bundle exists
     from codec_toys import make_bundle
 
     return make_bundle(Path(tempfile.mkdtemp(prefix="bench-decode-"))), "NO trained bundle found: train-free RANDOM weights (tests' toy sizes); quality columns show solver convergence only"
@@ -63,9 +66,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    import spresso
-    from spresso.codec.fast_decode import evaluations
-
     if args.bundle:
         bundle, what = Path(args.bundle), f"bundle {args.bundle}"
     else:

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from spresso.cli.common import add_config_args, config_from_args  # noqa: E402
 from spresso.core.storage import absolute  # noqa: E402
+from spresso.diffusion.checkpoints import load_dit  # noqa: E402
 from spresso.diffusion.normalize import LatentNormalizer  # noqa: E402
-from spresso.models.dit import load_dit  # noqa: E402
 from spresso.train.dit_held_out import HELD_OUT_SIGMAS, held_out_sigma_report  # noqa: E402
 
 

@@ -19,6 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from spresso.config import load_config  # noqa: E402
+from spresso.diffusion.generate import generate_latents  # noqa: E402
+from spresso.diffusion.normalize import LatentNormalizer  # noqa: E402
+from spresso.models.dit import count_parameters  # noqa: E402
+from spresso.models.text_encoder import TextEmbedding  # noqa: E402
+from spresso.train.dit import DiTTrainer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) of common training GPUs.
 BF16_PEAK = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "A10G": 125.0, "L4": 121.0, "L40S": 362.0, "B200": 2250.0}
@@ -46,15 +54,6 @@ def make_batch(batch: int, frames: int, channels: int, text_dims, device, tokens
 
 
 def bench_preset(preset: str, batch: int, steps: int, device: torch.device, compile_model: bool, sample: bool) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from spresso.config import load_config
-    from spresso.diffusion.generate import generate_latents
-    from spresso.diffusion.normalize import LatentNormalizer
-    from spresso.models.dit import count_parameters
-    from spresso.models.text_encoder import TextEmbedding
-    from spresso.train.dit import DiTTrainer
-
     cfg = load_config(preset).dit
     C, frames, text_dims = cfg.model.in_channels, 500, (384, 384)
     norm = LatentNormalizer([0.0] * C, [1.0] * C)

@@ -21,12 +21,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
+
+import spresso  # noqa: E402
+from spresso.audio.synth import synth_corpus  # noqa: E402
+from spresso.codec import bitstream as bs  # noqa: E402
+from spresso.codec import windowing as win  # noqa: E402
+from spresso.core.rates import frame_rate  # noqa: E402
+from spresso.quant.features import logmel_frames  # noqa: E402
 
 
 def logmel_l1(a: np.ndarray, b: np.ndarray) -> float:
-    from spresso.quant.features import logmel_frames
-
     ma, mb = logmel_frames(a.astype(np.float32), 48000, n_mels=64), logmel_frames(b.astype(np.float32), 48000, n_mels=64)
     n = min(len(ma), len(mb))
     return float(np.abs(ma[:n] - mb[:n]).mean())
@@ -34,17 +40,11 @@ def logmel_l1(a: np.ndarray, b: np.ndarray) -> float:
 
 def short_clips(data: str | None, n: int, seed: int) -> tuple[list[tuple[str, np.ndarray, int]], str]:
     """Up to n (name, wave [ch, samples], rate) shorter than 5 s: from ``data``, else procedural."""
-    import soundfile as sf
-
-    from spresso.codec.windowing import WINDOW_SAMPLES
-
     root = Path(data) if data else None
     if root is not None and root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".aiff", ".aif"))
         what = f"{root} ({len(files)} files)"
     else:
-        from spresso.audio.synth import synth_corpus
-
         tmp = Path(tempfile.mkdtemp(prefix="short-streams-"))
         files = [tmp / f.path for f in synth_corpus(tmp, 4.0, seed=seed)]
         what = "procedural sound effects (no corpus folder given or found)"
@@ -55,7 +55,7 @@ def short_clips(data: str | None, n: int, seed: int) -> tuple[list[tuple[str, np
             wave, sr = sf.read(str(files[i]), dtype="float32", always_2d=True)
         except Exception:
             continue
-        if 0 < wave.shape[0] * 48000 / sr < WINDOW_SAMPLES and np.abs(wave).max() > 1e-4:
+        if 0 < wave.shape[0] * 48000 / sr < win.WINDOW_SAMPLES and np.abs(wave).max() > 1e-4:
             out.append((files[i].name, wave.T.copy(), int(sr)))
         if len(out) == n:
             break
@@ -63,19 +63,15 @@ def short_clips(data: str | None, n: int, seed: int) -> tuple[list[tuple[str, np
 
 
 def run_bundle(bundle: Path, clips, steps: int) -> None:
-    import spresso
-    from spresso.codec import bitstream as bs
-    from spresso.codec import windowing as win
-
     codec = spresso.load(bundle, device="cpu")
     rows = []
     m = codec.codebooks_for()
     for name, wave, sr in clips:
         # One encode, written both ways: v2 through the codec's own byte path, v1 keeping every frame.
-        mono = codec._prepare(wave, sr)
+        mono = codec.prepare(wave, sr)
         plan = win.plan_for_signal(mono.shape[0])
-        full = codec._encode_windows(np.array(win.cut(mono, plan)), m)  # [1, T', m] codes or [1, C, T'] z
-        v2 = codec._stream_bytes(full, plan, wave.shape[-1], sr, m)
+        full = codec.encode_windows(np.array(win.cut(mono, plan)), m)  # [1, T', m] codes or [1, C, T'] z
+        v2 = codec.stream_bytes(full, plan, wave.shape[-1], sr, m)
         common = dict(model_id=codec.model_id, time_factor=codec.t, sample_count=wave.shape[-1], sample_rate=sr, version=1)
         if m is not None:
             v1 = bs.encode_stream(bs.Stream.discrete(full[0], int(codec.K), **common))
@@ -89,7 +85,7 @@ def run_bundle(bundle: Path, clips, steps: int) -> None:
         rows.append((seconds, n_frames, codec.frames_per_window, len(v1), len(v2), logmel_l1(a, b), logmel_l1(a, c),
                      logmel_l1(a, mono), logmel_l1(b, mono)))
     r = np.asarray(rows)
-    print(f"\n{bundle.name}: {codec.mode}, {100 / codec.t:.3g} Hz, {len(r)} clips of median {np.median(r[:, 0]):.2f} s "
+    print(f"\n{bundle.name}: {codec.mode}, {frame_rate(codec.t):.3g} Hz, {len(r)} clips of median {np.median(r[:, 0]):.2f} s "
           f"(range {r[:, 0].min():.2f}-{r[:, 0].max():.2f} s); {steps} solver steps")
     print(f"  frames stored      v1 {r[:, 2].mean():6.1f}   v2 {r[:, 1].mean():6.1f}   ({r[:, 2].sum() / r[:, 1].sum():.2f}x fewer)")
     print(f"  bytes per stream   v1 {r[:, 3].mean():6.1f}   v2 {r[:, 4].mean():6.1f}   ({r[:, 3].sum() / r[:, 4].sum():.2f}x smaller)")

@@ -9,13 +9,13 @@ def load(path_or_uri, **kw):
 
     Imported on first call, so ``import spresso`` stays light (no torch, no MLflow).
     """
+    # lazy: torch only when a codec is loaded
     from spresso.codec.codec import load as load_codec
 
     where = str(path_or_uri)
     if where.startswith(MLFLOW_SCHEMES):
-        from spresso.runtime.tracking import (
-            download_bundle,  # MLflow only for registry URIs
-        )
+        # lazy: MLflow only for registry URIs
+        from spresso.runtime.tracking import download_bundle
 
         where = download_bundle(where)
     return load_codec(where, **kw)

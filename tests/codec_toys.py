@@ -5,6 +5,7 @@ width 32, a 1-block latent encoder at t = 100 (5 z frames per 5 s window), QINCo
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,11 +20,11 @@ from spresso.config.dae import (
 )
 from spresso.config.dit import DiTConfig, DiTModelConfig
 from spresso.core.checkpoint import save_checkpoint
+from spresso.diffusion.autoencoder import build_dae, build_denoiser
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import AudioAE
-from spresso.models.conditioned_dit import build_dae
-from spresso.models.dit import build_denoiser
 from spresso.quant import QINCo2, QINCo2Spec, save_qinco2
+from spresso.train.export import export_bundle
 from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 
 C, TD, PD, T_POOL, ZC = 8, 12, 10, 100, 6
@@ -73,8 +74,6 @@ def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = N
 
 
 def make_bundle(root: Path, continuous: bool = False, seed: int = 0) -> Path:
-    from spresso.train.export import export_bundle
-
     ck = make_checkpoints(root / "ck", seed=seed)
     return export_bundle(ck["audioae"], ck["stage"], None if continuous else ck["qinco2"], root / ("cont" if continuous else "bundle"))
 
@@ -84,8 +83,6 @@ _SHARED: dict = {}
 
 def shared_bundle(continuous: bool = False, seed: int = 0) -> Path:
     """One bundle per (mode, seed) for the whole test session (read-only: copy it before damaging it)."""
-    import tempfile
-
     key = (continuous, seed)
     if key not in _SHARED:
         _SHARED[key] = make_bundle(Path(tempfile.mkdtemp(prefix="spresso-codec-toys-")), continuous=continuous, seed=seed)

@@ -6,14 +6,18 @@ import numpy as np
 import pytest
 import torch
 from codec_toys import config, make_checkpoints, shared_bundle
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import spresso
 from spresso.codec.bitstream import BitstreamError
 from spresso.codec.bundle import load_bundle
 from spresso.core.bundle_io import MANIFEST
 from spresso.core.bundle_io import read_bundle_manifest as read_manifest
-from spresso.core.errors import BundleError
-from spresso.train.export import export_bundle
+from spresso.core.errors import BundleError, SpressoError
+from spresso.diffusion.checkpoints import load_dae
+from spresso.diffusion.reconstruct import null_text
+from spresso.train.export import export, export_bundle
 
 torch.set_num_threads(1)
 
@@ -29,17 +33,12 @@ def test_export_is_self_contained_with_merged_lora_and_content_hash(bundle, tmp_
     m = read_manifest(bundle)
     assert m["format_version"] == 1 and m["mode"] == "discrete" and (m["K"], m["M"], m["m"], m["t"]) == (16, 4, 3, 100)
     assert len(m["normalizer"]["x0_mean"]) == 8 and len(m["model_id"]) == 64
-    from safetensors import safe_open
-
     with safe_open(str(bundle / "dae.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert not any("lora_" in k or "base_layer" in k for k in keys)  # LoRA merged into plain layers
     assert any(k.startswith("encoder.") for k in keys) and any(".f_phi." in k for k in keys)
     assert any(".streams.audio_down." in k for k in keys)
     # The merged model computes what the unmerged stage checkpoint computes.
-    from spresso.diffusion.checkpoints import load_dae
-    from spresso.diffusion.reconstruct import null_text
-
     merged = load_bundle(bundle).dae
     orig, _ = load_dae(bundle.parent / "ck" / "stage3")
     x, s, z = torch.randn(2, 8, 500), torch.tensor([2.0, 0.1]), torch.randn(2, 6, 5)
@@ -90,8 +89,6 @@ def test_version_and_corruption_errors_are_one_line(bundle, tmp_path):
 
 
 def test_strict_load_refuses_extra_or_missing_weights(bundle, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     b = _copy(bundle, tmp_path)
     w = load_file(str(b / "audioae.safetensors"))
     w["surprise"] = torch.zeros(1)
@@ -109,9 +106,8 @@ def test_stream_of_another_model_is_refused(bundle, tmp_path):
 
 
 def test_mlflow_log_register_and_load_by_alias(mlflow_env, tmp_path):
+    # lazy: MLflow only for the registry test (slow to import)
     from mlflow.tracking import MlflowClient
-
-    from spresso.train.export import export
 
     ck = make_checkpoints(tmp_path / "ck", meta_run_ids={"audioae": "ae-run-1", "stage": "stage3-run-7"})
     cfg = config()
@@ -135,7 +131,5 @@ def test_mlflow_log_register_and_load_by_alias(mlflow_env, tmp_path):
                 register="spresso-test")
     assert s2["version"] == "2" and spresso.load("models:/spresso-test@champion").model_id == s2["model_id"]
     assert spresso.load("models:/spresso-test/1").model_id == summary["model_id"]
-    from spresso.core.errors import SpressoError
-
     with pytest.raises(SpressoError, match="cannot fetch the bundle"):
         spresso.load("models:/spresso-test@nope")

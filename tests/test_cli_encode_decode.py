@@ -5,6 +5,7 @@ import soundfile as sf
 import torch
 from codec_toys import shared_bundle
 
+import spresso.codec.files as codec_files
 from spresso.cli import main
 from spresso.codec import bitstream as bs
 
@@ -84,13 +85,11 @@ def test_bad_inputs_exit_2_with_one_line(bundle, tmp_path, capsys):
 
 def test_long_files_stream_through_the_cli_with_the_same_result(bundle, tmp_path, monkeypatch):
     """Files past the CLI's length threshold go block by block; bytes and audio match the batched path."""
-    import spresso.cli.codec as cli_codec
-
     write(tmp_path / "long.wav", 14.0, 32000, ch=2)
     assert main(["encode", str(tmp_path / "long.wav"), str(tmp_path / "batched.spr"), "--model", bundle, "-q"]) == 0
     assert main(["decode", str(tmp_path / "batched.spr"), str(tmp_path / "batched.wav"), "--model", bundle, "--steps", "1",
                  "--variations", "2", "--original-rate", "-q"]) == 0
-    monkeypatch.setattr(cli_codec, "LONG_SECONDS", 10.0)
+    monkeypatch.setattr(codec_files, "LONG_SECONDS", 10.0)
     assert main(["encode", str(tmp_path / "long.wav"), str(tmp_path / "streamed.spr"), "--model", bundle, "-q"]) == 0
     assert (tmp_path / "streamed.spr").read_bytes() == (tmp_path / "batched.spr").read_bytes()
     assert main(["decode", str(tmp_path / "streamed.spr"), str(tmp_path / "streamed.wav"), "--model", bundle, "--steps", "1",

@@ -7,7 +7,9 @@ from codec_toys import shared_bundle
 import spresso
 from spresso.codec import bitstream as bs
 from spresso.codec.codec import CodecError
+from spresso.codec.fast_decode import CachedDenoiser
 from spresso.codec.windowing import DEFAULT_OVERLAP_FRAMES
+from spresso.diffusion.reconstruct import null_text
 
 torch.set_num_threads(2)
 
@@ -153,9 +155,6 @@ def test_bad_audio_and_streams_give_one_line_errors(codec):
 
 
 def test_cached_denoiser_matches_the_model(codec):
-    from spresso.codec.fast_decode import CachedDenoiser
-    from spresso.diffusion.reconstruct import null_text
-
     dae = codec.dae
     z, x, s = torch.randn(2, 6, 5), torch.randn(2, 8, 500), torch.tensor([3.0, 0.3])
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 from codec_toys import shared_bundle
 
 import spresso
+from spresso.audio.io import resample
 from spresso.codec import bitstream as bs
 from spresso.codec import streaming
 from spresso.codec import windowing as win
@@ -35,15 +36,13 @@ def write_noise(path: Path, seconds: float, sr: int, channels: int, seed: int = 
 def test_windows_from_blocks_equal_cut(monkeypatch, tmp_path, seconds, sr, ch):
     monkeypatch.setattr(streaming, "BLOCK_SECONDS", 0.7)  # many blocks, none aligned with a window
     wave = write_noise(tmp_path / "a.wav", seconds, sr, ch)
-    frames, rate, blocks = streaming._mono_blocks(tmp_path / "a.wav", 48000)
+    frames, rate, blocks = streaming.mono_blocks(tmp_path / "a.wav", 48000)
     n = win.model_length(frames, rate)
     plan = win.plan_windows(n)
     mono = wave.mean(axis=0, dtype=np.float32) if ch > 1 else wave[0]
-    from spresso.audio.io import resample
-
     whole = resample(mono, sr, 48000)
     expected = win.cut(np.pad(whole, (0, max(0, n - whole.shape[0])))[:n], plan)
-    got = np.stack(list(streaming._windows(blocks, plan)))
+    got = np.stack(list(streaming.block_windows(blocks, plan)))
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
 

@@ -6,16 +6,15 @@ import torch
 
 from spresso.config.dae import LatentEncoderConfig, LoRASettings
 from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.diffusion.autoencoder import build_dae, build_denoiser, set_trainable
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.models.conditioned_dit import (
     AUDIO_DOWN,
     ConditionedDiT,
     add_audio_down,
-    build_dae,
     merge_lora,
-    set_trainable,
 )
-from spresso.models.dit import DiT, build_denoiser
+from spresso.models.dit import DiT
 from spresso.models.mmdit import Stream
 from spresso.models.text_encoder import TextEmbedding
 

@@ -6,11 +6,10 @@ import torch
 from spresso.config import SpressoConfig
 from spresso.config.dae import DAEConfig, LatentEncoderConfig, LoRASettings
 from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.diffusion.autoencoder import build_dae, build_denoiser
 from spresso.diffusion.checkpoints import load_dae
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.diffusion.reconstruct import reconstruct_latents
-from spresso.models.conditioned_dit import build_dae
-from spresso.models.dit import build_denoiser
 from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 from spresso.train.stage3 import mix_z, total_steps
 

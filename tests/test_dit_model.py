@@ -2,14 +2,17 @@
 import pytest
 import torch
 
+from spresso.config import load_config
 from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.models.dit import DiT, build_denoiser, count_parameters
+from spresso.models.dit import DiT, count_parameters
 from spresso.models.latent_encoder import decimated_positions
 from spresso.models.mmdit import StreamInput
 from spresso.models.rope import RotaryEmbedding, apply_rope, frame_positions
 from spresso.models.text_encoder import TextEmbedding
+from spresso.train.dit import DiTTrainer
 
 torch.set_num_threads(1)
 C, TD, PD = 8, 12, 10
@@ -118,6 +121,7 @@ def test_third_stream_joins_the_joint_attention():
 
 
 def test_lora_wraps_plain_linears_by_name():
+    # lazy: peft pulls in transformers (seconds); one test needs it
     from peft import LoraConfig, get_peft_model
 
     net = tiny()
@@ -129,8 +133,6 @@ def test_lora_wraps_plain_linears_by_name():
 
 
 def test_parameter_counts_of_presets():
-    from spresso.config import load_config
-
     demo = count_parameters(build_denoiser(load_config("demo").dit, 384, 384))
     assert 0.5e6 < demo < 10e6
     # The paper preset is reported in the issue; keep it from drifting silently.
@@ -141,8 +143,6 @@ def test_parameter_counts_of_presets():
 
 
 def test_a_few_steps_reduce_the_loss():
-    from spresso.train.dit import DiTTrainer
-
     cfg = DiTConfig(model=DiTModelConfig(in_channels=C, width=32, heads=4, joint_blocks=1, single_blocks=1))
     cfg.train.lr, cfg.train.warmup_steps, cfg.train.text_dropout = 3e-3, 0, 0.0
     norm = LatentNormalizer([0.0] * C, [1.0] * C)

@@ -76,8 +76,8 @@ def test_train_dit_stage_logs_and_checkpoints(workdir, mlflow_env, ray_local, tm
     from mlflow.tracking import MlflowClient
 
     from spresso.core.checkpoint import load_strict, load_weights
+    from spresso.diffusion.checkpoints import load_dit
     from spresso.diffusion.generate import generate_audio
-    from spresso.models.dit import load_dit
     from spresso.train.dit import train_dit
 
     final = train_dit(workdir, encoder=HashEncoder(), progress=False)

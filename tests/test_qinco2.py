@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from spresso.core.checkpoint import save_checkpoint
+from spresso.core.errors import SpressoError
 from spresso.quant import (
     FaissRQ,
     QINCo2,
@@ -95,9 +97,6 @@ def test_checkpoint_round_trip_reproduces_codes(model, data, tmp_path):
 
 
 def test_checkpoint_mismatch_is_one_line_error(model, tmp_path):
-    from spresso.core.checkpoint import save_checkpoint
-    from spresso.core.errors import SpressoError
-
     save_checkpoint(tmp_path / "bad", {"x": torch.zeros(1)}, kind="qinco2", config={}, meta={"spec": SPEC.to_dict()})
     with pytest.raises(SpressoError, match="do not match"):
         load_qinco2(tmp_path / "bad")

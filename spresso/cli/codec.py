@@ -7,29 +7,27 @@
 IN may be a file, a folder (every audio / .spr file in it) or a glob; with several inputs OUT is
 a folder and each output is named after its input. Files are read and coded in groups so their
 windows share device batches; files longer than two minutes stream from and to disk block by
-block, so a recording of hours needs no more memory than a short one.
+block, so a recording of hours needs no more memory than a short one (:mod:`spresso.codec.files`
+holds that policy; this module parses arguments and prints).
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 from pathlib import Path
 
+import spresso
 from spresso.cli.common import add_config_args
 from spresso.cli.stages import stage_config
+from spresso.codec.bitstream import (
+    decode_stream,
+    describe,
+    peel,
+    read_stream_file,
+    write_stream_file,
+)
+from spresso.codec.errors import BitstreamError
 from spresso.core.errors import SpressoError
-
-
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SpressoError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SpressoError(f"{path}: is a directory, expected a .spr file") from None
-    except OSError as err:
-        raise SpressoError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def _with_path(path: str, err: SpressoError) -> SpressoError:
@@ -37,19 +35,13 @@ def _with_path(path: str, err: SpressoError) -> SpressoError:
 
 
 def cmd_peel(args: argparse.Namespace) -> int:
-    from spresso.codec.bitstream import decode_stream, peel
-    from spresso.codec.errors import BitstreamError
-
-    data = _read(args.input)
+    data = read_stream_file(args.input)
     try:
         out = peel(data, args.codebooks)
         stream = decode_stream(out)
     except BitstreamError as err:
         raise _with_path(args.input, err) from None
-    try:
-        Path(args.output).write_bytes(out)
-    except OSError as err:
-        raise SpressoError(f"{args.output}: cannot write ({err.strerror or err})") from None
+    write_stream_file(args.output, out)
     print(f"{args.output}: {stream.m} codebooks, {stream.bitrate_bps / 1000:.4g} kbps, {len(out)} bytes (was {len(data)})")
     return 0
 
@@ -59,10 +51,7 @@ def _fmt(value) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from spresso.codec.bitstream import describe
-    from spresso.codec.errors import BitstreamError
-
-    data = _read(args.file)
+    data = read_stream_file(args.file)
     try:
         info = describe(data)
     except BitstreamError as err:
@@ -76,172 +65,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".m4a", ".opus")
-GROUP = 8  # files read and coded together
-LONG_SECONDS = 120.0  # longer files stream from and to disk block by block (bounded memory)
-
-
-def expand_inputs(pattern: str, suffixes: tuple[str, ...]) -> tuple[list[Path], bool]:
-    """(files, many): a file, a folder's matching files (recursive, sorted), or a glob's matches."""
-    path = Path(pattern)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-        if not files:
-            raise SpressoError(f"{pattern}: no {'/'.join(suffixes)} files in this folder")
-        return files, True
-    if path.is_file():
-        return [path], False
-    if glob.has_magic(pattern):
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not files:
-            raise SpressoError(f"{pattern}: the pattern matches no file")
-        return files, True
-    raise SpressoError(f"{pattern}: no such file or folder")
-
-
-def _outputs(inputs: list[Path], many: bool, output: str, suffix: str, root: str) -> list[Path]:
-    out = Path(output)
-    if not many and not out.is_dir():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return [out]
-    if out.exists() and not out.is_dir():
-        raise SpressoError(f"{output}: several inputs need an output folder, this is a file")
-    out.mkdir(parents=True, exist_ok=True)
-    base = Path(root) if Path(root).is_dir() else None
-    names = []
-    for p in inputs:
-        rel = p.relative_to(base) if base is not None else Path(p.name)
-        names.append(out / rel.with_suffix(suffix))
-    for n in names:
-        n.parent.mkdir(parents=True, exist_ok=True)
-    return names
-
-
 def _codec(args):
-    import spresso
-
     if not args.model:
         raise SpressoError("give the codec bundle with --model (a folder, or models:/NAME@alias)")
     return spresso.load(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
 
 
-def _groups(items: list, size: int = GROUP):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 def cmd_encode(args: argparse.Namespace) -> int:
-    from spresso.audio.io import read_audio
+    # lazy: torch (the codec) stays out of `spresso --help`
+    from spresso.codec import files
 
     if args.kbps is not None and args.codebooks is not None:
         raise SpressoError("give --kbps or --codebooks, not both")
-    inputs, many = expand_inputs(args.input, AUDIO_SUFFIXES)
-    outputs = _outputs(inputs, many, args.output, ".spr", args.input)
+    inputs, many = files.expand_inputs(args.input, files.AUDIO_EXTENSIONS)
+    outputs = files.output_paths(inputs, many, args.output, files.STREAM_SUFFIX, args.input)
     codec = _codec(args)
-    from spresso.codec.streaming import duration_seconds
-
-    long, short = [], []
-    for pair in zip(inputs, outputs):
-        (long if (duration_seconds(pair[0]) or 0.0) > LONG_SECONDS else short).append(pair)
-    for src, dst in long:  # one at a time, read block by block
-        try:
-            data = codec.encode_file(src, kbps=args.kbps, codebooks=args.codebooks, progress=not args.quiet)
-        except SpressoError as err:
-            raise SpressoError(f"{src}: {err}") from None
-        _write(dst, data)
-        if not args.quiet:
-            print(f"{dst}: {len(data)} bytes")
-    for group in _groups(short):
-        items = []
-        for src, _ in group:
-            try:
-                items.append(read_audio(src))
-            except SpressoError as err:
-                raise SpressoError(f"{src}: {err}") from None
-        try:
-            datas = codec.encode_batch(items, kbps=args.kbps, codebooks=args.codebooks, progress=not args.quiet)
-        except SpressoError as err:
-            if len(group) == 1:
-                raise SpressoError(f"{group[0][0]}: {err}") from None
-            datas = []  # find which file of the group it is, for a one-line error naming it
-            for (src, _), item in zip(group, items):
-                try:
-                    datas.extend(codec.encode_batch([item], kbps=args.kbps, codebooks=args.codebooks))
-                except SpressoError as err1:
-                    raise SpressoError(f"{src}: {err1}") from None
-        for (src, dst), data in zip(group, datas):
-            _write(dst, data)
-            if not args.quiet:
-                print(f"{dst}: {len(data)} bytes")
+    files.encode_files(codec, list(zip(inputs, outputs)), kbps=args.kbps, codebooks=args.codebooks, progress=not args.quiet,
+                       on_written=None if args.quiet else lambda dst, data: print(f"{dst}: {len(data)} bytes"))
     return 0
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        Path(path).write_bytes(data)
-    except OSError as err:
-        raise SpressoError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from spresso.audio.io import write_audio
+    # lazy: torch (the codec) stays out of `spresso --help`
+    from spresso.codec import files
 
     if not 1 <= args.variations <= 1000:
         raise SpressoError(f"--variations must be 1..1000, got {args.variations}")
-    inputs, many = expand_inputs(args.input, (".spr",))
+    inputs, many = files.expand_inputs(args.input, (files.STREAM_SUFFIX,))
     suffix = Path(args.output).suffix if not many and Path(args.output).suffix else ".wav"
-    outputs = _outputs(inputs, many, args.output, suffix, args.input)
+    outputs = files.output_paths(inputs, many, args.output, suffix, args.input)
     codec = _codec(args)
-    for group in _groups(list(zip(inputs, outputs))):
-        datas = [_read(str(src)) for src, _ in group]
-        short = []
-        for (src, dst), data in zip(group, datas):  # verify each first, so an error names its file
-            try:
-                stream = codec.parse(data)
-            except SpressoError as err:
-                raise SpressoError(f"{src}: {err}") from None
-            if stream.sample_count / stream.sample_rate > LONG_SECONDS:
-                _decode_long(codec, args, src, dst, data)
-            else:
-                short.append(((src, dst), data))
-        if not short:
-            continue
-        results = codec.decode_batch([d for _, d in short], steps=args.steps, seed=args.seed, variations=args.variations,
-                                     original_rate=args.original_rate, solver=args.solver, progress=not args.quiet)
-        for ((src, dst), _), (wave, sr) in zip(short, results):
-            takes = [wave] if args.variations == 1 else list(wave)
-            for v, take in enumerate(takes):
-                path = _take_path(dst, v, args.variations)
-                try:
-                    write_audio(path, take, sr)
-                except SpressoError:
-                    raise
-                except Exception as err:
-                    raise SpressoError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
-                if not args.quiet:
-                    print(f"{path}: {take.shape[-1] / sr:.2f} s at {sr} Hz")
+    files.decode_files(codec, list(zip(inputs, outputs)), steps=args.steps, seed=args.seed, variations=args.variations,
+                       original_rate=args.original_rate, solver=args.solver, progress=not args.quiet,
+                       on_written=None if args.quiet else lambda path, n, sr: print(f"{path}: {n / sr:.2f} s at {sr} Hz"))
     return 0
 
 
-def _take_path(dst: Path, v: int, variations: int) -> Path:
-    return dst if variations == 1 else dst.with_name(f"{dst.stem}.v{v + 1}{dst.suffix}")
-
-
-def _decode_long(codec, args, src: Path, dst: Path, data: bytes) -> None:
-    """A long stream decoded straight to its file(s), window batch by window batch."""
-    for v in range(args.variations):
-        path = _take_path(dst, v, args.variations)
-        try:
-            n, sr = codec.decode_to_file(data, path, steps=args.steps, seed=args.seed, variation=v,
-                                         original_rate=args.original_rate, solver=args.solver, progress=not args.quiet)
-        except SpressoError as err:
-            raise SpressoError(f"{src}: {err}") from None
-        if not args.quiet:
-            print(f"{path}: {n / sr:.2f} s at {sr} Hz")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    # lazy: keeps `spresso --help` free of torch and MLflow
+    # lazy: exporting needs MLflow and the training stack
     from spresso.train.export import export
 
     cfg = stage_config(args)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from spresso.codec import bitpack
 from spresso.codec.errors import BitstreamError
 from spresso.core import rates
+from spresso.core.errors import SpressoError
 
 MAGIC = b"SPR"
 FORMAT_VERSION = 2  # what this build writes
@@ -446,3 +448,24 @@ def describe(data) -> dict:
     out["overhead_bytes"] = len(data) - out["payload_bytes"]
     out["file_bitrate_bps"] = len(data) * 8 / stream.duration_s
     return out
+
+
+# -- files ---------------------------------------------------------------------------------------
+def read_stream_file(path: str | Path) -> bytes:
+    """A `.spr` file's bytes; a one-line error naming the path otherwise."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SpressoError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SpressoError(f"{path}: is a directory, expected a .spr file") from None
+    except OSError as err:
+        raise SpressoError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def write_stream_file(path: str | Path, data: bytes) -> None:
+    """Write `.spr` bytes; a one-line error naming the path otherwise."""
+    try:
+        Path(path).write_bytes(data)
+    except OSError as err:
+        raise SpressoError(f"{path}: cannot write ({err.strerror or err})") from None

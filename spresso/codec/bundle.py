@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from spresso.config.audioae import AudioAEModelConfig
+from spresso.config.dae import LatentEncoderConfig
+from spresso.config.dit import DiTConfig
 from spresso.core.bundle_io import (
     AUDIOAE_FILE,
     DAE_FILE,
@@ -20,7 +22,14 @@ from spresso.core.bundle_io import (
     load_bundle_weights,
     read_bundle_manifest,
 )
+from spresso.core.checkpoint import CheckpointError, load_strict
 from spresso.core.errors import BundleError
+from spresso.diffusion.autoencoder import DiffusionAutoencoder, build_denoiser
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.models.audioae import AudioAE
+from spresso.models.conditioned_dit import ConditionedDiT, add_audio_down
+from spresso.models.latent_encoder import build_latent_encoder
+from spresso.quant.qinco2 import QINCo2, QINCo2Spec
 
 
 @dataclass
@@ -29,9 +38,9 @@ class BundleParts:
 
     manifest: dict
     audioae: torch.nn.Module
-    dae: torch.nn.Module  # DiffusionAutoencoder, LoRA merged
+    dae: DiffusionAutoencoder  # LoRA merged
     quantizer: torch.nn.Module | None
-    normalizer: Any
+    normalizer: LatentNormalizer
     path: Path
 
     @property
@@ -39,18 +48,8 @@ class BundleParts:
         return self.manifest["model_id"]
 
 
-def build_dae(manifest: dict):
+def dae_from_manifest(manifest: dict) -> DiffusionAutoencoder:
     """The merged diffusion autoencoder's architecture (no peft: LoRA is already folded in)."""
-    from spresso.config.dae import LatentEncoderConfig
-    from spresso.config.dit import DiTConfig
-    from spresso.models.conditioned_dit import (
-        ConditionedDiT,
-        DiffusionAutoencoder,
-        add_audio_down,
-    )
-    from spresso.models.dit import build_denoiser
-    from spresso.models.latent_encoder import build_latent_encoder
-
     cfgs = manifest["configs"]
     dit_cfg = DiTConfig.model_validate(cfgs["dit"])
     enc_cfg = LatentEncoderConfig.model_validate(cfgs["encoder"])
@@ -65,11 +64,6 @@ def build_dae(manifest: dict):
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> BundleParts:
     """Load every model of a bundle strictly; one-line :class:`BundleError` on any problem."""
-    from spresso.config.audioae import AudioAEModelConfig
-    from spresso.core.checkpoint import CheckpointError, load_strict
-    from spresso.diffusion.normalize import LatentNormalizer
-    from spresso.models.audioae import AudioAE
-
     root = Path(path)
     manifest = read_bundle_manifest(root)
     try:
@@ -78,12 +72,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> BundleParts:
             raise BundleError(f"{root}: corrupt bundle ({MANIFEST} does not match its model id)")
         ae = AudioAE.from_config(AudioAEModelConfig.model_validate(manifest["configs"]["audioae"]))
         load_strict(ae, load_bundle_weights(root, AUDIOAE_FILE, manifest, verify), what=f"{root}/{AUDIOAE_FILE}")
-        dae = build_dae(manifest)
+        dae = dae_from_manifest(manifest)
         load_strict(dae, load_bundle_weights(root, DAE_FILE, manifest, verify), what=f"{root}/{DAE_FILE}")
         quantizer = None
         if manifest["mode"] == "discrete":
-            from spresso.quant.qinco2 import QINCo2, QINCo2Spec
-
             quantizer = QINCo2(QINCo2Spec(**manifest["configs"]["quantizer"]))
             load_strict(quantizer, load_bundle_weights(root, QUANTIZER_FILE, manifest, verify), what=f"{root}/{QUANTIZER_FILE}")
             quantizer.eval()

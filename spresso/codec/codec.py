@@ -8,10 +8,15 @@
 Encoding: downmix to mono, soxr to 48 kHz, cut into 5 s windows overlapping by 0.5 s
 (:mod:`.windowing`), then per window AudioAE -> normalised x0 -> g_psi -> z -> QINCo2 codes with
 the first m codebooks (or z as float16 for a continuous bundle), windows batched on the device.
-Decoding: codes -> z_q -> diffusion (DPM-Solver++(2M) by default, :mod:`.fast_decode`) -> x0 ->
+Decoding: codes -> z_q -> diffusion (DPM-Solver++(2M) by default, :mod:`spresso.diffusion.sampler`,
+with the step-invariant cache of :mod:`.fast_decode`) -> x0 ->
 AudioAE decoder, windows overlap-added with the Hann crossfade. Both go window by window in
 batches over a signal held in memory; ``encode_file``/``decode_to_file`` (:mod:`.streaming`) do the
 same from and to files block by block, for recordings of any length in bounded memory.
+
+The window-level steps both paths share are public methods of :class:`Codec` (``prepare``,
+``encode_windows``, ``stream_bytes``, ``sampler_settings``, ``window_z``, ``window_noise``,
+``decode_windows``): :mod:`.streaming` and the benchmarks build on them.
 
 Empty input, NaN/Inf, and digital silence (peak below -120 dBFS) are refused with one line:
 a silent file carries nothing to code, and a generative decoder would not give silence back.
@@ -28,18 +33,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spresso.audio.io import resample
 from spresso.codec import bitstream as bs
+from spresso.codec import streaming
 from spresso.codec import windowing as win
 from spresso.codec.bundle import BundleParts, load_bundle
-from spresso.codec.fast_decode import SOLVERS, CachedDenoiser, sample
+from spresso.codec.errors import CodecError, refuse_silence
+from spresso.codec.fast_decode import CachedDenoiser
 from spresso.codec.variable_rate import resolve_codebooks
-from spresso.core.errors import SpressoError
-
-SILENCE_PEAK = 1e-6  # -120 dBFS: below 16-bit (and 24-bit dithered) quantisation noise
-
-
-class CodecError(SpressoError):
-    """Bad input to the codec (audio or stream) - one line."""
+from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
+from spresso.core.rates import frame_rate
+from spresso.diffusion.sampler import SOLVERS, sample
 
 
 @dataclass
@@ -124,7 +128,7 @@ class Codec:
         """z [C, T'] of an all-zero window: what a stream's dropped padding frames are decoded from."""
         if self._silence_z is None:
             zeros = np.zeros((1, win.WINDOW_SAMPLES), np.float32)
-            self._silence_z = torch.from_numpy(self._encode_windows(zeros, None)[0]).to(self.device)
+            self._silence_z = torch.from_numpy(self.encode_windows(zeros, None)[0]).to(self.device)
         return self._silence_z
 
     def codebooks_for(self, kbps: float | None = None, codebooks: int | None = None) -> int | None:
@@ -140,9 +144,11 @@ class Codec:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # --------------------------------------------------------------------------- encode
-    def _prepare(self, wave, sr) -> np.ndarray:
-        from spresso.audio.io import resample
+    def prepare(self, wave, sr) -> np.ndarray:
+        """One signal ([n] or [channels, n], any rate) checked, downmixed and resampled: mono float32 at 48 kHz.
 
+        One-line :class:`CodecError` for what cannot be coded (empty, NaN/Inf, digital silence).
+        """
         if not isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr < 1:
             raise CodecError(f"sample rate must be a positive integer, got {sr!r}")
         w = np.asarray(wave.detach().cpu().numpy() if torch.is_tensor(wave) else wave)
@@ -156,13 +162,13 @@ class Codec:
         if not np.isfinite(w).all():
             raise CodecError("audio holds NaN or Inf samples")
         mono = w.mean(axis=0) if w.ndim == 2 else w
-        if float(np.abs(mono).max()) < SILENCE_PEAK:
-            raise CodecError("audio is digital silence (peak below -120 dBFS): nothing to encode")
+        refuse_silence(float(np.abs(mono).max()))
         return resample(mono, int(sr), self.sample_rate)
 
     @torch.no_grad()
-    def _encode_windows(self, windows: np.ndarray, m: int | None) -> np.ndarray:
-        """[b, 240000] -> codes [b, T', m] (int64) or z [b, C, T'] (float32)."""
+    def encode_windows(self, windows: np.ndarray, m: int | None) -> np.ndarray:
+        """5 s windows at 48 kHz [b, 240000] -> codes [b, T', m] (int64) with m codebooks, or z [b, C, T']
+        (float32) for ``m=None`` (a continuous bundle). One device batch: the caller sizes it."""
         wave = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
         x0 = self.audioae.encode(wave)
         z = self.dae.encode(self.normalizer.normalize(x0))
@@ -180,7 +186,7 @@ class Codec:
         m = self.codebooks_for(kbps, codebooks)
         prepared, plans = [], []
         for wave, sr in items:
-            mono = self._prepare(wave, sr)
+            mono = self.prepare(wave, sr)
             plans.append(win.plan_for_signal(mono.shape[0]))
             prepared.append(mono)
         T = self.frames_per_window
@@ -189,18 +195,18 @@ class Codec:
         views = [win.cut(w, p) for w, p in zip(prepared, plans)]
         jobs = [(i, k) for i, p in enumerate(plans) for k in range(p.n_windows)]
         for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="encode", disable=not progress, leave=False):
-            res = self._encode_windows(np.stack([views[i][k] for i, k in batch]), m)
+            res = self.encode_windows(np.stack([views[i][k] for i, k in batch]), m)
             for (i, k), r in zip(batch, res):
                 if m is None and outs[i].shape[1] == 0:
                     outs[i] = np.empty((plans[i].n_windows,) + r.shape, np.float32)
                 outs[i][k] = r
-        return [self._stream_bytes(out, plan, int(np.asarray(wave).shape[-1]), int(sr), m)
+        return [self.stream_bytes(out, plan, int(np.asarray(wave).shape[-1]), int(sr), m)
                 for (wave, sr), plan, out in zip(items, plans, outs)]
 
-    def _stream_bytes(self, out: np.ndarray, plan: win.WindowPlan, sample_count: int, sample_rate: int, m: int | None) -> bytes:
-        """Per-window codes [n_win, T', m] (or z [n_win, C, T']) of one signal -> `.spr` bytes.
+    def stream_bytes(self, out: np.ndarray, plan: win.WindowPlan, sample_count: int, sample_rate: int, m: int | None) -> bytes:
+        """Per-window codes [n_win, T', m] (or z [n_win, C, T']) of one signal -> `.spr` bytes (the current format).
 
-        Windows one after another, without the last window's frames that only saw its zero padding.
+        ``sample_count``/``sample_rate``: the original signal's, stored in the header. Windows one after another, without the last window's frames that only saw its zero padding.
         """
         common = dict(model_id=self.model_id, time_factor=self.t, sample_count=sample_count, sample_rate=sample_rate,
                       overlap=plan.overlap // win.X0_HOP)
@@ -214,9 +220,7 @@ class Codec:
     def encode_file(self, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
                     progress: bool = False) -> bytes:
         """An audio file of any length -> `.spr` bytes, read block by block (bounded memory)."""
-        from spresso.codec.streaming import encode_file
-
-        return encode_file(self, path, kbps, codebooks, progress=progress)
+        return streaming.encode_file(self, path, kbps, codebooks, progress=progress)
 
     # --------------------------------------------------------------------------- decode
     def parse(self, data) -> bs.Stream:
@@ -225,7 +229,7 @@ class Codec:
         if stream.mode != self.mode:
             raise CodecError(f"a {stream.mode} stream cannot be decoded by a {self.mode} bundle")
         if stream.time_factor != self.t:
-            raise CodecError(f"stream frame rate {stream.frame_rate:.4g} Hz does not match the model's {100 / self.t:.4g} Hz")
+            raise CodecError(f"stream frame rate {stream.frame_rate:.4g} Hz does not match the model's {frame_rate(self.t):.4g} Hz")
         if stream.mode == "discrete":
             if stream.K != self.K:
                 raise CodecError(f"stream codebook size K={stream.K} does not match the model's K={self.K}")
@@ -239,11 +243,11 @@ class Codec:
         need = win.stream_frames(plan, self.t, stream.version)
         if stream.n_frames != need:
             raise CodecError(f"stream holds {stream.n_frames} frames; {plan.n_windows} window(s) of {plan.n_samples} samples "
-                             f"at {100 / self.t:.4g} Hz need {need} (format version {stream.version})")
+                             f"at {frame_rate(self.t):.4g} Hz need {need} (format version {stream.version})")
         return stream
 
-    def _window_z(self, stream: bs.Stream, windows: Sequence[int]) -> torch.Tensor:
-        """z [b, C, T'] of the given windows; frames the stream dropped (last window's padding) from :attr:`silence_z`."""
+    def window_z(self, stream: bs.Stream, windows: Sequence[int]) -> torch.Tensor:
+        """z [b, C, T'] of the given windows (indices into a parsed stream) on the device; frames the stream dropped (last window's padding) from :attr:`silence_z`."""
         T = self.frames_per_window
         spans = [(k * T, min((k + 1) * T, stream.n_frames)) for k in windows]
         if stream.codes is not None:
@@ -260,27 +264,30 @@ class Codec:
             parts.append(part)
         return torch.stack(parts)
 
-    def _window_noise(self, seed: int, windows: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """Initial noise [b, C, frames] for (variation, window) pairs, each from its own seeded generator."""
+    def window_noise(self, seed: int, windows: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Initial noise [b, C, frames] for (variation, window) pairs, each from its own generator seeded by
+        (seed, variation, window): a decode is the same whatever the batching."""
         C, frames = self.normalizer.channels, win.WINDOW_SAMPLES // win.X0_HOP
         return torch.stack([torch.randn(C, frames, generator=torch.Generator().manual_seed(_seed(seed, v, k)))
                             for v, k in windows]).to(self.device)
 
     @torch.no_grad()
-    def _decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float) -> np.ndarray:
+    def decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float) -> np.ndarray:
+        """One device batch: z [b, C, T'] (:meth:`window_z`) and noise (:meth:`window_noise`) -> 5 s windows
+        [b, 240000] at 48 kHz, before the crossfade. Take steps/solver/rho from :meth:`sampler_settings`."""
         frames = win.WINDOW_SAMPLES // win.X0_HOP
         den = CachedDenoiser(self.dae, z, frames, autocast=self._autocast if self.bf16 else None)
         s = self.manifest.get("sampler", {})
-        y = sample(den, noise, steps=steps, solver=solver, sigma_min=s.get("sigma_min", 0.002),
-                   sigma_max=s.get("sigma_max", 80.0), rho=rho)
+        y = sample(den, noise, steps=steps, solver=solver, sigma_min=s.get("sigma_min", SIGMA_MIN),
+                   sigma_max=s.get("sigma_max", SIGMA_MAX), rho=rho)
         return self.audioae.decode(self.normalizer.denormalize(y)).float().cpu().numpy()
 
-    def _sampler_settings(self, steps: int | None, solver: str | None, rho: float | None) -> tuple[int, str, float]:
+    def sampler_settings(self, steps: int | None, solver: str | None, rho: float | None) -> tuple[int, str, float]:
         """Steps, solver and rho: the caller's, else the bundle's, validated."""
         sampler = self.manifest.get("sampler", {})
         steps = int(steps if steps is not None else sampler.get("steps", 32))
         solver = solver or sampler.get("solver", "dpmpp2m")
-        rho = float(rho if rho is not None else sampler.get("rho", 7.0))
+        rho = float(rho if rho is not None else sampler.get("rho", RHO))
         if steps < 1 or steps > 1000:
             raise CodecError(f"steps must be 1..1000, got {steps}")
         if solver not in SOLVERS:
@@ -294,9 +301,7 @@ class Codec:
 
         ``variation`` v gives the same audio as ``decode(..., variations=N)[v]``. Returns (samples, rate).
         """
-        from spresso.codec.streaming import decode_to_file
-
-        return decode_to_file(self, data, path, steps, seed, variation, original_rate=original_rate, solver=solver,
+        return streaming.decode_to_file(self, data, path, steps, seed, variation, original_rate=original_rate, solver=solver,
                               rho=rho, subtype=subtype, progress=progress)
 
     def decode(self, data, steps: int | None = None, seed: int = 0, variations: int = 1, *, original_rate: bool = False,
@@ -309,7 +314,7 @@ class Codec:
                      original_rate: bool = False, solver: str | None = None, rho: float | None = None,
                      progress: bool = False) -> list[tuple[np.ndarray, int]]:
         """Several streams at once; windows of every stream and variation share device batches."""
-        steps, solver, rho = self._sampler_settings(steps, solver, rho)
+        steps, solver, rho = self.sampler_settings(steps, solver, rho)
         if not isinstance(variations, (int, np.integer)) or not 1 <= variations <= 1000:
             raise CodecError(f"variations must be 1..1000, got {variations!r}")
         streams = [self.parse(d) for d in datas]
@@ -318,13 +323,13 @@ class Codec:
         fades = {}
         jobs = [_Job(i, v, k) for i, p in enumerate(plans) for v in range(variations) for k in range(p.n_windows)]
         for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="decode", disable=not progress, leave=False):
-            z = torch.cat([self._window_z(streams[j.item], [j.window]) for j in batch])
-            noise = self._window_noise(seed, [(j.variation, j.window) for j in batch])
-            waves = self._decode_windows(z, noise, steps, solver, rho)
+            z = torch.cat([self.window_z(streams[j.item], [j.window]) for j in batch])
+            noise = self.window_noise(seed, [(j.variation, j.window) for j in batch])
+            waves = self.decode_windows(z, noise, steps, solver, rho)
             for j, w in zip(batch, waves):
                 plan = plans[j.item]
                 weight = fades.setdefault((plan.overlap, j.window == 0, j.window == plan.n_windows - 1),
-                                          _window_weight(plan, j.window))
+                                          win.window_weight(plan, j.window))
                 start = j.window * plan.hop
                 outs[j.item][j.variation][start:start + plan.window] += w * weight
         results = []
@@ -332,24 +337,10 @@ class Codec:
             waves = [o[: plan.n_samples] for o in per_var]
             sr = self.sample_rate
             if original_rate:
-                from spresso.audio.io import resample
-
                 waves = [_fit(resample(w, self.sample_rate, stream.sample_rate), stream.sample_count) for w in waves]
                 sr = stream.sample_rate
             results.append((waves[0] if variations == 1 else np.stack(waves), sr))
         return results
-
-
-def _window_weight(plan: win.WindowPlan, k: int) -> np.ndarray:
-    """Crossfade weight of window k (Hann: fades of neighbours sum to 1), float32 [window]."""
-    w = np.ones(plan.window, np.float32)
-    if plan.overlap and plan.n_windows > 1:
-        rise = win.fade_in(plan.overlap, "hann").astype(np.float32)
-        if k > 0:
-            w[: plan.overlap] = rise
-        if k < plan.n_windows - 1:
-            w[plan.window - plan.overlap:] = rise[::-1]
-    return w
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:

@@ -8,25 +8,52 @@ windows as :func:`.windowing.cut`, and coded a device batch at a time. Decoding 
 batch into a short running buffer and writes the samples no later window can touch. Memory is
 one block of input, one batch of windows and the codes, whatever the length.
 
-The bytes and the audio are the ones the in-memory path gives for the same file, seed and steps.
+The bytes and the audio are the ones the in-memory path gives for the same file, seed and steps:
+both are built from the same window-level steps of :class:`~spresso.codec.codec.Codec` (the
+:class:`WindowCoder` surface below). This module imports nothing of ``codec.py``; ``Codec``
+calls it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
 from tqdm.auto import tqdm
 
+from spresso.codec import bitstream as bs
 from spresso.codec import windowing as win
+from spresso.codec.errors import CodecError, refuse_silence
 from spresso.core.errors import SpressoError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from spresso.codec.codec import Codec
-
 BLOCK_SECONDS = 10.0  # input read per block
+
+
+class WindowCoder(Protocol):
+    """The window-level steps of :class:`spresso.codec.codec.Codec` that coding a file block by block uses."""
+
+    sample_rate: int  # the models' rate (48 kHz)
+    batch_size: int  # windows per device batch
+
+    def codebooks_for(self, kbps: float | None = None, codebooks: int | None = None) -> int | None: ...
+
+    def encode_windows(self, windows: np.ndarray, m: int | None) -> np.ndarray: ...
+
+    def stream_bytes(self, out: np.ndarray, plan: win.WindowPlan, sample_count: int, sample_rate: int,
+                     m: int | None) -> bytes: ...
+
+    def sampler_settings(self, steps: int | None, solver: str | None, rho: float | None) -> tuple[int, str, float]: ...
+
+    def parse(self, data) -> bs.Stream: ...
+
+    def window_z(self, stream: bs.Stream, windows: Sequence[int]) -> torch.Tensor: ...
+
+    def window_noise(self, seed: int, windows: Sequence[tuple[int, int]]) -> torch.Tensor: ...
+
+    def decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float) -> np.ndarray: ...
 
 
 def duration_seconds(path: str | Path) -> float | None:
@@ -38,10 +65,8 @@ def duration_seconds(path: str | Path) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
 
 
-def _mono_blocks(path: str | Path, sample_rate: int) -> tuple[int, int, Iterator[np.ndarray]]:
+def mono_blocks(path: str | Path, sample_rate: int) -> tuple[int, int, Iterator[np.ndarray]]:
     """(source frames, source rate, iterator of mono float32 blocks at ``sample_rate``)."""
-    from spresso.codec.codec import CodecError
-
     try:
         f = sf.SoundFile(str(path))
     except Exception as err:
@@ -68,7 +93,7 @@ def _mono_blocks(path: str | Path, sample_rate: int) -> tuple[int, int, Iterator
     return frames, sr, blocks()
 
 
-def _windows(blocks: Iterator[np.ndarray], plan: win.WindowPlan) -> Iterator[np.ndarray]:
+def block_windows(blocks: Iterator[np.ndarray], plan: win.WindowPlan) -> Iterator[np.ndarray]:
     """The windows of :func:`.windowing.cut`, from blocks: the first ``plan.n_samples`` samples, zero-padded."""
     buf = np.zeros(0, np.float32)
     start = taken = 0  # start: absolute position of buf[0]; taken: samples of the signal used so far
@@ -92,13 +117,11 @@ def _windows(blocks: Iterator[np.ndarray], plan: win.WindowPlan) -> Iterator[np.
         k += 1
 
 
-def encode_file(codec: "Codec", path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
+def encode_file(codec: WindowCoder, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
                 progress: bool = False) -> bytes:
     """An audio file -> `.spr` bytes, reading it block by block."""
-    from spresso.codec.codec import SILENCE_PEAK, CodecError
-
     m = codec.codebooks_for(kbps, codebooks)
-    frames, sr, blocks = _mono_blocks(path, codec.sample_rate)
+    frames, sr, blocks = mono_blocks(path, codec.sample_rate)
     n = win.model_length(frames, sr)
     plan = win.plan_for_signal(n)
     peak = 0.0
@@ -113,28 +136,25 @@ def encode_file(codec: "Codec", path: str | Path, kbps: float | None = None, cod
     outs: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     bar = tqdm(total=plan.n_windows, desc="encode", unit="window", disable=not progress, leave=False)
-    for w in _windows(tracked(), plan):
+    for w in block_windows(tracked(), plan):
         batch.append(w)
         if len(batch) == codec.batch_size:
-            outs.extend(codec._encode_windows(np.stack(batch), m))
+            outs.extend(codec.encode_windows(np.stack(batch), m))
             bar.update(len(batch))
             batch = []
     if batch:
-        outs.extend(codec._encode_windows(np.stack(batch), m))
+        outs.extend(codec.encode_windows(np.stack(batch), m))
         bar.update(len(batch))
     bar.close()
-    if peak < SILENCE_PEAK:
-        raise CodecError("audio is digital silence (peak below -120 dBFS): nothing to encode")
-    return codec._stream_bytes(np.stack(outs), plan, frames, sr, m)
+    refuse_silence(peak)
+    return codec.stream_bytes(np.stack(outs), plan, frames, sr, m)
 
 
-def decode_to_file(codec: "Codec", data, path: str | Path, steps: int | None = None, seed: int = 0, variation: int = 0, *,
+def decode_to_file(codec: WindowCoder, data, path: str | Path, steps: int | None = None, seed: int = 0, variation: int = 0, *,
                    original_rate: bool = False, solver: str | None = None, rho: float | None = None,
                    subtype: str | None = None, progress: bool = False) -> tuple[int, int]:
     """`.spr` bytes -> an audio file written as it is decoded. Returns (samples written, rate)."""
-    from spresso.codec.codec import CodecError, _window_weight
-
-    steps, solver, rho = codec._sampler_settings(steps, solver, rho)
+    steps, solver, rho = codec.sampler_settings(steps, solver, rho)
     stream = codec.parse(data)
     plan = win.plan_for_stream(stream.sample_count, stream.sample_rate, stream.overlap)
     out_sr = stream.sample_rate if original_rate else codec.sample_rate
@@ -159,15 +179,15 @@ def decode_to_file(codec: "Codec", data, path: str | Path, steps: int | None = N
         windows = list(range(plan.n_windows))
         for b in tqdm(range(0, len(windows), codec.batch_size), desc="decode", disable=not progress, leave=False):
             ks = windows[b:b + codec.batch_size]
-            z = codec._window_z(stream, ks)
-            noise = codec._window_noise(seed, [(variation, k) for k in ks])
-            waves = codec._decode_windows(z, noise, steps, solver, rho)
+            z = codec.window_z(stream, ks)
+            noise = codec.window_noise(seed, [(variation, k) for k in ks])
+            waves = codec.decode_windows(z, noise, steps, solver, rho)
             for k, w in zip(ks, waves):
                 start = k * plan.hop - done
                 need = start + plan.window
                 if need > acc.shape[0]:
                     acc = np.concatenate([acc, np.zeros(need - acc.shape[0], np.float32)])
-                acc[start:need] += w * _window_weight(plan, k)
+                acc[start:need] += w * win.window_weight(plan, k)
                 final = (k + 1) * plan.hop - done if k < plan.n_windows - 1 else acc.shape[0]
                 final = min(final, plan.n_samples - done)  # never past the signal's end
                 if final > 0:

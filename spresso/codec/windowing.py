@@ -151,6 +151,19 @@ def window_weights(plan: WindowPlan, fade: str = "hann") -> np.ndarray:
     return w
 
 
+def window_weight(plan: WindowPlan, k: int, fade: str = "hann") -> np.ndarray:
+    """Crossfade weight of window k alone, float32 [window]: one row of :func:`window_weights`, as the
+    decoder overlap-adds it window by window."""
+    w = np.ones(plan.window, np.float32)
+    if plan.overlap and plan.n_windows > 1:
+        rise = fade_in(plan.overlap, fade).astype(np.float32)
+        if k > 0:
+            w[: plan.overlap] = rise
+        if k < plan.n_windows - 1:
+            w[plan.window - plan.overlap:] = rise[::-1]
+    return w
+
+
 def join(windows, plan: WindowPlan, fade: str = "hann") -> np.ndarray:
     """Overlap-add decoded windows ([n_windows, window] array or a sequence of windows) with a crossfade.
 

@@ -101,7 +101,7 @@ class DAEConfig(Section):
     stage1: DAETrainConfig = DAETrainConfig()
     stage3: Stage3Config = Stage3Config()
     zcache: ZCacheConfig = ZCacheConfig()
-    decode_steps: int = Field(32, ge=1)  # Heun steps when reconstructing (the paper: 64)
+    decode_steps: int = Field(32, ge=1)  # an exported bundle's default solver steps (DPM-Solver++(2M); the paper: 64 Heun)
     # Inputs (null: the DiT / QINCo2 stages' final checkpoints) and outputs, relative to the workdir.
     dit_dir: Optional[str] = None
     quantizer_dir: Optional[str] = None

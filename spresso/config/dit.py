@@ -32,11 +32,18 @@ class DiffusionConfig(Section):
     logvar_channels: int = Field(128, gt=0)
 
 
+# The EDM noise schedule (Karras et al. 2022): the one definition of these defaults. Samplers,
+# the codec and exported bundles take them from here (through SamplerConfig or these names).
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+RHO = 7.0
+
+
 class SamplerConfig(Section):
     steps: int = Field(64, ge=1)
-    sigma_min: float = Field(0.002, gt=0)
-    sigma_max: float = Field(80.0, gt=0)
-    rho: float = Field(7.0, gt=0)
+    sigma_min: float = Field(SIGMA_MIN, gt=0)
+    sigma_max: float = Field(SIGMA_MAX, gt=0)
+    rho: float = Field(RHO, gt=0)
     # EDM stochastic sampling (0: the deterministic ODE).
     S_churn: float = Field(0.0, ge=0)
     S_min: float = Field(0.0, ge=0)

@@ -18,5 +18,5 @@ class EvalConfig(Section):
     level: float = Field(0.95, gt=0, lt=1)
     example_clips: int = Field(4, ge=0)  # clips with audio players and spectrograms in the report
     variations: int = Field(2, ge=0)  # extra decodings (other seeds) of stochastic codecs for the examples
-    diffusion_steps: int = Field(32, ge=1)  # Heun steps for our diffusion decoders (the paper: 64)
+    diffusion_steps: int = Field(32, ge=1)  # solver steps for our codec bundles (their solver, DPM-Solver++(2M) by default; the paper: 64 Heun)
     gpus_per_task: float = Field(0.25, ge=0)  # used only when the cluster has GPUs

@@ -19,11 +19,13 @@ it balances the noise levels automatically instead of a hand-tuned weighting.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+
+from spresso.models.fourier import FourierFeatures
 
 
 def preconditioning(sigma: torch.Tensor, sigma_data: float = 0.5):
@@ -42,23 +44,6 @@ def preconditioning(sigma: torch.Tensor, sigma_data: float = 0.5):
 def loss_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
     """lambda(sigma) = 1 / c_out^2: makes the effective training target F unit-variance."""
     return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
-
-
-class FourierFeatures(nn.Module):
-    """cos(2 pi (f x + p)) with fixed random f ~ N(0, 1), p ~ U(0, 1) (EDM2's magnitude-preserving Fourier).
-
-    The frequencies come from a fixed seed and are not persistent: they are part of the
-    architecture, not of the weights.
-    """
-
-    def __init__(self, channels: int, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("freqs", 2 * math.pi * torch.randn(channels, generator=g), persistent=False)
-        self.register_buffer("phases", 2 * math.pi * torch.rand(channels, generator=g), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float()[..., None] * self.freqs + self.phases).cos() * math.sqrt(2)
 
 
 class LogVariance(nn.Module):
@@ -89,13 +74,20 @@ class Denoiser(nn.Module):
         self.logvar = LogVariance(logvar_channels)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, return_logvar: bool = False, **cond):
+        return self.precondition(lambda x_in, c_noise: self.net(x_in, c_noise, **cond), x, sigma, return_logvar)
+
+    def precondition(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     sigma: torch.Tensor, return_logvar: bool = False):
+        """D(x; sigma) around ``net(x_in, c_noise) -> F``: :attr:`net` itself, or a variant of it that
+        caches step-invariant conditioning (the codec's decoder). The one place D(x) is written.
+        """
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data)
         shape = (-1,) + (1,) * (x.dim() - 1)
         x = x.float()
-        F_x = self.net(x * c_in.view(shape), c_noise, **cond)
+        F_x = net(x * c_in.view(shape), c_noise)
         D_x = c_skip.view(shape) * x + c_out.view(shape) * F_x.float()
         if return_logvar:
             return D_x, self.logvar(c_noise)

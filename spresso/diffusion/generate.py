@@ -7,16 +7,20 @@ from typing import Sequence
 
 import torch
 
+from spresso.audio.io import write_audio
+from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN, DiTConfig
 from spresso.core.errors import SpressoError
+from spresso.diffusion.checkpoints import load_dit
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.diffusion.sampler import guided, heun_sample
-from spresso.models.text_encoder import TextEmbedding, TextEncoder
+from spresso.diffusion.sampler import evaluations, guided, heun_sample
+from spresso.models.audioae import load_audioae
+from spresso.models.text_encoder import TextEmbedding, TextEncoder, build_text_encoder
 
 log = logging.getLogger(__name__)
 
 
 def generate_latents(denoiser: torch.nn.Module, text: TextEmbedding, normalizer: LatentNormalizer, frames: int, *,
-                     steps: int = 64, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                     steps: int = 64, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO,
                      S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
                      guidance: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
                      autocast=None, progress: bool = False) -> torch.Tensor:
@@ -44,12 +48,6 @@ def generate_audio(dit_dir: str | Path, prompts: Sequence[str], out_paths: Seque
                    audioae_dir: str | Path, steps: int | None = None, seed: int = 0, guidance: float | None = None,
                    seconds: float | None = None, device: str | None = None, encoder: TextEncoder | None = None) -> list[Path]:
     """Generate one sound per prompt with the DiT at ``dit_dir``, decode with the AudioAE, write audio files."""
-    from spresso.audio.io import write_audio
-    from spresso.config.dit import DiTConfig
-    from spresso.models.audioae import load_audioae
-    from spresso.models.dit import load_dit
-    from spresso.models.text_encoder import build_text_encoder
-
     if len(prompts) != len(out_paths):
         raise SpressoError("give one output path per prompt")
     if not Path(audioae_dir).is_dir():
@@ -65,7 +63,7 @@ def generate_audio(dit_dir: str | Path, prompts: Sequence[str], out_paths: Seque
     audioae = load_audioae(audioae_dir, map_location=device)
     frames = int(meta["frames"]) if seconds is None else max(1, int(round(seconds * audioae.frame_rate)))
     kw = sampler_kwargs(cfg.sampler, steps=steps, guidance=guidance)
-    log.info("sampling %d prompt(s): %d steps (%d evaluations), guidance %g", len(prompts), kw["steps"], 2 * kw["steps"] - 1, kw["guidance"])
+    log.info("sampling %d prompt(s): %d steps (%d evaluations), guidance %g", len(prompts), kw["steps"], evaluations(kw["steps"]), kw["guidance"])
     x0 = generate_latents(denoiser, encoder.encode(list(prompts)), normalizer, frames, seed=seed, device=device, progress=True, **kw)
     with torch.no_grad():
         waves = audioae.decode(x0.to(device)).float().cpu().numpy()

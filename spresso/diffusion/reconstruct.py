@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.diffusion.sampler import heun_sample
 from spresso.models.text_encoder import TextEmbedding
@@ -23,7 +24,7 @@ def null_text(model, batch: int, device) -> TextEmbedding:
 
 @torch.no_grad()
 def reconstruct_latents(model, normalizer: LatentNormalizer, z: torch.Tensor | None, frames: int, *, text: TextEmbedding | None = None,
-                        steps: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, seed: int = 0,
+                        steps: int = 32, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO, seed: int = 0,
                         batch: int | None = None, device=None, progress: bool = False) -> torch.Tensor:
     """z [B, 64, ceil(frames / t)] (None: withheld, an unconditional sample) -> x0 [B, C, frames] in AudioAE units."""
     device = torch.device(device or next(model.parameters()).device)

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spresso.codec.fast_decode import sample
 from spresso.config.layout import point_config, quantizer_dir, stage_output
 from spresso.core.errors import SpressoError
 from spresso.core.rates import frame_rate
@@ -42,6 +41,7 @@ from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.checkpoints import load_dae
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.diffusion.reconstruct import null_text
+from spresso.diffusion.sampler import sample
 from spresso.eval.metrics import mel_distance, si_sdr
 from spresso.quant import load_qinco2
 
@@ -209,7 +209,6 @@ def decode_x0(stage: StageModel, z: torch.Tensor | None, frames: int, batch: int
 
     The noise depends only on (seed, batch, C, frames), so every row starts from the same noise.
     """
-
     model = stage.model
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))

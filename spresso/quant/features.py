@@ -11,6 +11,8 @@ from typing import Iterable
 
 import numpy as np
 
+from spresso.audio import AUDIO_EXTENSIONS, AudioError, load_mono
+
 
 def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 20.0, fmax: float | None = None) -> np.ndarray:
     """Triangular filters on the HTK mel scale: [n_mels, n_fft // 2 + 1]."""
@@ -36,8 +38,6 @@ def logmel_frames(wave: np.ndarray, sr: int = 48000, n_fft: int = 1024, hop: int
 
 
 def audio_files(root: str | Path, limit: int | None = None) -> list[Path]:
-    from spresso.audio import AUDIO_EXTENSIONS
-
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     return files[:limit] if limit else files
 
@@ -54,8 +54,6 @@ def audio_feature_vectors(files: Iterable[str | Path], d: int = 64, n_mels: int 
     """Log-mel frames of the files (silent frames dropped), PCA-projected to d dims: [N, d] float32.
 
     ``basis`` reuses a PCA fitted elsewhere (e.g. on the training files for held-out files)."""
-    from spresso.audio import AudioError, load_mono
-
     frames = []
     for f in files:
         try:

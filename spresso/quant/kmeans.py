@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import faiss
 import numpy as np
 import torch
 
@@ -27,15 +28,11 @@ def warn_if_few_vectors(n: int, K: int, what: str) -> bool:
 
 
 def faiss_has_gpu() -> bool:
-    import faiss
-
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def kmeans(x: np.ndarray, K: int, *, niter: int = 20, seed: int = 0, gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """faiss k-means: centroids [K, d] and the assignment [N] of each row of x."""
-    import faiss
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.shape[0] < K:
         raise ValueError(f"k-means needs at least K={K} vectors, got {x.shape[0]}")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from spresso.quant.beam import encode_normalized
 from spresso.quant.normalize import Normalizer
 
 # (L blocks, embedding dim de, hidden dim dh) of the paper's presets.
@@ -166,8 +167,6 @@ class QINCo2(nn.Module):
     def encode(self, x: torch.Tensor, m: int | None = None, *, beam: int | None = None, candidates: int | None = None,
                amp: bool | None = None) -> torch.Tensor:
         """Vectors [..., d] -> codes [..., m] (int64), beam search with the model truncated to m steps."""
-        from spresso.quant.beam import encode_normalized
-
         if x.shape[-1] != self.spec.d:
             raise ValueError(f"vectors have {x.shape[-1]} dims, the quantizer expects {self.spec.d}")
         lead = x.shape[:-1]

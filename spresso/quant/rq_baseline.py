@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
+import faiss
 import numpy as np
+
+from spresso.quant.kmeans import warn_if_few_vectors
 
 TRAIN_TYPES = {"default": 0, "progressive_dim": 1}  # faiss's ResidualQuantizer.train_type flags
 
@@ -19,8 +22,6 @@ class FaissRQ:
     "default" (plain beam-searched residual k-means)."""
 
     def __init__(self, d: int, M: int, K: int, beam: int = 32, train_type: str = "progressive_dim"):
-        import faiss
-
         if K & (K - 1):
             raise ValueError(f"faiss RQ needs K a power of two, got {K}")
         self.d, self.M, self.K, self.beam = d, M, K, beam
@@ -38,8 +39,6 @@ class FaissRQ:
         return np.ascontiguousarray((np.asarray(x, np.float32) - self.mean) / self.std, dtype=np.float32)
 
     def train(self, x: np.ndarray) -> "FaissRQ":
-        from spresso.quant.kmeans import warn_if_few_vectors
-
         x = np.asarray(x, np.float32)
         if warn_if_few_vectors(x.shape[0], self.K, "faiss RQ"):
             self.rq.cp.min_points_per_centroid = 1  # its per-step warning is replaced by ours
@@ -49,15 +48,22 @@ class FaissRQ:
         self._truncated = {self.M: self.rq}
         return self
 
-    def codebooks(self) -> np.ndarray:
-        import faiss
+    def set_trained(self, codebooks: np.ndarray, mean: np.ndarray, std: float) -> "FaissRQ":
+        """Load trained codebooks [M, K, d] and the normalisation (a saved RQ), as :meth:`train` would leave them."""
+        codebooks = np.asarray(codebooks, np.float32)
+        if codebooks.shape != (self.M, self.K, self.d):
+            raise ValueError(f"codebooks of shape {codebooks.shape}, expected {(self.M, self.K, self.d)}")
+        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks).ravel(), self.rq.codebooks)
+        self.rq.is_trained = True
+        self.mean, self.std = np.asarray(mean, np.float32), float(std)
+        self._truncated = {self.M: self.rq}  # truncations of the old codebooks are stale
+        return self
 
+    def codebooks(self) -> np.ndarray:
         return faiss.vector_to_array(self.rq.codebooks).reshape(self.M, self.K, self.d)
 
     def quantizer(self, m: int):
-        """An m-step ResidualQuantizer made of the first m trained codebooks."""
-        import faiss
-
+        """An m-step ResidualQuantizer made of the first m trained codebooks (built once, then cached)."""
         if not 1 <= m <= self.M:
             raise ValueError(f"m must be in [1, {self.M}], got {m}")
         if m not in self._truncated:
@@ -70,16 +76,12 @@ class FaissRQ:
 
     def encode(self, x: np.ndarray, m: int | None = None) -> np.ndarray:
         """Vectors [N, d] -> unpacked integer codes [N, m] (int32)."""
-        import faiss
-
         m = m or self.M
         packed = self.quantizer(m).compute_codes(self._norm(x))
         return faiss.unpack_bitstrings(packed, m, self.nbits).astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes [N, m] (any prefix length) -> vectors [N, d]."""
-        import faiss
-
         codes = np.asarray(codes)
         m = codes.shape[1]
         packed = faiss.pack_bitstrings(np.ascontiguousarray(codes, dtype=np.int32), self.nbits)

@@ -7,6 +7,7 @@ the residuals they should predict.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -57,8 +58,6 @@ def train_step(model, opt, sched, xn: torch.Tensor, s: TrainSettings, autocast=N
     """One optimisation step on a normalised batch: (metrics, the batch's codes [N, M]).
 
     Adds the codes' counts to ``usage`` [M, K] when given."""
-    import contextlib
-
     core = getattr(model, "module", model)  # the QINCo2 inside a DDP wrapper
     core.eval()
     codes = encode_normalized(core, xn, core.M, beam=s.beam, candidates=s.candidates)

@@ -39,11 +39,12 @@ from spresso.core.storage import absolute
 from spresso.data.captions import build_caption_cache
 from spresso.data.latent_batches import LatentCaptionDataset, resumed_stream, train_rows
 from spresso.data.zarr_cache import ClipCache
+from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.ema import EMA
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import load_audioae
-from spresso.models.dit import CHECKPOINT_KIND, build_denoiser
+from spresso.models.dit import CHECKPOINT_KIND
 from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit_examples import example_captions, write_generated_examples
 from spresso.train.dit_held_out import held_out_sigma_report

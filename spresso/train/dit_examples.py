@@ -8,8 +8,8 @@ import torch
 from spresso.audio.io import write_audio
 from spresso.data.latent_batches import split_rows
 from spresso.data.zarr_cache import ClipCache
+from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.generate import generate_latents
-from spresso.models.dit import build_denoiser
 from spresso.models.text_encoder import TextEmbedding
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from spresso import __version__
 from spresso.config import SpressoConfig
+from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
 from spresso.config.layout import quantizer_dir, stage_output
 from spresso.core.bundle_io import (
     AUDIOAE_FILE,
@@ -165,8 +166,8 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
         },
         "normalizer": {"x0_mean": [float(v) for v in meta["x0_mean"]], "x0_std": [float(v) for v in meta["x0_std"]],
                        "sigma_data": float(dae.denoiser.sigma_data)},
-        "sampler": {"steps": int(cfg["dae"].get("decode_steps", 32)), "solver": "dpmpp2m", "rho": 7.0,
-                    "sigma_min": 0.002, "sigma_max": 80.0},
+        "sampler": {"steps": int(cfg["dae"].get("decode_steps", 32)), "solver": "dpmpp2m", "rho": RHO,
+                    "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX},
     }
     out.mkdir(parents=True, exist_ok=True)
     for stale in (AUDIOAE_FILE, DAE_FILE, QUANTIZER_FILE, MANIFEST):

@@ -36,10 +36,10 @@ from spresso.core.storage import absolute
 from spresso.data.captions import build_caption_cache
 from spresso.data.latent_batches import LatentCaptionDataset, resumed_stream, train_rows
 from spresso.data.zarr_cache import ClipCache
+from spresso.diffusion.autoencoder import DiffusionAutoencoder, set_trainable
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
-from spresso.models.conditioned_dit import DiffusionAutoencoder, set_trainable
 from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit import X0_IDENTITY, open_x0_cache
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training

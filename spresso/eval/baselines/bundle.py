@@ -2,7 +2,7 @@
 
 The stream is exactly what ``Codec.encode`` writes (the .spr bitstream, header included), so
 its size is the actual bitrate; decoding is seeded, and other seeds are the report's
-"decoding variations". The codec module is imported lazily: the harness works without it.
+"decoding variations". ``spresso.load`` imports the codec (torch) on first use only.
 """
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+import spresso
+from spresso.audio.io import resample
+from spresso.core.bundle_io import read_bundle_manifest
+from spresso.core.rates import (
+    bitrate_bps,
+    compression_ratio,
+    continuous_bitrate_bps,
+    frame_rate,
+)
 from spresso.eval.adapter import CodecAdapter, CodecInfo
 
 
@@ -25,20 +34,11 @@ class BundleAdapter(CodecAdapter):
         # The table is built in the driver, which never loads the weights: describe the
         # operating point from the bundle's manifest alone.
         try:
-            from spresso.core.bundle_io import read_bundle_manifest
-
             self._describe_manifest(read_bundle_manifest(self.path), variant)
         except Exception:  # no or broken bundle: available() reports it
             pass
 
     def available(self) -> tuple[bool, str]:
-        try:
-            import spresso
-
-            if not hasattr(spresso, "load"):
-                return False, "spresso.load (the codec bundle API) is not available in this version"
-        except ImportError as err:  # pragma: no cover
-            return False, str(err)
         if not Path(self.path).exists():
             return False, f"no codec bundle at {self.path}"
         return True, ""
@@ -46,19 +46,10 @@ class BundleAdapter(CodecAdapter):
     @property
     def codec(self):
         if self._codec is None:
-            import spresso
-
             self._codec = spresso.load(self.path)
         return self._codec
 
     def _describe_manifest(self, manifest: dict, variant: str) -> None:
-        from spresso.core.rates import (
-            bitrate_bps,
-            compression_ratio,
-            continuous_bitrate_bps,
-            frame_rate,
-        )
-
         t = int(manifest["t"])
         channels = int(manifest.get("configs", {}).get("encoder", {}).get("z_channels", 64))
         if manifest.get("mode") == "discrete":
@@ -75,8 +66,6 @@ class BundleAdapter(CodecAdapter):
         return self.codec.encode(np.asarray(wave, np.float32), 48000, kbps=self.kbps, codebooks=self.codebooks)
 
     def decode_variation(self, data: bytes, num_samples: int, seed: int) -> np.ndarray:
-        from spresso.audio.io import resample
-
         wave, sr = self.codec.decode(data, steps=self.steps, seed=seed)
         y = resample(np.asarray(wave, np.float32).reshape(-1), int(sr), 48000)
         return y[:num_samples] if y.size >= num_samples else np.pad(y, (0, num_samples - y.size))

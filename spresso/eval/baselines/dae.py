@@ -14,7 +14,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.numpy import load_file
+from safetensors.torch import save_file
 
+from spresso.codec.bitpack import pack_codes, unpack_codes
 from spresso.core.errors import SpressoError
 from spresso.core.rates import (
     bitrate_bps,
@@ -22,6 +26,10 @@ from spresso.core.rates import (
     continuous_bitrate_bps,
     frame_rate,
 )
+from spresso.data.zarr_cache import ClipCache
+from spresso.diffusion.checkpoints import load_dae
+from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.reconstruct import reconstruct_audio
 from spresso.eval.adapter import CodecAdapter, CodecInfo
 from spresso.eval.baselines.audioae import (
     float16_stream,
@@ -29,6 +37,8 @@ from spresso.eval.baselines.audioae import (
     read_float16_stream,
     torch_device,
 )
+from spresso.models.audioae import load_audioae
+from spresso.quant import FaissRQ
 
 RQ_FILE, RQ_META = "rq.safetensors", "rq.json"
 
@@ -56,10 +66,6 @@ class _DAEBase(CodecAdapter):
 
     def _load(self):
         if self._loaded is None:
-            from spresso.diffusion.checkpoints import load_dae
-            from spresso.diffusion.normalize import LatentNormalizer
-            from spresso.models.audioae import load_audioae
-
             device = torch_device(self.device)
             model, info = load_dae(self.dae_dir, map_location=device)
             sigma_data = float(info["config"].get("dit", {}).get("diffusion", {}).get("sigma_data", 0.5))
@@ -69,8 +75,6 @@ class _DAEBase(CodecAdapter):
 
     def _z(self, wave: np.ndarray):
         """wave -> z [d, T'] (float32 numpy) and the x0 frame count."""
-        import torch
-
         model, normalizer, audioae, device = self._load()
         x = torch.from_numpy(pad_to(np.asarray(wave, np.float32), audioae.hop))[None].to(device)
         with torch.inference_mode():
@@ -79,10 +83,6 @@ class _DAEBase(CodecAdapter):
         return z[0].float().cpu().numpy(), x0.shape[-1]
 
     def _decode_z(self, z: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
-        import torch
-
-        from spresso.diffusion.reconstruct import reconstruct_audio
-
         model, normalizer, audioae, device = self._load()
         frames = math.ceil(num_samples / audioae.hop)
         out = reconstruct_audio(model, normalizer, audioae, z=torch.from_numpy(z)[None].to(device), frames=frames,
@@ -143,16 +143,12 @@ class RQAdapter(_DAEBase):
         return self._rq
 
     def encode(self, wave: np.ndarray) -> bytes:
-        from spresso.codec.bitpack import pack_codes
-
         z, _ = self._z(wave)
         codes = self.rq.encode(z.T, self.m)  # [T', m]
         bits = int(math.log2(self.K))
         return np.array([codes.shape[0]], "<u4").tobytes() + pack_codes(codes, bits)
 
     def decode_variation(self, data: bytes, num_samples: int, seed: int) -> np.ndarray:
-        from spresso.codec.bitpack import unpack_codes
-
         n_frames = int(np.frombuffer(data[:4], "<u4")[0])
         codes = unpack_codes(data[4:], n_frames, self.m, int(math.log2(self.K)))
         z = self.rq.decode(np.asarray(codes).reshape(n_frames, self.m)).T.astype(np.float32)
@@ -170,9 +166,6 @@ def _read_rq_meta(directory: str) -> dict | None:
 
 def save_rq(rq, directory: str | Path, meta: dict | None = None) -> Path:
     """Write a trained :class:`~spresso.quant.FaissRQ` as codebooks + normalisation (safetensors) and JSON."""
-    import torch
-    from safetensors.torch import save_file
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"codebooks": torch.from_numpy(np.ascontiguousarray(rq.codebooks(), np.float32)),
@@ -183,31 +176,20 @@ def save_rq(rq, directory: str | Path, meta: dict | None = None) -> Path:
 
 def load_rq(directory: str | Path):
     """A :class:`~spresso.quant.FaissRQ` with the saved codebooks (ready to encode/decode)."""
-    import faiss
-    from safetensors.numpy import load_file
-
-    from spresso.quant import FaissRQ
-
     meta = _read_rq_meta(str(directory))
     if meta is None:
         raise SpressoError(f"no saved faiss RQ at {directory}")
     arrays = load_file(str(Path(directory) / RQ_FILE))
     rq = FaissRQ(int(meta["d"]), int(meta["M"]), int(meta["K"]), beam=int(meta.get("beam", 32)))
-    if arrays["codebooks"].shape != (rq.M, rq.K, rq.d):
-        raise SpressoError(f"{directory}: codebooks of shape {arrays['codebooks'].shape}, expected {(rq.M, rq.K, rq.d)}")
-    faiss.copy_array_to_vector(np.ascontiguousarray(arrays["codebooks"]).ravel(), rq.rq.codebooks)
-    rq.rq.is_trained = True
-    rq.mean, rq.std = arrays["mean"].astype(np.float32), float(meta["std"])
-    rq._truncated = {rq.M: rq.rq}
-    return rq
+    try:
+        return rq.set_trained(arrays["codebooks"], arrays["mean"], float(meta["std"]))
+    except ValueError as err:
+        raise SpressoError(f"{directory}: {err}") from None
 
 
 def train_rq_on_z(z_cache: str, directory: str | Path, M: int, K: int, *, beam: int = 32, max_vectors: int = 100_000,
                   seed: int = 0, split: str = "train") -> Path:
     """Train the ablation's RQ on the same z frames QINCo2 was trained on (the z cache, train split)."""
-    from spresso.data.zarr_cache import ClipCache
-    from spresso.quant import FaissRQ
-
     cache = ClipCache.open(z_cache, mode="r")
     rows = cache.rows_where("split", split)
     if rows.size == 0:
