@@ -160,7 +160,9 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
         "text_dims": [int(v) for v in meta["text_dims"]],
         "configs": {
             "audioae": audioae.config.model_dump(mode="json"),
-            "dit": meta.get("dit_config") or cfg["dit"],
+            # The DiT as it computes (model, diffusion, sampler, text encoder), not how it was trained:
+            # the model id then ignores run knobs such as the Ray Train scaling.
+            "dit": {k: v for k, v in (meta.get("dit_config") or cfg["dit"]).items() if k != "train"},
             "encoder": cfg["dae"]["encoder"],
             "audio_down_init": cfg["dae"].get("audio_down_init", "audio"),
         },
