@@ -11,8 +11,9 @@ import zlib
 import numpy as np
 import pytest
 
-from spresso.codec import bitpack, bitstream
+from spresso.codec import bitpack, bitstream, windowing
 from spresso.codec.errors import BitstreamError
+from spresso.core.errors import SpressoError
 
 
 # -- bitpack ---------------------------------------------------------------------------------------
@@ -69,6 +70,10 @@ def test_truncate_on_a_byte_boundary_keeps_exactly_the_prefix_bytes():
 
 # -- the .spr stream -------------------------------------------------------------------------------
 MODEL = "00112233aabb"  # hex: only the first 4 bytes are stored
+
+
+def exactly(message: str) -> str:
+    return "^" + re.escape(message) + "$"
 
 
 def raises(message: str):
@@ -341,3 +346,101 @@ def test_describe_adds_the_file_sizes():
     assert info["payload_bytes"] == 20 and info["overhead_bytes"] == 21
     assert info["file_bitrate_bps"] == len(data) * 8 / 0.4
     assert info["bitrate_bps"] == 2 * 8 * 25.0 and info["m"] == 2
+
+
+# -- windowing -------------------------------------------------------------------------------------
+def test_window_constants_and_model_length():
+    assert (windowing.SAMPLE_RATE, windowing.WINDOW_SAMPLES, windowing.DEFAULT_OVERLAP_SAMPLES) == (48000, 240000, 24000)
+    assert windowing.X0_HOP == 480 and windowing.DEFAULT_OVERLAP_FRAMES == 50
+    assert windowing.model_length(1, 1) == 48000 and windowing.model_length(3, 96000) == 2
+    assert windowing.model_length(2, 96000) == 1 and windowing.model_length(1, 48000) == 1
+    with pytest.raises(SpressoError, match=exactly("need a positive length and rate, got 0 samples at 48000 Hz")):
+        windowing.model_length(0, 48000)
+    with pytest.raises(SpressoError, match=exactly("need a positive length and rate, got 5 samples at 0 Hz")):
+        windowing.model_length(5, 0)
+
+
+def test_window_plan_values_and_messages():
+    p = windowing.plan_windows(22, window=10, overlap=3)
+    assert (p.hop, p.n_windows, p.starts.tolist(), p.padded_samples) == (7, 3, [0, 7, 14], 24)
+    assert p.starts.dtype == np.int64
+    q = windowing.plan_windows(10, window=10, overlap=3)
+    assert (q.n_windows, q.padded_samples) == (1, 10)
+    r = windowing.plan_windows(11, window=10, overlap=0)
+    assert (r.hop, r.n_windows, r.starts.tolist(), r.padded_samples) == (10, 2, [0, 10], 20)
+    assert windowing.plan_windows(1, window=1, overlap=0).n_windows == 1
+    with pytest.raises(SpressoError, match=exactly("cannot cut an empty signal (0 samples) into windows")):
+        windowing.plan_windows(0)
+    with pytest.raises(SpressoError, match=exactly("window must be at least 1 sample, got 0")):
+        windowing.plan_windows(5, window=0, overlap=0)
+    with pytest.raises(SpressoError, match=exactly("overlap must be 0..9 samples (less than the window), got 10")):
+        windowing.plan_windows(5, window=10, overlap=10)
+    with pytest.raises(SpressoError, match=exactly("overlap must be 0..9 samples (less than the window), got -1")):
+        windowing.plan_windows(5, window=10, overlap=-1)
+    assert windowing.plan_windows(5, window=10, overlap=9).hop == 1
+    assert windowing.plan_windows(5.0, 10.0, 2.0) == windowing.WindowPlan(5, 10, 2)
+    assert windowing.plan_for_signal(240000).overlap == 0 and windowing.plan_for_signal(240001).overlap == 24000
+    s = windowing.plan_for_stream(44100, 44100, 2)
+    assert (s.n_samples, s.window, s.overlap) == (48000, 240000, 960)
+
+
+def test_frames_per_window_and_last_window():
+    assert [windowing.frames_per_window(t) for t in (4, 9, 20, 100)] == [125, 56, 25, 5]
+    p = windowing.plan_windows(300000)  # 2 windows; the last holds 300000 - 216000 = 84000 samples
+    assert windowing.last_window_frames(p, 1) == 175 and windowing.last_window_frames(p, 4) == 44
+    assert windowing.stream_frames(p, 4, version=1) == 250 and windowing.stream_frames(p, 4, version=2) == 125 + 44
+    one = windowing.plan_windows(481)
+    assert windowing.last_window_frames(one, 1) == 2 and windowing.last_window_frames(one, 2) == 1
+
+
+def test_cut_is_a_strided_view_of_one_padded_copy():
+    p = windowing.plan_windows(22, window=10, overlap=3)
+    x = np.arange(1, 23, dtype=np.float32)
+    w = windowing.cut(x, p)
+    assert w.shape == (3, 10) and w.dtype == np.float32
+    assert w[1].tolist() == list(range(8, 18)) and w[2].tolist() == [*range(15, 23), 0, 0]
+    with pytest.raises(SpressoError, match=exactly("expected a mono signal of 22 samples, got shape (21,)")):
+        windowing.cut(x[:-1], p)
+    with pytest.raises(SpressoError, match=exactly("expected a mono signal of 22 samples, got shape (1, 22)")):
+        windowing.cut(x[None], p)
+
+
+def test_fade_curves_exactly():
+    x = (np.arange(4) + 0.5) / 4
+    np.testing.assert_allclose(windowing.fade_in(4, "linear"), x)
+    np.testing.assert_allclose(windowing.fade_in(4, "hann"), np.sin(0.5 * np.pi * x) ** 2)
+    np.testing.assert_allclose(windowing.fade_in(4, "equal_power"), np.sin(0.5 * np.pi * x))
+    np.testing.assert_allclose(windowing.fade_in(4), np.sin(0.5 * np.pi * x) ** 2)
+    assert windowing.fade_in(1, "linear").tolist() == [0.5] and windowing.fade_in(0).size == 0
+    assert windowing.fade_in(3, "linear").dtype == np.float64
+    with pytest.raises(SpressoError, match=exactly("unknown crossfade 'cubic' (choose from hann, linear, equal_power)")):
+        windowing.fade_in(3, "cubic")
+    with pytest.raises(SpressoError, match="unknown crossfade"):
+        windowing.window_weights(windowing.plan_windows(5, 10, 0), "cubic")
+
+
+def test_window_weights_exactly():
+    p = windowing.plan_windows(22, window=10, overlap=4)
+    w = windowing.window_weights(p, "linear")
+    rise = (np.arange(4) + 0.5) / 4
+    assert w.shape == (3, 10) and w.dtype == np.float64
+    np.testing.assert_allclose(w[0], [1] * 6 + list(rise[::-1]))
+    np.testing.assert_allclose(w[1], list(rise) + [1] * 2 + list(rise[::-1]))
+    np.testing.assert_allclose(w[2], list(rise) + [1] * 6)
+
+
+def test_join_values_and_messages():
+    p = windowing.plan_windows(16, window=10, overlap=4)
+    windows = np.stack([np.full(10, 1.0), np.full(10, 3.0)])
+    rise = (np.arange(4) + 0.5) / 4
+    out = windowing.join(windows, p, "linear")
+    assert out.dtype == np.float32 and out.shape == (16,)
+    np.testing.assert_allclose(out, [1] * 6 + list(1 * (1 - rise) + 3 * rise) + [3] * 6, rtol=1e-6)
+    ep = windowing.join(windows, p, "equal_power")  # no normalisation: the weights' squares sum to 1
+    r = np.sin(0.5 * np.pi * rise)
+    np.testing.assert_allclose(ep, [1] * 6 + list(1 * r[::-1] + 3 * r) + [3] * 6, rtol=1e-6)
+    assert windowing.join([np.zeros(10), np.ones(10)], p).shape == (16,)  # a list of windows works too
+    with pytest.raises(SpressoError, match=exactly("expected 2 windows of 10 samples, got 3")):
+        windowing.join(np.zeros((3, 10)), p)
+    with pytest.raises(SpressoError, match=exactly("window 1 has shape (9,), expected (10,)")):
+        windowing.join([np.zeros(10), np.zeros(9)], p)
