@@ -8,7 +8,13 @@ from pathlib import Path
 
 import fsspec
 
-from spresso.core.digest import digest_bytes, digest_file, digest_files, digest_json, digest_tree
+from spresso.core.digest import (
+    digest_bytes,
+    digest_file,
+    digest_files,
+    digest_json,
+    digest_tree,
+)
 
 
 def sha(data: bytes) -> str:

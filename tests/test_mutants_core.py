@@ -6,7 +6,11 @@ import re
 
 import pytest
 
-from spresso.codec.variable_rate import codebooks_for_kbps, operating_points, resolve_codebooks
+from spresso.codec.variable_rate import (
+    codebooks_for_kbps,
+    operating_points,
+    resolve_codebooks,
+)
 from spresso.core import rates
 from spresso.core.errors import SpressoError
 

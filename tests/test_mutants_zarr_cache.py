@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import zarr
 
-from spresso.data.zarr_cache import CacheDataset, CacheError, ClipCache, default_compressor
+from spresso.data.zarr_cache import (
+    CacheDataset,
+    CacheError,
+    ClipCache,
+    default_compressor,
+)
 
 KEYS = ["a", "b", "c", "d", "e", "f", "g"]
 ARRAYS = {"x": ((2, 3), "float16"), "n": ((), "int32"), "tag": ((), "str"), "ok": ((), "bool")}
