@@ -6,6 +6,7 @@ the variable-rate helpers. Each test names the behaviour; docs/testing.md lists 
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 
 import numpy as np
@@ -444,3 +445,28 @@ def test_join_values_and_messages():
         windowing.join(np.zeros((3, 10)), p)
     with pytest.raises(SpressoError, match=exactly("window 1 has shape (9,), expected (10,)")):
         windowing.join([np.zeros(10), np.zeros(9)], p)
+
+
+def test_stream_edges_the_mutation_run_found():
+    assert discrete(sample_count=(1 << 32) - 1).sample_count == (1 << 32) - 1  # the largest header value
+    base = dict(codes=np.zeros((1, 1), int), log2k=1, time_factor=4, sample_count=1, sample_rate=1)
+    assert bitstream.Stream(model_id=b"abcdef", **base).model_id == b"abcd"  # bytes are cut to the 4-byte prefix
+    assert bitstream.Stream(model_id=bytearray(b"wxyz"), **base).model_id == b"wxyz"
+    assert type(bitstream.Stream(model_id=bytearray(b"wxyz"), **base).model_id) is bytes
+    with raises("model id needs at least 4 bytes (8 hex digits), got 'abcd'"):
+        bitstream.Stream(model_id="abcd", **base)  # a 4-character str is hex for 2 bytes, not 4 bytes
+    z = bitstream.Stream.continuous(np.ones((1, 1)), model_id=MODEL, time_factor=4, sample_count=1)
+    assert z.sample_rate == 48000 and z.overlap == 0 and z.version == 2
+    d = bitstream.Stream.discrete(np.ones((1, 1), int), 2, model_id=MODEL, time_factor=4, sample_count=1)
+    assert d.sample_rate == 48000 and d.overlap == 0 and d.version == 2
+    np.testing.assert_array_equal(discrete(codes=[[1, 2], [3, 0]]).peel(1).codes, [[1], [3]])
+    with warnings.catch_warnings():  # the float16 overflow is reported as the stream's error, not a warning
+        warnings.simplefilter("error")
+        with raises("z holds values that are not finite in float16 (NaN, inf or beyond +-65504)"):
+            bitstream.Stream.continuous(np.full((1, 1), 1e6), model_id=MODEL, time_factor=4, sample_count=1)
+    with raises("unknown .spr format version 9 (this build reads versions 1 and 2)"):
+        bitstream.decode_stream(b"SPR\x09")  # 4 bytes: long enough to read the version
+    with raises("truncated stream: only 4 bytes"):
+        bitstream.decode_stream(b"SPR\x02")
+    with raises("corrupt header: the overlap field is too large"):
+        bitstream.decode_varint(b"\x80\x80\x80\x80\x80\x00", 0, "overlap")  # a varint never reads a 6th byte
