@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,12 @@ def module_results(module: str) -> dict[str, int | None]:
     meta = MUTANTS / (module + ".meta")
     if not meta.exists():
         return {}
-    return json.loads(meta.read_text())["exit_code_by_key"]
+    for _ in range(20):  # a running mutmut rewrites the file: read it again if it is caught half-written
+        try:
+            return json.loads(meta.read_text())["exit_code_by_key"]
+        except json.JSONDecodeError:
+            time.sleep(0.1)
+    raise SystemExit(f"{meta}: not readable JSON")
 
 
 def table(show_survivors: bool) -> int:

@@ -390,6 +390,7 @@ def test_frames_per_window_and_last_window():
     p = windowing.plan_windows(300000)  # 2 windows; the last holds 300000 - 216000 = 84000 samples
     assert windowing.last_window_frames(p, 1) == 175 and windowing.last_window_frames(p, 4) == 44
     assert windowing.stream_frames(p, 4, version=1) == 250 and windowing.stream_frames(p, 4, version=2) == 125 + 44
+    assert type(windowing.last_window_frames(p, 4)) is int and type(windowing.stream_frames(p, 4)) is int
     one = windowing.plan_windows(481)
     assert windowing.last_window_frames(one, 1) == 2 and windowing.last_window_frames(one, 2) == 1
 

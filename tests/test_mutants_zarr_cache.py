@@ -1,6 +1,7 @@
 """ClipCache / CacheDataset: exact layout, messages and edge cases (mutation-run gaps). Public API only."""
 from __future__ import annotations
 
+import os
 import pickle
 import re
 
@@ -165,6 +166,7 @@ def test_read_rows_in_any_form(tmp_path):
     assert empty.shape == (0, 2, 3) and empty.dtype == np.float16
     assert c.read("n", np.array([], dtype=int)).shape == (0,)
     assert c.read("keys", []).shape == (0,) and c.read("done", []).dtype == np.bool_
+    assert c.read("keys", []).dtype.kind == "U"  # a plain NumPy str array, not Zarr's StringDType
     with pytest.raises(CacheError, match=exactly(f"{c.path}: no array 'y' (has ['n', 'ok', 'tag', 'x'])")):
         c.read("y")
     for bad in ([7], [-1], [0, 7]):
@@ -181,7 +183,11 @@ def test_cache_dataset_rows_and_batches(tmp_path):
     assert {k: np.asarray(v).tolist() for k, v in ds[1].items()} == {"n": 20, "keys": "c"}
     batch = ds.__getitems__([2, 0])
     assert [int(b["n"]) for b in batch] == [40, 60] and [str(b["keys"]) for b in batch] == ["e", "g"]
+    assert ds.__getitems__([]) == []
     assert len(CacheDataset(c.path, ["x"])) == 7 and CacheDataset(c.path, ["x"], rows=[]).rows.size == 0
+    assert CacheDataset(c.path, ["x"], rows=[]).rows.dtype == np.int64
+    flat = CacheDataset(c.path, ["n"], rows=np.array([[5], [1]]))
+    assert flat.rows.tolist() == [5, 1] and int(flat[1]["n"]) == 10
     ds[0]
     state = ds.__getstate__()
     assert state["_cache"] is None and state["_pid"] is None  # an open store does not travel
@@ -192,3 +198,26 @@ def test_cache_dataset_rows_and_batches(tmp_path):
     for bad in ([7], [-1]):
         with pytest.raises(CacheError, match=exactly(f"{c.path}: row index out of range [0, 7)")):
             CacheDataset(c.path, ["n"], rows=bad)
+
+
+def test_cache_dataset_opens_once_per_process(tmp_path, monkeypatch):
+    """One open for the validation probe, one on first use in a process, none after; a new pid (a forked
+    DataLoader worker) opens again: a store opened before a fork is not used after it."""
+    c = make(tmp_path)
+    c.write_block(0, 7, **block(0, 7))
+    opened = []
+    real_open = ClipCache.open
+
+    def counting_open(path, mode="r+"):
+        opened.append(mode)
+        return real_open(path, mode)
+
+    monkeypatch.setattr(ClipCache, "open", staticmethod(counting_open))
+    ds = CacheDataset(c.path, ["n"])
+    assert opened == ["r"]
+    assert [int(ds[i]["n"]) for i in (0, 3, 6)] == [0, 30, 60] and int(ds.__getitems__([1])[0]["n"]) == 10
+    assert opened == ["r", "r"]
+    real_pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)
+    assert int(ds[2]["n"]) == 20 and int(ds[4]["n"]) == 40
+    assert opened == ["r", "r", "r"]
