@@ -429,6 +429,12 @@ def test_window_weights_exactly():
     np.testing.assert_allclose(w[0], [1] * 6 + list(rise[::-1]))
     np.testing.assert_allclose(w[1], list(rise) + [1] * 2 + list(rise[::-1]))
     np.testing.assert_allclose(w[2], list(rise) + [1] * 6)
+    wide = windowing.window_weights(windowing.plan_windows(18, window=10, overlap=6), "linear")  # hop 4
+    rise6 = (np.arange(6) + 0.5) / 6
+    both = np.ones(10)
+    both[:6] *= rise6
+    both[4:] *= rise6[::-1]  # the fade-in and fade-out meet inside the window: they multiply
+    np.testing.assert_allclose(wide[1], both)
 
 
 def test_join_values_and_messages():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import uuid
 
 import numpy as np
 import pytest
@@ -221,3 +222,14 @@ def test_cache_dataset_opens_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)
     assert int(ds[2]["n"]) == 20 and int(ds[4]["n"]) == 40
     assert opened == ["r", "r", "r"]
+
+
+def test_string_dtypes_and_url_stores():
+    url = f"memory://zarr-cache-{uuid.uuid4().hex}"  # a URL goes to fsspec unchanged (not resolved as a path)
+    arrays = {"o": ((), np.dtype(object)), "u": ((), np.dtype("<U3")), "w": ((), "string"), "s": ((), str),
+              "n": ((), np.dtype("int8"))}
+    c = ClipCache.create(url, ["a", "b"], arrays, 2)
+    assert c.path == url and ClipCache.exists(url)
+    assert [c.row_spec(k)[1] for k in ("o", "u", "w", "s", "n")] == ["str", "str", "str", "str", "int8"]
+    c.write_block(0, 2, o=["x", "y"], u=["p", "q"], w=["1", "2"], s=["z", "z"], n=[1, 2])
+    assert ClipCache.open(url, mode="r").read("o").tolist() == ["x", "y"]
