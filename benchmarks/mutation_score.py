@@ -4,6 +4,7 @@
     python benchmarks/mutation_score.py              # print the table of the last run (mutants/*.meta)
     python benchmarks/mutation_score.py --survivors  # and list the surviving mutants not yet explained
     python benchmarks/mutation_score.py --run --only 'spresso.codec.bitpack.*'  # (re)test some mutants only
+    python benchmarks/mutation_score.py --run --rerun-survivors  # retest the unexplained survivors only
 
 A mutant counts as killed when a test failed or timed out on it. Survivors that are equivalent programs
 (no test can tell them from the original) are listed, each with its reason, in docs/testing.md; they
@@ -72,6 +73,13 @@ def module_results(module: str) -> dict[str, int | None]:
     raise SystemExit(f"{meta}: not readable JSON")
 
 
+def open_survivors() -> list[str]:
+    """Surviving (or untested) mutants of the mutated modules that docs/testing.md does not explain."""
+    equivalent = equivalent_mutants()
+    return sorted(k for module in only_mutate() for k, c in module_results(module).items()
+                  if (c == SURVIVED or c in UNTESTED) and k not in equivalent)
+
+
 def table(show_survivors: bool) -> int:
     equivalent = equivalent_mutants()
     rows, survivors, below = [], [], 0
@@ -108,10 +116,17 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=None, help="parallel test processes (default: CPUs)")
     parser.add_argument("--only", nargs="+", default=[], metavar="GLOB",
                         help="with --run: only these mutants (names or globs such as 'spresso.codec.bitpack.*')")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="with --run: retest only the surviving mutants not listed as equivalent (after adding tests)")
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants not marked equivalent")
     args = parser.parse_args()
     if args.run:
-        run_mutmut(args.max_children, args.only)
+        only = list(args.only)
+        if args.rerun_survivors:
+            only += open_survivors()
+            if not only:
+                sys.exit("no surviving mutants to retest")
+        run_mutmut(args.max_children, only)
     if not MUTANTS.exists():
         sys.exit("no mutants/ yet: run with --run")
     below = table(args.survivors)

@@ -198,3 +198,14 @@ def test_spec_validation_and_presets():
         codes = all_codes(4, 2)
         torch.testing.assert_close(fresh.decode_normalized(codes), fresh.codebook0[codes[:, 0]] + fresh.steps[0].codebook[codes[:, 1]])
     assert len(fresh.steps) == 1 and fresh.M == 2 and len(fresh.steps[0].blocks) == 1
+
+
+def test_smallest_valid_spec_and_initial_scales():
+    tiny = QINCo2Spec(d=1, K=2, M=1, L=0, de=1, dh=1, A=1, B=1)  # every size at its lower bound is valid
+    assert QINCo2(tiny).M == 1
+    torch.manual_seed(0)
+    q = QINCo2(QINCo2Spec(d=16, K=1024, M=2, L=1, de=4, dh=4))
+    # codebooks start as N(0, 0.1^2): a k-means init replaces them, but an untrained model must be sane
+    for p in (q.codebook0, q.steps[0].codebook, q.steps[0].preselect):
+        assert abs(float(p.std()) - 0.1) < 0.005
+    assert all(m.bias is None for m in q.modules() if isinstance(m, torch.nn.Linear))
