@@ -137,6 +137,19 @@ def test_edm2_loss_by_hand():
     torch.testing.assert_close(drawn.loss, EDM2Loss(0.7, 0.2)(den, y, sigma=s, noise=n).loss)
     loss = EDM2Loss()
     assert (loss.P_mean, loss.P_std, loss.sigma_data) == (-0.4, 1.0, 0.5)
+    # the loss's own sigma_data weights the error, and the conditioning reaches the network
+    net = Probe()
+    den2 = Denoiser(net, sigma_data=2.0, logvar_channels=4)
+    out2 = EDM2Loss(sigma_data=2.0)(den2, y, sigma=sigma, noise=noise, extra=5)
+    assert net.calls[-1][2] == {"extra": 5}
+    torch.testing.assert_close(out2.per_sample, (loss_weight(sigma, 2.0)[:, None] * out2.mse[:, None]).mean(1))
+
+
+def test_denoiser_output_is_float32_whatever_the_sigma_dtype():
+    den = Denoiser(Probe(), logvar_channels=4)
+    x = torch.randn(2, 3)
+    assert den(x, torch.tensor([0.5, 1.0], dtype=torch.float64)).dtype == torch.float32
+    assert den(x, torch.tensor([1, 2])).dtype == torch.float32
 
 
 # -- sampler ---------------------------------------------------------------------------------------
