@@ -247,3 +247,11 @@ def test_guidance_batches_both_branches_and_mixes_them():
     torch.testing.assert_close(plain, 3.0 * scale[:, None].expand(2, 4))
     guided(den, 2.0, scale=scale, text="not a tensor")(x, sigma)
     assert seen["text"] == "not a tensor"
+
+
+def test_denoiser_uses_its_own_sigma_data():
+    den = Denoiser(Probe(), sigma_data=2.0, logvar_channels=4)
+    x, sigma = torch.randn(2, 3), torch.tensor([0.5, 3.0])
+    c_skip, c_out, c_in, c_noise = preconditioning(sigma, 2.0)
+    want = c_skip[:, None] * x + c_out[:, None] * (3 * x * c_in[:, None] + c_noise[:, None])
+    torch.testing.assert_close(den(x, sigma), want)

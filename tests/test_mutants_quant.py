@@ -209,3 +209,22 @@ def test_smallest_valid_spec_and_initial_scales():
     for p in (q.codebook0, q.steps[0].codebook, q.steps[0].preselect):
         assert abs(float(p.detach().std()) - 0.1) < 0.005
     assert all(m.bias is None for m in q.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_chunk_rows_uses_the_widest_activation_and_half_the_free_gpu_memory(monkeypatch):
+    cpu = torch.device("cpu")
+    for kw, width in (({"d": 3, "de": 40, "dh": 6}, 40), ({"d": 3, "de": 5, "dh": 50}, 50),
+                      ({"d": 60, "de": 5, "dh": 6}, 60), ({"d": 3, "de": 5, "dh": 6, "K": 96}, 32)):
+        rows = beam_search.chunk_rows(model(**kw), 2, 3, cpu)
+        assert type(rows) is int and rows == beam_search.CPU_BUDGET_BYTES // (2 * 3 * width * 16), kw
+    # On CUDA the budget is half the free memory (no GPU needed: the query is replaced).
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device)
+        return 8 << 30, 16 << 30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    cuda = torch.device("cuda", 1)
+    assert beam_search.chunk_rows(model(d=3, de=5, dh=6), 2, 3, cuda) == (4 << 30) // (2 * 3 * 6 * 16)
+    assert asked == [cuda]
