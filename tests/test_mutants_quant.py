@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 
 import pytest
 import torch
@@ -228,3 +229,19 @@ def test_chunk_rows_uses_the_widest_activation_and_half_the_free_gpu_memory(monk
     cuda = torch.device("cuda", 1)
     assert beam_search.chunk_rows(model(d=3, de=5, dh=6), 2, 3, cuda) == (4 << 30) // (2 * 3 * 6 * 16)
     assert asked == [cuda]
+
+
+def test_vectors_with_zero_coordinates_and_amp_on_cpu():
+    """Exact zeros in a vector must not upset the distances; amp=True on CPU changes nothing and warns nothing."""
+    q = model()
+    xn = torch.randn(12, 3)
+    xn[::2, 0] = 0.0
+    xn[1::3] = 0.0
+    with torch.no_grad():
+        every = all_codes(4, 2)
+        recon = decode_explicit(q, every)[-1]
+        best = every[((xn[:, None, :] - recon[None]) ** 2).sum(-1).argmin(1)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "CUDA is not available, disabling autocast"
+            got = beam_search.encode_normalized(q, xn, 2, beam=4, candidates=4, amp=True)
+    torch.testing.assert_close(got, best, rtol=0, atol=0)
