@@ -245,3 +245,9 @@ def test_vectors_with_zero_coordinates_and_amp_on_cpu():
             warnings.simplefilter("error")  # e.g. "CUDA is not available, disabling autocast"
             got = beam_search.encode_normalized(q, xn, 2, beam=4, candidates=4, amp=True)
     torch.testing.assert_close(got, best, rtol=0, atol=0)
+    with torch.no_grad():  # greedy (beam 1, one candidate): here the distances' ranking decides everything
+        greedy = beam_search.encode_normalized(q, xn, 2, beam=1, candidates=1)
+        c0 = ((xn[:, None] - q.codebook0[None]) ** 2).sum(-1).argmin(1)
+        x_hat = q.codebook0[c0]
+        c1 = ((xn - x_hat)[:, None] - q.steps[0].preselect[None]).pow(2).sum(-1).argmin(1)
+    torch.testing.assert_close(greedy, torch.stack([c0, c1], 1), rtol=0, atol=0)

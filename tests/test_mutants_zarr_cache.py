@@ -1,6 +1,7 @@
 """ClipCache / CacheDataset: exact layout, messages and edge cases (mutation-run gaps). Public API only."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -74,7 +75,7 @@ def test_layout_storage_and_repr(tmp_path, monkeypatch):
     assert rel.path == str(tmp_path / "rel.zarr") and ClipCache.exists("rel.zarr")
 
 
-def test_reopen_compatible_adds_new_attrs_and_refuses_differences(tmp_path):
+def test_reopen_compatible_adds_new_attrs_and_refuses_differences(tmp_path, caplog):
     c = make(tmp_path)
     c.write_block(0, 3, **block(0, 3))
     again = make(tmp_path, attrs={"model": "m1", "size": (1, 2), "extra": 5})  # tuples compare as stored lists
@@ -97,7 +98,9 @@ def test_reopen_compatible_adds_new_attrs_and_refuses_differences(tmp_path):
         make(tmp_path, arrays=arrays)
     fresh = make(tmp_path, overwrite=True, attrs={"model": "m9"})
     assert not fresh.done().any() and fresh.attrs == {"model": "m9"}
-    rebuilt = make(tmp_path, chunk_rows=2, replace_stale=True)
+    with caplog.at_level(logging.WARNING, logger="spresso.data.zarr_cache"):
+        rebuilt = make(tmp_path, chunk_rows=2, replace_stale=True)
+    assert caplog.messages == [f"{p}: an existing cache is incompatible: chunk_rows is 3 there, 2 requested; rebuilding it"]
     assert rebuilt.chunk_rows == 2 and not rebuilt.done().any()
 
 
