@@ -243,7 +243,7 @@ def test_guidance_batches_both_branches_and_mixes_them():
     assert seen["text"].tokens.shape[0] == 4
     torch.testing.assert_close(out, (1.0 + 2.5 * (3.0 - 1.0)) * scale[:, None].expand(2, 4))
     plain = guided(den, scale=scale)(x, sigma)  # guidance 1 by default: one plain conditional call
-    assert seen["drop"] is None and seen["x"].shape == (2, 4)
+    assert seen["drop"] is None and seen["x"].shape == (2, 4) and seen["sigma"] is sigma
     torch.testing.assert_close(plain, 3.0 * scale[:, None].expand(2, 4))
     guided(den, 2.0, scale=scale, text="not a tensor")(x, sigma)
     assert seen["text"] == "not a tensor"
