@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint mutation clean
 
 install: $(STAMP)
 
@@ -34,6 +34,13 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check --select F,I spresso pipelines benchmarks tests
 	$(BIN)/python -m pytest tests/test_architecture.py -q
+
+# Mutation testing (not part of `make test`; about an hour on 2 cores): mutmut mutates the codec, rates,
+# digest, Zarr cache, diffusion and quantizer modules ([tool.mutmut] in pyproject.toml), runs the fast
+# tests that cover each mutated function, and prints the score per module (docs/testing.md).
+# make mutation MUTATION_ARGS="--only 'spresso.codec.bitpack.*'" retests some mutants only.
+mutation: install
+	nice -n 19 $(BIN)/python benchmarks/mutation_score.py --run --survivors $(MUTATION_ARGS)
 
 clean:
 	rm -rf work/demo

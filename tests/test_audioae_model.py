@@ -66,9 +66,26 @@ def test_bad_lengths_and_shapes_are_one_line_errors(tiny):
         tiny.decode(torch.zeros(1, 64, 10))
 
 
-def test_presets_build_and_paper_is_vocos_sized():
-    paper = load_config("paper").audioae.model
-    assert (paper.width, paper.blocks, paper.intermediate, paper.latent_dim) == (512, 8, 1536, 128)
+def convnext_parameters(c_in: int, dim: int, inter: int, blocks: int, k: int) -> int:
+    """Parameters of a ConvNeXt backbone, written out: embed conv, 2 LayerNorms, and per block a depthwise
+    conv, a LayerNorm, two pointwise linears and the layer scale."""
+    block = (dim * k + dim) + 2 * dim + (dim * inter + inter) + (inter * dim + dim) + dim
+    return (c_in * dim * k + dim) + 2 * dim + blocks * block + 2 * dim
+
+
+def test_paper_preset_builds_a_vocos_sized_model_that_frames_exactly():
+    cfg = load_config("paper").audioae.model
+    model = AudioAE.from_config(cfg).eval()
+    bins = cfg.n_fft // 2 + 1
+    encoder = convnext_parameters(2 * bins, 512, 1536, 8, cfg.kernel_size) + 512 * 128 + 128
+    decoder = convnext_parameters(128, 512, 1536, 8, cfg.kernel_size) + 512 * 2 * bins + 2 * bins
+    assert sum(p.numel() for p in model.encoder.parameters()) == encoder
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder
+    assert 13.0e6 < decoder < 14.0e6  # Vocos' 48 kHz-class decoder: about 13.5 M parameters
+    with torch.no_grad():
+        x0 = model.encode(torch.randn(1, 4800) * 0.1)
+        assert x0.shape == (1, 128, 10) and torch.isfinite(x0).all()
+        assert model.decode(x0).shape == (1, 4800)
     with pytest.raises(Exception, match="same"):
         AudioAEModelConfig(n_fft=961)
 

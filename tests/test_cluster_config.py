@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import jsonschema
@@ -62,8 +63,64 @@ def test_kuberay_and_mlflow_manifests():
         if entry[0] == "python":
             assert (REPO / entry[1]).is_file(), f"{path.name}: {entry[1]} does not exist"
         assert "clusterSelector" in job["spec"] or "rayClusterSpec" in job["spec"]
-    kinds = [d["kind"] for d in _docs(REPO / "infra" / "mlflow" / "mlflow.yaml")]
-    assert {"Deployment", "StatefulSet", "Secret", "Service"} <= set(kinds)
-    (server,) = [d for d in _docs(REPO / "infra" / "mlflow" / "mlflow.yaml") if d["kind"] == "Deployment"]
-    cmd = " ".join(server["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert "--app-name basic-auth" in cmd and "--artifacts-destination s3://" in cmd and "BACKEND_URI" in cmd
+
+
+def server_options(tokens: list[str]) -> dict[str, str | bool]:
+    """`--key value` pairs and bare `--flag`s of a command line, by name."""
+    opts, i = {}, 0
+    while i < len(tokens):
+        if tokens[i].startswith("--"):
+            has_value = i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+            opts[tokens[i]] = tokens[i + 1] if has_value else True
+            i += 2 if has_value else 1
+        else:
+            i += 1
+    return opts
+
+
+def test_mlflow_manifest_structure():
+    docs = _docs(REPO / "infra" / "mlflow" / "mlflow.yaml")
+    by_kind_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert {"Deployment", "StatefulSet", "Secret", "Service", "ServiceAccount"} <= {k for k, _ in by_kind_name}
+    assert all(d["metadata"].get("namespace") == "mlflow" for d in docs if d["kind"] != "Namespace")
+    secret = by_kind_name["Secret", "mlflow-secrets"]["stringData"]
+    pod = by_kind_name["Deployment", "mlflow"]["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    # The server's command line: `sh -c "exec mlflow server ..."` (sh expands $BACKEND_URI from the env).
+    assert server["command"] == ["sh", "-c"] and len(server["args"]) == 1
+    tokens = shlex.split(server["args"][0])
+    assert tokens[:3] == ["exec", "mlflow", "server"]
+    opts = server_options(tokens[3:])
+    assert opts["--app-name"] == "basic-auth" and opts["--serve-artifacts"] is True
+    assert opts["--host"] == "0.0.0.0" and int(opts["--workers"]) >= 1
+    assert opts["--artifacts-destination"].startswith("s3://") and opts["--artifacts-destination"] != "s3://"
+    assert opts["--backend-store-uri"] == "$BACKEND_URI"
+    # Every env secret ref names a key the secret holds; the backend URI comes from it (no password inline).
+    env = {e["name"]: e for e in server["env"]}
+    for e in env.values():
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "mlflow-secrets" and ref["key"] in secret, e
+    assert env["BACKEND_URI"]["valueFrom"]["secretKeyRef"]["key"] == "BACKEND_URI"
+    assert secret["BACKEND_URI"].startswith("postgresql://")
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in env and "valueFrom" in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    # The auth config path points into the mounted secret, at the item that holds basic_auth.ini.
+    (mount,) = server["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    items = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+    assert volume["secret"]["secretName"] == "mlflow-secrets" and mount.get("readOnly") is True
+    auth_path = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    assert auth_path.startswith(mount["mountPath"] + "/")
+    assert items[auth_path[len(mount["mountPath"]) + 1:]] in secret
+    # One port everywhere: --port, the container port, the readiness probe, the Service's target.
+    port = int(opts["--port"])
+    assert [p["containerPort"] for p in server["ports"]] == [port]
+    assert server["readinessProbe"]["httpGet"]["port"] == port
+    service = by_kind_name["Service", "mlflow"]["spec"]
+    assert service["selector"] == by_kind_name["Deployment", "mlflow"]["spec"]["selector"]["matchLabels"]
+    assert [p["targetPort"] for p in service["ports"]] == [port]
+    # The backend URI reaches PostgreSQL at its Service's name and port.
+    pg = by_kind_name["Service", "mlflow-postgres"]["spec"]
+    host_port = secret["BACKEND_URI"].split("@", 1)[1].split("/", 1)[0]
+    assert host_port == f"mlflow-postgres.mlflow.svc.cluster.local:{pg['ports'][0]['port']}"
+    assert pod["serviceAccountName"] in {n for k, n in by_kind_name if k == "ServiceAccount"}

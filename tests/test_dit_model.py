@@ -7,6 +7,7 @@ from spresso.config.dit import DiTConfig, DiTModelConfig
 from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
+from spresso.models.conditioned_dit import add_lora, lora_parameters, merge_lora
 from spresso.models.dit import DiT, count_parameters
 from spresso.models.latent_encoder import decimated_positions
 from spresso.models.mmdit import StreamInput
@@ -120,16 +121,38 @@ def test_third_stream_joins_the_joint_attention():
         net(x, c_noise, t, extra={"nope": StreamInput(z)})
 
 
-def test_lora_wraps_plain_linears_by_name():
-    # lazy: peft pulls in transformers (seconds); one test needs it
-    from peft import LoraConfig, get_peft_model
-
-    net = tiny()
-    lora = get_peft_model(net, LoraConfig(r=4, target_modules=["qkv", "proj", "fc1", "fc2"]))
-    names = [n for n, p in lora.named_parameters() if p.requires_grad]
-    assert names and all("lora_" in n for n in names)
-    assert any("joint.0.streams.audio.qkv.lora_A" in n for n in names)
-    assert lora(torch.randn(1, C, 8), torch.zeros(1), text(B=1, valid=(3,))).shape == (1, C, 8)
+def test_add_lora_adapts_only_the_configured_layers_and_merges_to_w_plus_scaled_ba():
+    net = randomize(tiny())
+    base = {k: v.clone() for k, v in net.state_dict().items()}
+    x, sigma, cond = torch.randn(1, C, 8), torch.zeros(1), text(B=1, valid=(3,))
+    with torch.no_grad():
+        y0 = net(x, sigma, cond)
+    rank, alpha = 4, 8.0
+    lora = add_lora(net, rank=rank, alpha=alpha, targets=("qkv", "mlp.fc1"), streams=("audio",))
+    adapted = {n for n, m in lora.named_modules() if hasattr(m, "lora_A")}
+    # Only the audio stream's qkv and mlp.fc1 in every block: not text, not proj/fc2, not noise_embed.mlp.fc1.
+    assert adapted == {f"{b}.streams.audio.{layer}" for b in ("joint.0", "joint.1", "single.0")
+                       for layer in ("qkv", "mlp.fc1")}
+    assert {n for n, p in lora.named_parameters() if p.requires_grad} == set(lora_parameters(lora))  # base frozen
+    with torch.no_grad():
+        torch.testing.assert_close(lora(x, sigma, cond), y0)  # B = 0: the model starts unchanged
+        g = torch.Generator().manual_seed(3)
+        for n, p in lora.named_parameters():
+            if ".lora_B." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        y_lora = lora(x, sigma, cond)
+    assert (y_lora - y0).abs().max() > 1e-3
+    A = {n: m.lora_A["default"].weight.detach().clone() for n, m in lora.named_modules() if n in adapted}
+    B = {n: m.lora_B["default"].weight.detach().clone() for n, m in lora.named_modules() if n in adapted}
+    merged = merge_lora(lora)
+    state = merged.state_dict()
+    assert set(state) == set(base)  # plain layer names again
+    for k, w in base.items():
+        layer = k.rsplit(".", 1)[0]
+        expected = w + alpha / rank * B[layer] @ A[layer] if layer in adapted and k.endswith(".weight") else w
+        torch.testing.assert_close(state[k], expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x, sigma, cond), y_lora, rtol=1e-4, atol=1e-5)
 
 
 def test_parameter_counts_of_presets():

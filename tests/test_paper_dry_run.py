@@ -4,9 +4,14 @@
 """
 from __future__ import annotations
 
+import fsspec
 import pytest
 
 from spresso.cli import main
+from spresso.config import load_config
+from spresso.core import storage
+from spresso.pipeline import build_graph
+from spresso.pipeline.registry import registry
 
 
 def _forbid(monkeypatch, target: str, name: str) -> None:
@@ -16,7 +21,9 @@ def _forbid(monkeypatch, target: str, name: str) -> None:
     monkeypatch.setattr(f"{target}.{name}", refuse)
 
 
-def test_dry_run_starts_no_ray_no_run_and_writes_nothing(monkeypatch, tmp_path, capsys):
+def test_dry_run_starts_no_ray_no_run_and_touches_no_storage(monkeypatch, tmp_path, capsys):
+    """The paper config as shipped (workdir s3://spresso-paper/work) validates and plans without opening,
+    listing or writing anything: every fsspec entry point and every storage helper refuses to be called."""
     import mlflow
     import ray  # noqa: F401  (so ray.init exists to forbid)
 
@@ -24,12 +31,23 @@ def test_dry_run_starts_no_ray_no_run_and_writes_nothing(monkeypatch, tmp_path, 
                          ("mlflow", "start_run"), ("mlflow.tracking.MlflowClient", "create_run"),
                          ("spresso.pipeline", "run_pipeline")):
         _forbid(monkeypatch, target, name)
-    work = tmp_path / "work"  # local instead of s3:// so "nothing written" can be checked
-    assert main(["pipeline", "run", "paper", "--dry-run", "--set", f"workdir={work}"]) == 0
+    for name in ("open", "open_files", "filesystem", "get_fs_token_paths", "url_to_fs", "get_filesystem_class"):
+        if hasattr(fsspec, name):
+            _forbid(monkeypatch, "fsspec", name)
+    _forbid(monkeypatch, "fsspec.core", "url_to_fs")
+    for name in ("filesystem", "open_file", "exists", "is_dir", "is_file", "read_bytes", "read_text", "write_bytes",
+                 "write_text", "make_dirs", "remove", "list_files"):
+        _forbid(monkeypatch, "spresso.core.storage", name)
+    monkeypatch.chdir(tmp_path)  # an s3:// path mistaken for a local one would be created here
+    assert main(["pipeline", "run", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "dry run: nothing started" in out and "train_dit" in out and "GPU-hours" in out
-    assert not work.exists() and not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())
     assert mlflow.active_run() is None
+    cfg = load_config("paper")
+    assert cfg.workdir == "s3://spresso-paper/work" and storage.is_url(cfg.workdir)
+    outputs = [uri for node in build_graph(cfg, registry()).nodes.values() for uri in node.outputs.values()]
+    assert outputs and all(str(uri).startswith("s3://spresso-paper/work/") for uri in outputs), outputs[:3]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -68,6 +68,11 @@ def test_branch_overrides_are_validated(tmp_path):
         toy_config(tmp_path, points=[{"name": "p", "t": 9, "K": 256}])
 
 
+def gpu_time_line(out: str) -> float:
+    line = next(li for li in out.splitlines() if li.startswith("estimated GPU time:"))
+    return float(line.split()[3])
+
+
 def test_paper_dry_run_lists_every_branch_and_gpu_hours(capsys):
     from spresso.cli import main
 
@@ -77,10 +82,16 @@ def test_paper_dry_run_lists_every_branch_and_gpu_hours(capsys):
     g = build_graph(cfg, registry())
     assert len(g) == 4 + 4 * 4 + 3 * 6  # shared + continuous branches + discrete branches
     assert "qinco2@d96" in out and "qinco2@c11" not in out and "stage3@d300" in out
-    expected = sum(n.resources.gpu_hours() for n in g)
-    assert expected > 1000
-    assert f"estimated GPU time: {expected:.0f} A100-40GB GPU-hours" in out
+    # By hand from configs/paper.yaml (steps x s/step x GPUs x workers / 3600), not through the code's sum:
+    # shared 400000*.5*8 + 7000*.25*8 + 200000*.6*8 = 2 574 000 GPU-s; each of the 7 branches has
+    # stage1 100000*.5*8 + precompute_z 7000*.25*8 + evaluate 500*10 = 419 000; the 3 discrete ones also
+    # qinco2 50000*.1 + stage3 20000*.5*8 = 85 000. (2 574 000 + 7*419 000 + 3*85 000) / 3600 = 1600.56.
+    assert "estimated GPU time: 1601 A100-40GB GPU-hours" in out
+    assert "about $6,562 at $4.1/GPU-hour" in out
     assert "0.096 kbps" in out and "1.33 kbps" in out and "dry run: nothing started" in out
+    # Doubling stage 3's steps adds 3 discrete branches x 20000 steps x 0.5 s x 8 GPUs = 66.7 GPU-hours.
+    assert main(["pipeline", "run", "paper", "--dry-run", "--set", "pipeline.resources.stage3.steps=40000"]) == 0
+    assert gpu_time_line(capsys.readouterr().out) == 1667
 
 
 def test_picture_without_graphviz(tmp_path):

@@ -43,11 +43,43 @@ def test_few_training_steps_lower_validation_mse(real_vectors):
     for _ in range(40):
         xn = model.norm(torch.from_numpy(train[rng.choice(len(train), 1000, replace=False)]))
         info, codes = train_step(model, opt, sched, xn, s, usage=usage)
-    reseed_unused(model, opt, usage, xn, codes)
     model.eval()
     after = relative_mse(val, model.decode(model.encode(xv)))
     assert np.isfinite(info["loss_recon"])
     assert after < 0.97 * before, (before, after)
+
+
+def test_reseed_unused_moves_dead_codewords_onto_residuals_and_keeps_live_ones():
+    torch.manual_seed(0)
+    K, M = 8, 3
+    model = QINCo2(QINCo2Spec(d=4, K=K, M=M, L=1, de=8, dh=8, A=2, B=2))
+    xn = torch.randn(64, 4)
+    s = TrainSettings(lr=1e-2, warmup_steps=0, total_steps=4, beam=2, candidates=2, grad_clip=1.0)
+    opt, sched = make_optimizer(model, s)
+    _, codes = train_step(model, opt, sched, xn, s)  # fills AdamW's moments
+    usage = torch.ones(M, K)
+    dead = {0: [1, 5], 1: [], 2: [0, 7]}
+    for m, rows in dead.items():
+        usage[m, rows] = 0
+
+    def books(m):
+        return [model.codebook0] if m == 0 else [model.steps[m - 1].codebook, model.steps[m - 1].preselect]
+
+    before = {(m, i): p.detach().clone() for m in range(M) for i, p in enumerate(books(m))}
+    moments = {(m, i): opt.state[p]["exp_avg"].clone() for m in range(M) for i, p in enumerate(books(m))}
+    with torch.no_grad():
+        partials = model.decode_normalized(codes, partials=True)
+        assert reseed_unused(model, opt, usage, xn, codes, generator=torch.Generator().manual_seed(1)) == 4
+    for m, rows in dead.items():
+        residual = xn if m == 0 else xn - partials[m - 1]
+        live = [r for r in range(K) if r not in rows]
+        for i, p in enumerate(books(m)):
+            torch.testing.assert_close(p[live], before[m, i][live], rtol=0, atol=0)  # live codewords untouched
+            assert torch.equal(opt.state[p]["exp_avg"][live], moments[m, i][live])
+            for r in rows:  # each dead codeword now sits exactly on a residual of some training vector
+                assert (residual - p[r]).abs().amax(1).min() < 1e-6
+                assert not torch.equal(p[r], before[m, i][r])
+                assert torch.all(opt.state[p]["exp_avg"][r] == 0) and torch.all(opt.state[p]["exp_avg_sq"][r] == 0)
 
 
 @pytest.mark.slow

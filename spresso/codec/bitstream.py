@@ -240,7 +240,8 @@ class Stream:
         if not isinstance(m, (int, np.integer)) or isinstance(m, bool) or not 1 <= m <= self.m:
             raise BitstreamError(f"cannot keep {m} codebooks: the stream has {self.m} (choose 1..{self.m})")
         return Stream(model_id=self.model_id, time_factor=self.time_factor, sample_count=self.sample_count,
-                      sample_rate=self.sample_rate, overlap=self.overlap, codes=self.codes[:, :m], log2k=self.log2k)
+                      sample_rate=self.sample_rate, overlap=self.overlap, codes=self.codes[:, :m], log2k=self.log2k,
+                      version=self.version)  # the frame rule of the version stays: same bytes as peel()
 
     def fields(self) -> dict:
         """Header fields as plain Python values (for `spresso inspect` and test vectors)."""

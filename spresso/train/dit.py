@@ -124,13 +124,14 @@ class DiTTrainer:
         raw = {f"raw/{k}": full_tensor(v) for k, v in self.denoiser.state_dict().items()}
         osd = get_optimizer_state_dict(self.denoiser, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         tensors, scalars = {}, {}
-        for fqn, st in osd["state"].items():
+        # full_state_dict + cpu_offload: only rank 0 receives the optimiser state; the others get {}.
+        for fqn, st in osd.get("state", {}).items():
             for k, v in st.items():
                 if torch.is_tensor(v):
                     tensors[f"optim/{fqn}/{k}"] = full_tensor(v)
                 else:
                     scalars[f"{fqn}/{k}"] = v
-        meta = {"step": self.step, "ema_updates": self.ema.num_updates, "optim_groups": osd["param_groups"], "optim_scalars": scalars}
+        meta = {"step": self.step, "ema_updates": self.ema.num_updates, "optim_groups": osd.get("param_groups", []), "optim_scalars": scalars}
         return ema, {**raw, **tensors}, meta
 
     def checkpoint_meta(self, frames: int, text_encoder: dict) -> dict:
