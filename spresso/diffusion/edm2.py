@@ -94,9 +94,19 @@ class Denoiser(nn.Module):
         return D_x
 
 
+def seeded_randn(shape, generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unit Gaussian noise of ``shape`` on ``device``, drawn from ``generator`` where it lives.
+
+    A generator belongs to one device: CUDA refuses a CPU generator (and the reverse), so the draw
+    happens on the generator's device and the result moves. Same numbers on every device.
+    """
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device or where)
+
+
 def sample_sigma(n: int, P_mean: float = -0.4, P_std: float = 1.0, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """ln sigma ~ N(P_mean, P_std^2)."""
-    return (torch.randn(n, device=device, generator=generator) * P_std + P_mean).exp()
+    return (seeded_randn(n, generator, device) * P_std + P_mean).exp()
 
 
 @dataclass
@@ -119,7 +129,7 @@ class EDM2Loss:
         if sigma is None:
             sigma = sample_sigma(B, self.P_mean, self.P_std, device=y.device, generator=generator)
         if noise is None:
-            noise = torch.randn(y.shape, device=y.device, generator=generator)
+            noise = seeded_randn(y.shape, generator, y.device)
         shape = (-1,) + (1,) * (y.dim() - 1)
         y = y.float()
         D_yn, logvar = denoiser(y + noise * sigma.view(shape), sigma, return_logvar=True, **cond)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
+from spresso.diffusion.edm2 import seeded_randn
 from spresso.models.text_encoder import TextEmbedding
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma [B]) -> D(x; sigma)
@@ -83,7 +84,7 @@ def heun_sample(denoise: DenoiseFn, shape: tuple[int, ...] | None = None, *, noi
     if noise is None:
         if shape is None:
             raise ValueError("heun_sample needs a shape or a noise tensor")
-        noise = torch.randn(shape, generator=generator, device=device or (generator.device if generator else None))
+        noise = seeded_randn(shape, generator, device)
     device = noise.device
     sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=device)
     x = noise.double() * sigmas[0]
@@ -99,7 +100,7 @@ def heun_sample(denoise: DenoiseFn, shape: tuple[int, ...] | None = None, *, noi
         s_hat = s_cur * (1 + gamma)
         x_hat = x
         if gamma > 0:
-            eps = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).double()
+            eps = seeded_randn(x.shape, generator, device).double()
             x_hat = x + (s_hat ** 2 - s_cur ** 2).sqrt() * S_noise * eps
         d_cur = (x_hat - D(x_hat, s_hat)) / s_hat
         x = x_hat + (s_next - s_hat) * d_cur
