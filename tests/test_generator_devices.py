@@ -62,3 +62,10 @@ def test_seeded_noise_is_the_generators_numbers_on_any_device():
     b = torch.randn((3, 4), generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert seeded_randn((3, 4), torch.Generator().manual_seed(7), "meta").device.type == "meta"
+
+
+def test_seeded_noise_without_a_generator_and_in_another_dtype():
+    assert seeded_randn((2, 3), None, "meta").device.type == "meta"
+    assert seeded_randn(4).shape == (4,) and seeded_randn(4).dtype == torch.float32
+    wide = seeded_randn((2,), torch.Generator().manual_seed(1), "cpu", dtype=torch.float64)
+    assert wide.dtype == torch.float64
