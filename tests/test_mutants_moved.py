@@ -14,7 +14,14 @@ from spresso.codec.windowing import fade_in, plan_windows, window_weight, window
 from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
 from spresso.core.errors import SpressoError
 from spresso.diffusion.edm2 import Denoiser, preconditioning
-from spresso.diffusion.sampler import SOLVERS, dpmpp_2m_sample, evaluations, heun_sample, karras_sigmas, sample
+from spresso.diffusion.sampler import (
+    SOLVERS,
+    dpmpp_2m_sample,
+    evaluations,
+    heun_sample,
+    karras_sigmas,
+    sample,
+)
 
 
 def shrink(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
