@@ -45,11 +45,6 @@ def exists(path: str | Path) -> bool:
     return fs.exists(resolved)
 
 
-def is_dir(path: str | Path) -> bool:
-    fs, resolved = filesystem(path)
-    return fs.isdir(resolved)
-
-
 def is_file(path: str | Path) -> bool:
     fs, resolved = filesystem(path)
     return fs.isfile(resolved)
@@ -85,13 +80,6 @@ def make_dirs(path: str | Path) -> None:
     """Create a local folder (object stores have no folders: nothing to do)."""
     if not is_url(path):
         Path(path).mkdir(parents=True, exist_ok=True)
-
-
-def remove(path: str | Path) -> None:
-    """Remove a file if it exists."""
-    fs, resolved = filesystem(path)
-    if fs.exists(resolved):
-        fs.rm(resolved)
 
 
 def list_files(root: str | Path) -> list[str]:

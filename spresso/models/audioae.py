@@ -15,17 +15,13 @@ frame per 480 samples, and exactly ``T * 480`` samples back.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import fsspec
 import torch
 from torch import nn
 
 from spresso.config.audioae import AudioAEModelConfig
 from spresso.core.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
     CheckpointError,
     load_strict,
     load_weights,
@@ -129,13 +125,6 @@ class AudioAE(nn.Module):
 
 def load_audioae(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu") -> AudioAE:
     """Build the AudioAE stored in a checkpoint folder and load its weights strictly (eval mode)."""
-    if "://" in str(checkpoint_dir):  # s3:// etc.: fetch the two inference files, then load locally
-        fs, root = fsspec.core.url_to_fs(str(checkpoint_dir))
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in (CONFIG_FILE, MODEL_FILE):
-                if fs.exists(f"{root}/{name}"):
-                    fs.get_file(f"{root}/{name}", f"{tmp}/{name}")
-            return load_audioae(tmp, map_location)
     info = read_checkpoint_config(checkpoint_dir, kind=CHECKPOINT_KIND)
     try:
         model_cfg = AudioAEModelConfig.model_validate(info["config"]["audioae"]["model"])

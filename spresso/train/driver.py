@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import fsspec
 import torch
 
 from spresso.config import Section, SpressoConfig
 from spresso.config.scaling import key_settings
-from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE
+from spresso.core import storage
+from spresso.core.checkpoint import CONFIG_FILE, STATE_FILE, STATE_META_FILE
 from spresso.core.digest import digest_json, digest_tree
 from spresso.core.storage import absolute
 from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
@@ -159,7 +159,7 @@ def publish_checkpoint(result, dest: str | Path, run: StageRun | None = None) ->
         final = copy_checkpoint(result, dest)
         strip_training_state(final)
         return digest_tree(final)
-    fs, root = fsspec.core.url_to_fs(str(dest))
+    fs, root = storage.filesystem(dest)
     with tempfile.TemporaryDirectory() as tmp:
         local = copy_checkpoint(result, Path(tmp) / "final")
         strip_training_state(local)
@@ -172,12 +172,4 @@ def publish_checkpoint(result, dest: str | Path, run: StageRun | None = None) ->
 
 def published_digest(dest: str | Path) -> str | None:
     """Digest of a published checkpoint folder (local or URL), or None when it is absent."""
-    if "://" not in str(dest):
-        return digest_tree(dest) if Path(dest, "config.json").is_file() else None
-    fs, root = fsspec.core.url_to_fs(str(dest))
-    if not fs.exists(f"{root}/config.json"):
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        for p in fs.ls(root, detail=False):
-            fs.get_file(p, f"{tmp}/{p.rsplit('/', 1)[-1]}")
-        return digest_tree(tmp)
+    return digest_tree(dest) if storage.is_file(storage.join(dest, CONFIG_FILE)) else None

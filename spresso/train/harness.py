@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import fsspec
 import ray.train
 import ray.train.torch
 import torch
@@ -40,6 +39,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from spresso.config.scaling import ScalingSettings
+from spresso.core import storage
 from spresso.core.errors import SpressoError
 from spresso.runtime.tracking import StageRun
 
@@ -57,13 +57,9 @@ class TrainJob:
     datasets: dict = field(default_factory=dict)
 
 
-def _fs(path: str):
-    return fsspec.core.url_to_fs(path)
-
-
 def resumable_run_id(storage_path: str, name: str, tracking_uri: str) -> str | None:
     """The MLflow run of an earlier, unfinished attempt of this training run, if any."""
-    fs, root = _fs(storage_path)
+    fs, root = storage.filesystem(storage_path)
     marker = f"{root.rstrip('/')}/{name}/{RUN_MARKER}"
     if not fs.exists(marker):
         return None
@@ -76,7 +72,7 @@ def resumable_run_id(storage_path: str, name: str, tracking_uri: str) -> str | N
 
 
 def _remember_run(storage_path: str, name: str, run_id: str) -> None:
-    fs, root = _fs(storage_path)
+    fs, root = storage.filesystem(storage_path)
     folder = f"{root.rstrip('/')}/{name}"
     fs.makedirs(folder, exist_ok=True)
     fs.pipe_file(f"{folder}/{RUN_MARKER}", json.dumps({"mlflow_run_id": run_id}).encode())
