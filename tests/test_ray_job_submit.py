@@ -240,7 +240,7 @@ def test_train_stage1(chain):
     from spresso.config.layout import stage_output
 
     chain.submit("train_stage1", "train_stage1.py")
-    assert (stage_output(chain.cfg, "stage1") / "config.json").is_file()
+    assert (Path(stage_output(chain.cfg, "stage1")) / "config.json").is_file()
 
 
 def test_precompute_z(chain):
@@ -265,7 +265,7 @@ def test_train_stage3(chain):
     from spresso.config.layout import stage_output
 
     chain.submit("train_stage3", "train_stage3.py")
-    assert (stage_output(chain.cfg, "stage3") / "config.json").is_file()
+    assert (Path(stage_output(chain.cfg, "stage3")) / "config.json").is_file()
 
 
 def test_export(chain):

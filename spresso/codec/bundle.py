@@ -24,6 +24,7 @@ from spresso.core.bundle_io import (
 )
 from spresso.core.checkpoint import CheckpointError, load_strict
 from spresso.core.errors import BundleError
+from spresso.core.storage import is_url
 from spresso.diffusion.autoencoder import DiffusionAutoencoder, build_denoiser
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import AudioAE
@@ -64,7 +65,7 @@ def dae_from_manifest(manifest: dict) -> DiffusionAutoencoder:
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> BundleParts:
     """Load every model of a bundle strictly; one-line :class:`BundleError` on any problem."""
-    root = Path(path)
+    root = path if is_url(path) else Path(path)
     manifest = read_bundle_manifest(root)
     try:
         files = {n: manifest["files"][n] for n in manifest["files"]}

@@ -5,15 +5,14 @@ so no layer needs the stage that wrote them to find them.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from spresso.config import SpressoConfig
 from spresso.config.dae import OperatingPoint as DAEPoint
 from spresso.core.storage import absolute as _abs
+from spresso.core.storage import join
 
 
-def stage_output(cfg: SpressoConfig, stage: str) -> Path:
-    return Path(_abs(cfg.path(cfg.dae.folder()))) / stage / "final"
+def stage_output(cfg: SpressoConfig, stage: str) -> str:
+    return join(_abs(cfg.path(cfg.dae.folder())), stage, "final")
 
 
 def dit_dir(cfg: SpressoConfig) -> str:

@@ -20,8 +20,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
+from spresso.core import storage
 from spresso.core.errors import BundleError
 
 FORMAT = "spresso-bundle"
@@ -32,9 +34,9 @@ AUDIOAE_FILE, DAE_FILE, QUANTIZER_FILE = "audioae.safetensors", "dae.safetensors
 NOT_IDENTITY = ("model_id", "lineage", "files", "exported_with")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -51,18 +53,21 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def read_bundle_manifest(path: str | Path) -> dict:
-    root = Path(path)
-    if not root.exists():
-        raise BundleError(f"{root}: no such bundle")
-    if not root.is_dir():
-        raise BundleError(f"{root}: a bundle is a folder (with {MANIFEST}), got a file")
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{root}: not a codec bundle (no {MANIFEST})")
+    """The manifest of the bundle at ``path`` (a local folder or a URL prefix); one-line BundleError otherwise."""
+    root = path if storage.is_url(path) else Path(path)
+    mpath = storage.join(root, MANIFEST)
     try:
-        manifest = json.loads(mpath.read_text())
+        if not storage.is_file(mpath):
+            if storage.is_file(root):
+                raise BundleError(f"{root}: a bundle is a folder (with {MANIFEST}), got a file")
+            if not storage.exists(root):
+                raise BundleError(f"{root}: no such bundle")
+            raise BundleError(f"{root}: not a codec bundle (no {MANIFEST})")
+        manifest = json.loads(storage.read_text(mpath))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BundleError(f"{mpath}: corrupt bundle manifest (not JSON)") from None
+    except OSError as err:  # an unreachable store, missing credentials
+        raise BundleError(f"{root}: cannot read the bundle ({storage.describe_error(err)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{root}: not a codec bundle ({MANIFEST} has format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
@@ -72,15 +77,16 @@ def read_bundle_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def load_bundle_weights(root: Path, name: str, manifest: dict, verify: bool) -> dict[str, torch.Tensor]:
-    path = root / name
-    if not path.is_file():
+def load_bundle_weights(root: str | Path, name: str, manifest: dict, verify: bool) -> dict[str, torch.Tensor]:
+    path = storage.join(root, name)
+    if not storage.is_file(path):
         raise BundleError(f"{root}: bundle is missing {name}")
+    data = storage.read_bytes(path)  # one read: verified and parsed from the same bytes
     want = manifest.get("files", {}).get(name)
-    if verify and want is not None and sha256_file(path) != want:
+    if verify and want is not None and hashlib.sha256(data).hexdigest() != want:
         raise BundleError(f"{path}: corrupt bundle file (digest does not match {MANIFEST})")
     try:
-        return load_file(str(path))
+        return load_tensors(data)
     except Exception as err:  # safetensors raises its own error types on a damaged header
         raise BundleError(f"{path}: unreadable weights ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 

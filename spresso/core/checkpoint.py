@@ -75,6 +75,11 @@ def save_checkpoint(
     return directory if storage.is_url(directory) else Path(directory)
 
 
+def has_checkpoint(directory: str | Path) -> bool:
+    """Whether ``directory`` (a local folder or a URL prefix) holds a checkpoint (its config file)."""
+    return storage.is_file(storage.join(directory, CONFIG_FILE))
+
+
 def read_checkpoint_config(directory: str | Path, kind: str | None = None) -> dict:
     path = storage.join(directory, CONFIG_FILE)
     if not storage.is_file(path):

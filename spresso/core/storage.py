@@ -5,10 +5,68 @@ a workdir can be a local folder or a bucket with no stage-specific code.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Iterator
 
 import fsspec
+import pyarrow.fs
+
+from spresso.core.errors import SpressoError
+
+# Object stores are configured the way their users expect: the standard AWS variables
+# (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION) reach s3fs
+# through botocore, in this process and in every Ray worker (they import this module). What we add:
+# a short connect timeout, so an unreachable endpoint is an error within seconds rather than after
+# botocore's minutes of retries, and the "standard" retry mode, which retries throttling, 5xx and
+# dropped connections with backoff. fsspec applies these defaults to every S3 filesystem it makes.
+S3_CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 120, "retries": {"max_attempts": 5, "mode": "standard"}}
+fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", S3_CLIENT_CONFIG)
+
+_MISSING_BUCKET = ("NoSuchBucket", "bucket does not exist", "The specified bucket")
+_REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403", "ExpiredToken",
+            "Unable to locate credentials", "NoCredentialsError")
+_UNREACHABLE = ("Could not connect", "ConnectTimeout", "EndpointConnectionError", "Connect timeout", "Cannot connect",
+                "Connection refused", "Name or service not known", "nodename nor servname")
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying what went wrong talking to a store: missing bucket, refused credentials, no endpoint."""
+    text = f"{type(err).__name__}: {err}"
+    if any(s in text for s in _MISSING_BUCKET):
+        return "no such bucket"
+    if isinstance(err, PermissionError) or any(s in text for s in _REFUSED):
+        return "access refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the node's role)"
+    if any(s in text for s in _UNREACHABLE):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+        return f"cannot reach {endpoint} (AWS_ENDPOINT_URL)"
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"{type(err).__name__}: {first[:200]}"
+
+
+def check_store(path: str | Path) -> None:
+    """Fail fast, in one line naming the URL, when ``path`` is on a store we cannot write to.
+
+    Lists the prefix and writes then deletes one small object: a missing bucket, refused
+    credentials or an unreachable endpoint show here, in seconds, not ten minutes into a stage.
+    Local paths are not checked (a missing folder is created by its writer).
+    """
+    if not is_url(path):
+        return
+    probe = join(path, ".spresso-write-check")
+    try:
+        fs, resolved = filesystem(probe)
+        if fs.protocol[0] in ("s3", "s3a"):  # one attempt each: a dead endpoint answers in seconds
+            fs = type(fs)(skip_instance_cache=True,
+                          config_kwargs={**S3_CLIENT_CONFIG, "retries": {"max_attempts": 1, "mode": "standard"}})
+            fs.retries = 1  # s3fs's own retry loop (a class attribute)
+        fs.pipe_file(resolved, b"ok")
+        fs.rm_file(resolved)
+    except Exception as err:  # every failure becomes one line naming the URL
+        raise SpressoError(f"{path}: {describe_error(err)}") from None
 
 
 def is_url(path: str | Path) -> bool:
@@ -29,10 +87,30 @@ def join(root: str | Path, *parts: str) -> str:
     return str(PurePosixPath(root).joinpath(*parts))
 
 
+def parent(path: str | Path) -> str:
+    """The folder (or URL prefix) that holds ``path``."""
+    text = str(path).rstrip("/")
+    if is_url(text):
+        return text.rsplit("/", 1)[0]
+    return str(PurePosixPath(text).parent)
+
+
 def filesystem(path: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem that holds ``path`` and the path as that filesystem names it."""
     fs, _, [resolved] = fsspec.get_fs_token_paths(str(path))
     return fs, resolved
+
+
+def arrow_filesystem(path: str | Path) -> tuple[pyarrow.fs.FileSystem | None, str]:
+    """(pyarrow filesystem, path) for libraries that take pyarrow's (Ray Train's storage, Ray Data).
+
+    A URL gets fsspec's filesystem wrapped for pyarrow, so Ray reaches the bucket exactly as the rest
+    of spresso does (same credentials, endpoint and retries); a local path gets None (Ray's default).
+    """
+    if not is_url(path):
+        return None, absolute(path)
+    fs, resolved = filesystem(path)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), resolved
 
 
 def open_file(path: str | Path, mode: str = "rb") -> IO:
@@ -80,6 +158,85 @@ def make_dirs(path: str | Path) -> None:
     """Create a local folder (object stores have no folders: nothing to do)."""
     if not is_url(path):
         Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def replace_tree(local_dir: str | Path, dest: str | Path) -> str:
+    """Make ``dest`` (a local folder or URL prefix) hold exactly the files of the local folder ``local_dir``.
+
+    Locally the folder is copied beside ``dest`` and renamed into place; on an object store the old
+    objects are removed first and each file is uploaded (readers check the config file, written last).
+    """
+    src = Path(local_dir)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    if not is_url(dest):
+        target = Path(dest)
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return str(target)
+    fs, root = filesystem(dest)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    # config.json last: a reader that finds it finds the weights too
+    for f in sorted(files, key=lambda p: p.name == "config.json"):
+        fs.put_file(str(f), f"{root.rstrip('/')}/{f.relative_to(src).as_posix()}")
+    return str(dest)
+
+
+@contextlib.contextmanager
+def staged(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """A local folder standing for ``dest``, for writers that need real files (audio, plots, NumPy).
+
+    A local ``dest`` is used as it is. For a URL, a temporary folder holding ``dest``'s files
+    (none when ``replace``) is yielded; when the block ends without error, ``replace`` makes
+    ``dest`` hold exactly that folder, otherwise the new and changed files are uploaded. On an
+    error nothing is uploaded, so a failed writer never leaves half its output in the bucket.
+    """
+    if not is_url(dest):
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        yield Path(dest)
+        return
+    fs, root = filesystem(dest)
+    root = root.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="spresso-staged-") as tmp:
+        local = Path(tmp)
+        if not replace and fs.exists(root):
+            fs.get(root + "/", str(local) + "/", recursive=True)
+        before = _stamps(local)
+        yield local
+        if replace:
+            replace_tree(local, dest)
+            return
+        for rel, stamp in sorted(_stamps(local).items()):
+            if before.get(rel) != stamp:
+                fs.put_file(str(local / rel), f"{root}/{rel}")
+
+
+def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def list_details(root: str | Path) -> list[tuple[str, int, str]]:
+    """(relative name, size, version tag) of every file below ``root``, from the listing alone.
+
+    The tag is what the store says changes with the content: an object's ETag, else its
+    modification time. Reads no object.
+    """
+    fs, resolved = filesystem(root)
+    if not fs.exists(resolved):
+        return []
+    base = resolved.rstrip("/")
+    out = []
+    for name, info in fs.find(base, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+        rel = name.rsplit("/", 1)[-1] if name == base else name[len(base) + 1:]  # ``root`` may be one file
+        out.append((rel, int(info.get("size") or 0), str(tag)))
+    return sorted(out)
 
 
 def list_files(root: str | Path) -> list[str]:

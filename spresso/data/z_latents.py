@@ -14,17 +14,17 @@ Ray Data actors, whole-block writes by the driver, ``done``, resume, lineage in 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from spresso.config import SpressoConfig
 from spresso.config.layout import stage_output
-from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core.checkpoint import has_checkpoint, read_checkpoint_config
 from spresso.core.digest import digest_tree
 from spresso.core.errors import SpressoError
 from spresso.core.rates import frame_rate
+from spresso.core.storage import absolute
 from spresso.data.latents import cache_digest
 from spresso.data.precompute import ROW, fill_cache
 from spresso.data.zarr_cache import ClipCache
@@ -112,7 +112,7 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
     """Fill (or finish) the z cache of operating point ``cfg.dae.t``; return its path."""
 
     stage1_dir = str(stage1_dir or stage_output(cfg, "stage1"))
-    if not (Path(stage1_dir) / "config.json").is_file():
+    if not has_checkpoint(stage1_dir):
         raise SpressoError(f"no stage-1 checkpoint at {stage1_dir}: run `spresso train stage1` first")
     info = read_checkpoint_config(stage1_dir, CHECKPOINT_KIND)
     t = int(info["meta"]["t"])
@@ -136,7 +136,7 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
         run.log_input("stage1", stage1_dir, attrs["stage1_digest"], context="model")
         zc = cfg.dae.zcache
         report = fill_cache(cache, CacheBlockSource(x0.path, ("x0", "valid_frames", "split")), EncodeZ,
-                            {"checkpoint_dir": str(Path(stage1_dir).resolve())}, batch_size=zc.batch_size, actors=zc.actors,
+                            {"checkpoint_dir": absolute(stage1_dir)}, batch_size=zc.batch_size, actors=zc.actors,
                             runtime=cfg.runtime, max_blocks=max_blocks, progress=progress, desc=f"z t={t}")
         run.log_metrics({"rows_written": report.rows_written, "blocks_written": report.blocks_written, "seconds": report.seconds})
         if cache.complete:
@@ -156,7 +156,7 @@ def precompute_zq(cfg: SpressoConfig, quantizer_dir: str, m: int, *, beam: int |
     arrays = {"zq": ((d, Tz), "float32"), "codes": ((Tz, int(m)), "int32")}
     cache = ClipCache.create(zq_cache_path(cfg, m), z.keys, arrays, z.chunk_rows, attrs, overwrite=True if _stale(zq_cache_path(cfg, m), attrs) else False)
     zc = cfg.dae.zcache
-    fill_cache(cache, CacheBlockSource(z.path, ("z",)), QuantizeZ, {"quantizer_dir": str(Path(quantizer_dir).resolve()), "m": int(m), "beam": beam},
+    fill_cache(cache, CacheBlockSource(z.path, ("z",)), QuantizeZ, {"quantizer_dir": absolute(quantizer_dir), "m": int(m), "beam": beam},
                batch_size=zc.batch_size, actors=zc.actors, runtime=cfg.runtime, progress=progress, desc=f"z_q m={m}")
     return cache.path
 

@@ -9,6 +9,7 @@ from spresso.config import SpressoConfig, config_from_dict
 from spresso.config.dit import DiTConfig
 from spresso.core.checkpoint import (
     CheckpointError,
+    has_checkpoint,
     load_strict,
     load_weights,
     read_checkpoint_config,
@@ -45,7 +46,7 @@ def load_dit(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu
 
 def dae_from_dit(cfg: SpressoConfig, dit_dir: str | Path, map_location="cpu") -> tuple[DiffusionAutoencoder, dict]:
     """A fresh diffusion autoencoder around the pretrained DiT at ``dit_dir``; and the DiT's checkpoint info."""
-    if not Path(dit_dir).is_dir():
+    if not has_checkpoint(dit_dir):
         raise SpressoError(f"no DiT checkpoint at {dit_dir}: run `spresso train dit` first (or set dae.dit_dir)")
     denoiser, info = load_dit(dit_dir, map_location=map_location)
     d = cfg.dae

@@ -9,6 +9,7 @@ import torch
 
 from spresso.audio.io import write_audio
 from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN, DiTConfig
+from spresso.core.checkpoint import has_checkpoint
 from spresso.core.errors import SpressoError
 from spresso.diffusion.checkpoints import load_dit
 from spresso.diffusion.normalize import LatentNormalizer
@@ -50,7 +51,7 @@ def generate_audio(dit_dir: str | Path, prompts: Sequence[str], out_paths: Seque
     """Generate one sound per prompt with the DiT at ``dit_dir``, decode with the AudioAE, write audio files."""
     if len(prompts) != len(out_paths):
         raise SpressoError("give one output path per prompt")
-    if not Path(audioae_dir).is_dir():
+    if not has_checkpoint(audioae_dir):
         raise SpressoError(f"AudioAE checkpoint not found: {audioae_dir} (train it, or pass --audioae)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     denoiser, info = load_dit(dit_dir, map_location=device)

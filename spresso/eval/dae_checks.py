@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spresso.config.layout import point_config, quantizer_dir, stage_output
+from spresso.core.checkpoint import has_checkpoint
 from spresso.core.errors import SpressoError
 from spresso.core.rates import frame_rate
 from spresso.data.latents import ShardClipSource, manifest_columns
@@ -183,18 +184,18 @@ def trained_points(cfg, device="cpu") -> tuple[list[PointModels], list[str]]:
     for point in cfg.pipeline.points:
         pcfg = point_config(cfg, point)
         s1 = stage_output(pcfg, "stage1")
-        if not s1.is_dir():
+        if not has_checkpoint(s1):
             skipped.append(f"{point.name}: no stage-1 checkpoint at {s1}")
             continue
         entry = PointModels(point.name, load_stage(s1, "stage1", device))
         if not point.continuous:
-            qdir, s3 = Path(quantizer_dir(pcfg)), stage_output(pcfg, "stage3")
-            if qdir.is_dir():
+            qdir, s3 = quantizer_dir(pcfg), stage_output(pcfg, "stage3")
+            if has_checkpoint(qdir):
                 entry.quantizer, entry.m = load_qinco2(qdir, device=str(device)), int(pcfg.dae.point().m)
                 entry.beam = pcfg.dae.stage3.quantize_beam
             else:
                 skipped.append(f"{point.name}: no quantizer at {qdir}")
-            if s3.is_dir():
+            if has_checkpoint(s3):
                 entry.stage3 = load_stage(s3, "stage3", device)
             else:
                 skipped.append(f"{point.name}: no stage-3 checkpoint at {s3}")

@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from spresso.audio.io import resample, write_audio
+from spresso.core import storage
 from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
 from spresso.eval.adapter import EVAL_RATE, roundtrip
@@ -399,14 +400,17 @@ def run_evaluation(cfg, codecs: dict[str, str], *, split: str | None = None, fol
     check_codec_names(codecs)
     eval_set = load_eval_set(cfg, split=split, folder=folder, num_clips=num_clips)
     settings = HarnessSettings.from_config(cfg)
-    base = Path(cfg.path(cfg.eval.out_dir))
-    out = Path(out_dir) if out_dir else base / f"{eval_set.name}-{eval_set.digest[:8]}"
+    base = storage.absolute(cfg.path(cfg.eval.out_dir))
+    out_dir = storage.absolute(out_dir) if out_dir else storage.join(base, f"{eval_set.name}-{eval_set.digest[:8]}")
     if use_ray:
         init_ray(cfg.runtime)
-    harness = Harness(eval_set, codecs, base / "cache", settings, use_ray=use_ray)
     key = digest_json({"set": eval_set.digest, "codecs": {n: codec_id(n, s, settings) for n, s in codecs.items()},
                        "n_boot": settings.n_boot, "level": settings.level})
-    with stage_run("evaluate", cfg, key=key, parent_run_id=parent_run_id) as run:
+    # Local folders for the writers (audio, plots, npz); on object storage the results cache is
+    # fetched first and both are published when the stage succeeds.
+    with storage.staged(storage.join(base, "cache")) as cache_dir, storage.staged(out_dir, replace=True) as out, \
+            stage_run("evaluate", cfg, key=key, parent_run_id=parent_run_id) as run:
+        harness = Harness(eval_set, codecs, cache_dir, settings, use_ray=use_ray)
         run.log_input("eval_set", eval_set.source, eval_set.digest)
         run.log_params({f"codec.{n}": s for n, s in codecs.items()} | {"eval.set": eval_set.name, "eval.clips": len(eval_set)})
         result = harness.run(progress)
@@ -422,5 +426,5 @@ def run_evaluation(cfg, codecs: dict[str, str], *, split: str | None = None, fol
                 metrics[f"{name}.{m}.high"] = iv.high
         run.log_metrics(metrics)
         run.client.log_artifacts(run.run_id, str(out), "report")
-        run.log_output("report", str(out), digest_json(json.loads((out / "results.json").read_text())))
+        run.log_output("report", out_dir, digest_json(json.loads((out / "results.json").read_text())))
     return result, run.run_id

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import fsspec
 
+from spresso.core import storage
 from spresso.core.digest import digest_file, digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.pipeline.graph import StageNode
@@ -48,7 +49,7 @@ def path_exists(uri: str) -> bool:
 def content_digest(uri: str) -> str:
     """Digest of what a stage wrote at ``uri`` (file or folder), for stages that did not log one."""
     if is_remote(uri):
-        raise SpressoError(f"{uri}: remote outputs must be logged with their digest by the stage (run.log_output)")
+        return digest_file(uri) if storage.is_file(uri) else digest_tree(uri)
     p = _local(uri)
     if p.is_dir():
         return digest_tree(p)
@@ -58,13 +59,16 @@ def content_digest(uri: str) -> str:
 def external_fingerprint(uri: str | list[str]) -> str:
     """A cheap fingerprint of an input outside the DAG (raw audio folders can hold terabytes).
 
-    Local: relative names, sizes and modification times of every file. Remote: the URL itself
-    (listing a bucket per plan would cost more than the stage it guards).
+    Local: relative names, sizes and modification times of every file. Remote: relative names,
+    sizes and ETags (or modification times) from the listing alone, one request per 1000 objects.
     """
     if isinstance(uri, (list, tuple)):
         return digest_json([external_fingerprint(u) for u in uri])
     if is_remote(uri):
-        return digest_json({"uri": uri})
+        listing = storage.list_details(uri)
+        if not listing:
+            raise SpressoError(f"input not found: {uri}")
+        return digest_json(listing)
     p = _local(uri)
     if not p.exists():
         raise SpressoError(f"input not found: {uri}")

@@ -28,6 +28,7 @@ import ray
 from tqdm import tqdm
 
 from spresso.config import SpressoConfig
+from spresso.core import storage
 from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
 from spresso.pipeline.cache import (
@@ -361,6 +362,7 @@ def run_pipeline(
     if stages is None:
         stages = registry()
     cfg = pipeline_cfg
+    storage.check_store(cfg.workdir)  # a missing bucket or refused credentials: one line, now
     graph = build_graph(cfg, stages)
     run_set = graph.select(from_, until, only)
     forced = {n for s in force for n in graph.match(s)}

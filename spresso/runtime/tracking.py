@@ -80,9 +80,11 @@ def ensure_experiment(uri: str, name: str, workdir: str) -> str:
     if exp is not None:
         return exp.experiment_id
     artifact_location = None
-    if uri.startswith("sqlite:") and "://" not in workdir:
-        # Keep artifacts beside the database rather than in ./mlartifacts of whatever cwd.
-        artifact_location = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    if uri.startswith("sqlite:"):
+        # Keep artifacts in the workdir (a folder or a bucket) rather than in ./mlruns of whatever cwd;
+        # a tracking server decides for itself.
+        artifact_location = (f"{workdir.rstrip('/')}/mlartifacts" if "://" in workdir
+                             else (Path(workdir).resolve() / "mlartifacts").as_uri())
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # created concurrently by another process

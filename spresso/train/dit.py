@@ -28,6 +28,7 @@ from torch.distributed.tensor import distribute_tensor
 from spresso.config import SpressoConfig
 from spresso.config.dit import DiTConfig
 from spresso.core.checkpoint import (
+    has_checkpoint,
     load_state,
     load_strict,
     load_weights,
@@ -35,7 +36,7 @@ from spresso.core.checkpoint import (
 )
 from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
-from spresso.core.storage import absolute
+from spresso.core.storage import absolute, join
 from spresso.data.captions import build_caption_cache
 from spresso.data.latent_batches import LatentCaptionDataset, resumed_stream, train_rows
 from spresso.data.zarr_cache import ClipCache
@@ -196,7 +197,7 @@ def train_loop(loop_config: dict) -> None:
     if ctx.is_main and tc.num_samples:
         examples = example_captions(captions_path, x0_path, tc.num_samples)
         ae_dir = loop_config.get("audioae_dir")
-        if ae_dir and Path(ae_dir).is_dir():
+        if ae_dir and has_checkpoint(ae_dir):
             audioae = load_audioae(ae_dir, map_location=ctx.device)
     config_dict, meta = loop_config["cfg"], trainer.checkpoint_meta(frames, text_info)
     buckets = SigmaBuckets(sigma_data=dc.diffusion.sigma_data)
@@ -243,8 +244,6 @@ def train_loop(loop_config: dict) -> None:
 # -- the stage -----------------------------------------------------------------------------------
 def open_x0_cache(cfg: SpressoConfig) -> tuple[str, ClipCache]:
     """(path, cache) of the finished x0 cache the diffusion stages train on (one-line errors otherwise)."""
-    if "://" in cfg.workdir:
-        raise SpressoError("the diffusion stages write their final checkpoints locally: use a local workdir")
     x0_path = absolute(cfg.path(cfg.audioae.latents_path))
     if not ClipCache.exists(x0_path):
         raise SpressoError(f"no x0 cache at {x0_path}: run `spresso precompute-latents` first")
@@ -278,10 +277,10 @@ def key_config(cfg: SpressoConfig) -> dict:
 
 TRAIN_DIT = TrainingStage(STAGE, section=lambda cfg: cfg.dit.train, loop=train_loop, find_inputs=find_inputs,
                           key_config=key_config, job_name=lambda cfg: "dit",
-                          output=lambda cfg: Path(absolute(cfg.path(cfg.dit.checkpoint_dir))) / "final")
+                          output=lambda cfg: join(absolute(cfg.path(cfg.dit.checkpoint_dir)), "final"))
 
 
 def train_dit(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
-              progress: bool = True) -> Path:
+              progress: bool = True) -> str:
     """Train the DiT stage (or reuse an identical finished one); return ``<checkpoint_dir>/final``."""
     return run_training(TRAIN_DIT, cfg, parent_run_id=parent_run_id, force=force, encoder=encoder, progress=progress).final

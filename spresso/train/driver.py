@@ -26,7 +26,7 @@ import torch
 from spresso.config import Section, SpressoConfig
 from spresso.config.scaling import key_settings
 from spresso.core import storage
-from spresso.core.checkpoint import CONFIG_FILE, STATE_FILE, STATE_META_FILE
+from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE, has_checkpoint
 from spresso.core.digest import digest_json, digest_tree
 from spresso.core.storage import absolute
 from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
@@ -116,6 +116,7 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
 
     ``options`` go to the stage's ``find_inputs`` (e.g. ``progress``, ``encoder``, ``vectors``).
     """
+    storage.check_store(cfg.workdir)
     inputs = stage.find_inputs(cfg, **options)
     key = stage.key(cfg, inputs)
     final = stage.output(cfg)
@@ -126,17 +127,17 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
             log.info("%s: reusing run %s (inputs and config unchanged)", stage.name, prev.info.run_id)
             return TrainOutcome(final, prev.info.run_id, reused=True)
     init_ray(cfg.runtime)
-    storage = absolute(cfg.path("ray_train"))
+    train_storage = absolute(cfg.path("ray_train"))
     name = f"{stage.job_name(cfg)}-{key[:16]}"
     scaling = stage.section(cfg).scaling
     if stage.gpu_if_available and scaling.use_gpu and not torch.cuda.is_available():
         scaling = scaling.model_copy(update={"use_gpu": False})
-    job = TrainJob(name=name, loop=stage.loop, storage_path=storage, scaling=scaling,
+    job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                                "run_dir": f"{storage}/{name}", **inputs.loop_config})
+                                "run_dir": f"{train_storage}/{name}", **inputs.loop_config})
     upstream = {k: v for k, v in inputs.upstream.items() if v} or None
     with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,
-                   resume_run_id=resumable_run_id(storage, name, uri), extra_tags=inputs.tags or None) as run:
+                   resume_run_id=resumable_run_id(train_storage, name, uri), extra_tags=inputs.tags or None) as run:
         if inputs.params:
             run.log_params(inputs.params)
         for item in inputs.logged:
@@ -155,21 +156,13 @@ def strip_training_state(folder: Path) -> None:
 
 def publish_checkpoint(result, dest: str | Path, run: StageRun | None = None) -> str:
     """Copy the run's last checkpoint to ``dest`` (local or fsspec URL), inference files only; return its digest."""
-    if "://" not in str(dest):
-        final = copy_checkpoint(result, dest)
-        strip_training_state(final)
-        return digest_tree(final)
-    fs, root = storage.filesystem(dest)
     with tempfile.TemporaryDirectory() as tmp:
         local = copy_checkpoint(result, Path(tmp) / "final")
         strip_training_state(local)
-        if fs.exists(root):
-            fs.rm(root, recursive=True)
-        for f in sorted(local.iterdir()):
-            fs.put_file(str(f), f"{root}/{f.name}")
+        storage.replace_tree(local, dest)
         return digest_tree(local)
 
 
 def published_digest(dest: str | Path) -> str | None:
     """Digest of a published checkpoint folder (local or URL), or None when it is absent."""
-    return digest_tree(dest) if storage.is_file(storage.join(dest, CONFIG_FILE)) else None
+    return digest_tree(dest) if has_checkpoint(dest) else None

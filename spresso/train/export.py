@@ -18,6 +18,7 @@ from spresso import __version__
 from spresso.config import SpressoConfig
 from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
 from spresso.config.layout import quantizer_dir, stage_output
+from spresso.core import storage
 from spresso.core.bundle_io import (
     AUDIOAE_FILE,
     DAE_FILE,
@@ -30,7 +31,7 @@ from spresso.core.bundle_io import (
     save_tensors,
     sha256_file,
 )
-from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core.checkpoint import has_checkpoint, read_checkpoint_config
 from spresso.core.digest import digest_tree
 from spresso.core.errors import SpressoError
 from spresso.core.rates import frame_rate
@@ -73,13 +74,13 @@ def resolve_inputs(cfg: SpressoConfig, audioae: str | None = None, stage: str | 
     ae = audioae or _abs(cfg.path(cfg.audioae.checkpoint_dir)) + "/final"
     if stage is None:
         s3 = stage_output(cfg, "stage3")
-        stage = str(stage_output(cfg, "stage1") if continuous or not s3.is_dir() else s3)
-        if not continuous and not s3.is_dir():
+        stage = stage_output(cfg, "stage1") if continuous or not has_checkpoint(s3) else s3
+        if not continuous and not has_checkpoint(s3):
             raise SpressoError(f"no stage-3 checkpoint at {s3}: train it, or export a continuous bundle (--continuous)")
     if not continuous and quantizer is None:
         quantizer = quantizer_dir(cfg)
     for what, path in (("AudioAE", ae), ("stage", stage), ("quantizer", quantizer)):
-        if path is not None and not (Path(path) / "config.json").is_file():
+        if path is not None and not has_checkpoint(path):
             raise SpressoError(f"no {what} checkpoint at {path}")
     return ae, stage, None if continuous else quantizer
 
@@ -97,23 +98,24 @@ def export(cfg: SpressoConfig, out_dir: str | Path, *, audioae: str | None = Non
                 "train_qinco2": upstream_run(uri, qdir) if qdir else None}
     upstream = {k: v for k, v in upstream.items() if v}
     lineage = {"upstream_runs": upstream}
-    out = export_bundle(ae, stage_dir, qdir, out_dir, lineage=lineage, m=m)
-    manifest = read_bundle_manifest(out)
-    model_id = manifest["model_id"]
-    with stage_run(STAGE, cfg, key=model_id, upstream=upstream, parent_run_id=parent_run_id,
+    with storage.staged(out_dir, replace=True) as out:
+        export_bundle(ae, stage_dir, qdir, out, lineage=lineage, m=m)
+        manifest = read_bundle_manifest(out)
+        model_id = manifest["model_id"]
+        with stage_run(STAGE, cfg, key=model_id, upstream=upstream, parent_run_id=parent_run_id,
                    extra_tags={"spresso.model_id": model_id, "spresso.bundle.mode": manifest["mode"],
-                               "spresso.dae.t": str(manifest["t"])}) as run:
-        for name, path in (("audioae", ae), ("stage", stage_dir), ("quantizer", qdir)):
-            if path:
-                run.log_input(name, _abs(path), digest_tree(path), context="model")
-        run.client.log_artifacts(run.run_id, str(out), ARTIFACT)
-        run.log_output("bundle", _abs(out), model_id)
-        version = None
-        if register:
-            version = register_bundle(uri, register, run.run_id, model_id, alias)
-    log.info("exported %s (model id %s) in run %s%s", out, model_id[:16], run.run_id,
+                                   "spresso.dae.t": str(manifest["t"])}) as run:
+            for name, path in (("audioae", ae), ("stage", stage_dir), ("quantizer", qdir)):
+                if path:
+                    run.log_input(name, _abs(path), digest_tree(path), context="model")
+            run.client.log_artifacts(run.run_id, str(out), ARTIFACT)
+            run.log_output("bundle", _abs(out_dir), model_id)
+            version = None
+            if register:
+                version = register_bundle(uri, register, run.run_id, model_id, alias)
+    log.info("exported %s (model id %s) in run %s%s", out_dir, model_id[:16], run.run_id,
              f", registered {register} v{version} @{alias}" if version else "")
-    return {"bundle": str(out), "model_id": model_id, "run_id": run.run_id, "registered": register, "version": version,
+    return {"bundle": _abs(out_dir), "model_id": model_id, "run_id": run.run_id, "registered": register, "version": version,
             "alias": alias if register else None, "upstream": upstream}
 
 
@@ -142,6 +144,10 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
     """
     if out_dir is None:
         raise SpressoError("export_bundle needs an output folder")
+    if storage.is_url(out_dir):  # built in a local folder, then published whole
+        with storage.staged(out_dir, replace=True) as local:
+            export_bundle(audioae_dir, stage_dir, qinco2_dir, local, lineage=lineage, m=m)
+        return out_dir
     out = Path(out_dir)
     audioae = load_audioae(audioae_dir)
     ae_info = read_checkpoint_config(audioae_dir, kind="audioae")

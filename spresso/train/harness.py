@@ -88,13 +88,15 @@ def fit(job: TrainJob, run: StageRun):
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
+    arrow_fs, storage_path = storage.arrow_filesystem(job.storage_path)
     trainer = TorchTrainer(
         job.loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=job.name,
-            storage_path=job.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=arrow_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.keep_checkpoints),
         ),

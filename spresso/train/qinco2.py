@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from spresso.config import QINCo2Config, SpressoConfig, config_from_dict
+from spresso.core import storage
 from spresso.core.checkpoint import (
     load_optimizer,
     load_state,
@@ -224,14 +225,16 @@ def find_inputs(cfg: SpressoConfig, *, vectors: str | None = None, array: str | 
                        logged=(LoggedInput("vectors", f"{src.uri}#{name}", digest),), upstream=upstream)
 
 
-def publish_quantizer(result, final: Path, run: StageRun) -> str:
+def publish_quantizer(result, final: str, run: StageRun) -> str:
     """The last checkpoint to ``<checkpoint_dir>/last``, its best weights (else itself) to ``final``."""
-    last = copy_checkpoint(result, final.parent / "last")
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(last / "best" if (last / "best").is_dir() else last, final)
-    for f in ("model.safetensors", "config.json"):
-        run.log_artifact(final / f, "checkpoint")
-    return digest_tree(final)
+    with tempfile.TemporaryDirectory() as tmp:
+        last = copy_checkpoint(result, Path(tmp) / "last")
+        best = last / "best" if (last / "best").is_dir() else last
+        storage.replace_tree(last, storage.join(storage.parent(final), "last"))
+        storage.replace_tree(best, final)
+        for f in ("model.safetensors", "config.json"):
+            run.log_artifact(best / f, "checkpoint")
+        return digest_tree(best)
 
 
 TRAIN_QINCO2 = TrainingStage(
@@ -240,7 +243,7 @@ TRAIN_QINCO2 = TrainingStage(
     loop=train_loop,
     find_inputs=find_inputs,
     key_config=lambda cfg: {},
-    output=lambda cfg: (Path(cfg.path(cfg.qinco2.checkpoint_dir)) / "final").resolve(),
+    output=lambda cfg: storage.join(storage.absolute(cfg.path(cfg.qinco2.checkpoint_dir)), "final"),
     job_name=lambda cfg: "qinco2",
     publish=publish_quantizer,
     reuse=False,  # every call trains (and compares against faiss RQ anew)

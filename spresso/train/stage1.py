@@ -21,6 +21,7 @@ import torch
 from spresso.config import SpressoConfig
 from spresso.config.layout import dit_dir, stage_output
 from spresso.core.checkpoint import (
+    has_checkpoint,
     load_optimizer,
     load_state,
     load_strict,
@@ -212,7 +213,7 @@ def open_x0_inputs(cfg: SpressoConfig, encoder=None, progress: bool = True):
 def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> StageInputs:
     """The pretrained DiT, the x0 cache and the caption cache."""
     dit = dit_dir(cfg)
-    if not Path(dit).is_dir():
+    if not has_checkpoint(dit):
         raise SpressoError(f"no DiT checkpoint at {dit}: run `spresso train dit` first (or set dae.dit_dir)")
     x0_path, x0, captions = open_x0_inputs(cfg, encoder, progress)
     dit_digest = digest_tree(dit)
@@ -238,6 +239,6 @@ TRAIN_STAGE1 = dae_stage("stage1", train_loop, find_inputs)
 
 
 def train_stage1(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True) -> str:
     """Train stage 1 at operating point ``cfg.dae.t`` (or reuse an identical finished run); return its final checkpoint."""
     return run_training(TRAIN_STAGE1, cfg, parent_run_id=parent_run_id, force=force, encoder=encoder, progress=progress).final

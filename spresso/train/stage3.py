@@ -14,7 +14,7 @@ import torch
 
 from spresso.config import SpressoConfig
 from spresso.config.layout import dit_dir, quantizer_dir, stage_output
-from spresso.core.checkpoint import load_strict, load_weights
+from spresso.core.checkpoint import has_checkpoint, load_strict, load_weights
 from spresso.core.digest import digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.core.storage import absolute
@@ -67,10 +67,10 @@ def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> S
     except ValueError as err:
         raise SpressoError(str(err)) from None
     stage1 = stage_output(cfg, "stage1")
-    if not stage1.is_dir():
+    if not has_checkpoint(stage1):
         raise SpressoError(f"no stage-1 checkpoint at {stage1}: run `spresso train stage1` first")
     qdir = quantizer_dir(cfg)
-    if not Path(qdir).is_dir():
+    if not has_checkpoint(qdir):
         raise SpressoError(f"no quantizer at {qdir}: run `spresso train qinco2` on {z_cache_path(cfg)} first (or set dae.quantizer_dir)")
     x0_path, x0, captions = open_x0_inputs(cfg, encoder, progress)
     zq_path = precompute_zq(cfg, qdir, point.m, beam=cfg.dae.stage3.quantize_beam, progress=progress)

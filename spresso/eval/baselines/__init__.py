@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from spresso.core import storage
 from spresso.core.errors import SpressoError
 from spresso.eval.adapter import CodecAdapter
 from spresso.eval.baselines.audioae import AudioAEAdapter
@@ -110,6 +111,9 @@ def spec_fingerprint(spec: str) -> str:
     kind, arg, options = parse_spec(spec)
     stamps = []
     for value in [arg, *options.values()]:
+        if value and storage.is_url(value):
+            stamps.extend(list(row) for row in storage.list_details(value))
+            continue
         p = Path(value) if value else None
         if p is not None and p.exists():
             files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]

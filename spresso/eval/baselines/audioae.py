@@ -5,11 +5,10 @@ what a continuous latent would cost uncompressed; the table shows it without a n
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from spresso.core.checkpoint import has_checkpoint
 from spresso.eval.adapter import CodecAdapter, CodecInfo
 from spresso.models.audioae import load_audioae
 
@@ -43,7 +42,7 @@ class AudioAEAdapter(CodecAdapter):
         self.info = CodecInfo("AudioAE", "continuous x0 (upper bound)", 48000, frame_rate_hz=100.0, compression=48000 / (100 * 128))
 
     def available(self) -> tuple[bool, str]:
-        if not (Path(self.checkpoint_dir) / "config.json").is_file():
+        if not has_checkpoint(self.checkpoint_dir):
             return False, f"no AudioAE checkpoint at {self.checkpoint_dir}"
         return True, ""
 

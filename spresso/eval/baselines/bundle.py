@@ -6,13 +6,12 @@ its size is the actual bitrate; decoding is seeded, and other seeds are the repo
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 import spresso
 from spresso.audio.io import resample
 from spresso.core.bundle_io import read_bundle_manifest
+from spresso.core.errors import BundleError
 from spresso.core.rates import (
     bitrate_bps,
     compression_ratio,
@@ -29,7 +28,7 @@ class BundleAdapter(CodecAdapter):
         self.path, self.kbps, self.codebooks, self.steps = str(path), kbps, codebooks, int(steps)
         self._codec = None
         variant = f"{kbps:g} kbps" if kbps else (f"{codebooks} codebooks" if codebooks else "full rate")
-        self.info = CodecInfo("S-PRESSO", f"{Path(self.path).name} {variant}", 48000,
+        self.info = CodecInfo("S-PRESSO", f"{self.path.rstrip('/').rsplit('/', 1)[-1]} {variant}", 48000,
                               nominal_bitrate_bps=kbps * 1000 if kbps else None)
         # The table is built in the driver, which never loads the weights: describe the
         # operating point from the bundle's manifest alone.
@@ -39,8 +38,10 @@ class BundleAdapter(CodecAdapter):
             pass
 
     def available(self) -> tuple[bool, str]:
-        if not Path(self.path).exists():
-            return False, f"no codec bundle at {self.path}"
+        try:
+            read_bundle_manifest(self.path)
+        except BundleError as err:
+            return False, str(err)
         return True, ""
 
     @property
@@ -55,10 +56,10 @@ class BundleAdapter(CodecAdapter):
         if manifest.get("mode") == "discrete":
             K, m = int(manifest["K"]), int(self.codebooks or manifest.get("m") or manifest["M"])
             nominal = self.kbps * 1000 if self.kbps else bitrate_bps(m, K, t)
-            variant = f"{Path(self.path).name} t={t} K=2^{K.bit_length() - 1} m={m}"
+            variant = f"{self.path.rstrip('/').rsplit('/', 1)[-1]} t={t} K=2^{K.bit_length() - 1} m={m}"
         else:
             nominal = continuous_bitrate_bps(channels, t)
-            variant = f"{Path(self.path).name} t={t} continuous float16"
+            variant = f"{self.path.rstrip('/').rsplit('/', 1)[-1]} t={t} continuous float16"
         self.info = CodecInfo("S-PRESSO", variant, 48000, frame_rate_hz=frame_rate(t), nominal_bitrate_bps=nominal,
                               compression=compression_ratio(t, channels))
 

@@ -19,7 +19,8 @@ from safetensors.numpy import load_file
 from safetensors.torch import save_file
 
 from spresso.codec.bitpack import pack_codes, unpack_codes
-from spresso.core.errors import SpressoError
+from spresso.core.checkpoint import has_checkpoint, read_checkpoint_config
+from spresso.core.errors import CheckpointError, SpressoError
 from spresso.core.rates import (
     bitrate_bps,
     compression_ratio,
@@ -53,14 +54,14 @@ class _DAEBase(CodecAdapter):
 
     def _read_t(self) -> int | None:
         try:
-            return int(json.loads((Path(self.dae_dir) / "config.json").read_text())["meta"]["t"])
-        except (OSError, KeyError, ValueError, TypeError):
+            return int(read_checkpoint_config(self.dae_dir)["meta"]["t"])
+        except (CheckpointError, OSError, KeyError, ValueError, TypeError):
             return None
 
     def available(self) -> tuple[bool, str]:
         if self.t is None:
             return False, f"no diffusion-autoencoder checkpoint at {self.dae_dir}"
-        if not (Path(self.audioae_dir) / "config.json").is_file():
+        if not has_checkpoint(self.audioae_dir):
             return False, f"no AudioAE checkpoint at {self.audioae_dir}"
         return True, ""
 
