@@ -5,7 +5,7 @@ MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def load(path_or_uri, **kw):
-    """``spresso.load(bundle folder | "models:/NAME@alias" | "runs:/ID/bundle") -> Codec``.
+    """``spresso.load(bundle folder | "s3://bucket/…/bundles/d96" | "models:/NAME@alias" | "runs:/ID/bundle") -> Codec``.
 
     Imported on first call, so ``import spresso`` stays light (no torch, no MLflow).
     """

@@ -54,3 +54,36 @@ def ray_local():
         # address="local": never join a `ray start` cluster another process left on this machine.
         ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """A local S3-compatible server (moto's server mode, as s3fs and Ray test with) for the session."""
+    from moto.server import ThreadedMotoServer
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch) -> str:
+    """A fresh bucket on the local S3 server, reached through the standard AWS variables only."""
+    import uuid
+
+    import fsspec
+
+    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    bucket = f"spresso-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    type(fs).clear_instance_cache()  # later clients are made with this environment
+    yield f"s3://{bucket}"
+    type(fs).clear_instance_cache()

@@ -67,7 +67,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _codec(args):
     if not args.model:
-        raise SpressoError("give the codec bundle with --model (a folder, or models:/NAME@alias)")
+        raise SpressoError("give the codec bundle with --model (a folder, an s3:// URL, or models:/NAME@alias)")
     return spresso.load(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
 
 
@@ -115,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, metavar="BUNDLE", help="codec bundle folder, or models:/NAME@alias / runs:/ID/bundle")
+    p.add_argument("--model", default=None, metavar="BUNDLE", help="codec bundle: a folder, an object-store URL (s3://…), or models:/NAME@alias / runs:/ID/bundle")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per device batch")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (GPU; slow first batch)")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from spresso.config import SpressoConfig
-from spresso.core.checkpoint import read_checkpoint_config
+from spresso.core import storage
+from spresso.core.checkpoint import has_checkpoint, read_checkpoint_config
 from spresso.core.digest import digest_bytes, digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.core.storage import exists, join, open_file
@@ -233,9 +233,9 @@ def latent_arrays(latent_dim: int, frames: int) -> dict[str, tuple[tuple[int, ..
 
 
 def _resolve_inputs(cfg: SpressoConfig, audioae_dir: str | None, shards_dir: str | None) -> tuple[str, str]:
-    audioae_dir = audioae_dir or str(Path(cfg.path(cfg.audioae.checkpoint_dir)) / "final")
+    audioae_dir = storage.absolute(audioae_dir or storage.join(cfg.path(cfg.audioae.checkpoint_dir), "final"))
     shards_dir = shards_dir or cfg.path(cfg.data.shards_dir)
-    if "://" not in audioae_dir and not (Path(audioae_dir) / "config.json").is_file():
+    if not has_checkpoint(audioae_dir):
         raise SpressoError(f"no AudioAE checkpoint at {audioae_dir}: run `spresso train audioae` or pass --audioae DIR")
     return audioae_dir, shards_dir
 
@@ -306,7 +306,7 @@ def precompute_latents(
         c = cfg.audioae.cache
         source = ShardClipSource(shards_dir, int(attrs["clip_samples"]))
         report = fill_cache(
-            cache, source, mapper, {"checkpoint_dir": str(Path(audioae_dir).resolve()) if "://" not in audioae_dir else audioae_dir},
+            cache, source, mapper, {"checkpoint_dir": storage.absolute(audioae_dir)},
             batch_size=c.batch_size, actors=c.actors, runtime=cfg.runtime, max_blocks=max_blocks,
             progress=progress, desc="x0",
         )

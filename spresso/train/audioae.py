@@ -31,7 +31,7 @@ from spresso.core.checkpoint import (
 )
 from spresso.core.digest import digest_file
 from spresso.core.errors import SpressoError
-from spresso.core.storage import absolute
+from spresso.core.storage import absolute, is_file, join
 from spresso.data.crops import CropStream, load_valid_clips
 from spresso.data.reader import read_dataset_info, shard_paths
 from spresso.models.audioae import CHECKPOINT_KIND, AudioAE
@@ -226,8 +226,8 @@ def data_digest(shards_dir: str) -> str:
                 return str(info[key])
     except SpressoError:
         pass
-    manifest = Path(shards_dir) / "manifest.parquet"
-    if not manifest.is_file():
+    manifest = join(shards_dir, "manifest.parquet")
+    if not is_file(manifest):
         raise SpressoError(f"no manifest at {manifest}: run `spresso shard` first")
     return digest_file(manifest)
 
@@ -242,10 +242,9 @@ def find_inputs(cfg: SpressoConfig, **_options) -> StageInputs:
                        logged=(LoggedInput("shards", shards_dir, digest),))
 
 
-def final_checkpoint_dir(cfg: SpressoConfig) -> str | Path:
-    """``<workdir>/<audioae.checkpoint_dir>/final``: a local Path, or a URL string on s3://."""
-    dest = cfg.path(cfg.audioae.checkpoint_dir).rstrip("/") + "/final"
-    return dest if "://" in dest else Path(dest).resolve()
+def final_checkpoint_dir(cfg: SpressoConfig) -> str:
+    """``<workdir>/<audioae.checkpoint_dir>/final`` (an absolute folder, or a URL)."""
+    return join(absolute(cfg.path(cfg.audioae.checkpoint_dir)), "final")
 
 
 TRAIN_AUDIOAE = TrainingStage(
