@@ -53,7 +53,8 @@ def test_kuberay_and_mlflow_manifests():
     assert groups["a100"]["minReplicas"] == 0
     gpu = groups["a100"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     assert gpu == "8"
-    assert "MLFLOW_TRACKING_URI" in cluster["ConfigMap"]["data"]
+    shared = {(d["kind"], d["metadata"]["name"]): d for d in _docs(REPO / "infra" / "kuberay" / "shared.yaml")}
+    assert "MLFLOW_TRACKING_URI" in shared["ConfigMap", "spresso-env"]["data"]
     jobs = sorted((REPO / "infra" / "kuberay").glob("rayjob-*.yaml"))
     assert len(jobs) >= 4
     for path in jobs:
@@ -95,6 +96,7 @@ def test_mlflow_manifest_structure():
     assert opts["--host"] == "0.0.0.0" and int(opts["--workers"]) >= 1
     assert opts["--artifacts-destination"].startswith("s3://") and opts["--artifacts-destination"] != "s3://"
     assert opts["--backend-store-uri"] == "$BACKEND_URI"
+    assert opts["--allowed-hosts"] not in {True, "*"}   # what it must hold: tests/test_infra_manifests.py
     # Every env secret ref names a key the secret holds; the backend URI comes from it (no password inline).
     env = {e["name"]: e for e in server["env"]}
     for e in env.values():
