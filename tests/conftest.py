@@ -59,9 +59,9 @@ def ray_local():
 @pytest.fixture(scope="session")
 def moto_endpoint() -> str:
     """A local S3-compatible server (moto's server mode, as s3fs and Ray test with) for the session."""
-    from moto.server import ThreadedMotoServer
-
     import logging
+
+    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

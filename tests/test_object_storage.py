@@ -15,7 +15,12 @@ import torch
 
 from spresso.core import storage
 from spresso.core.bundle_io import read_bundle_manifest
-from spresso.core.checkpoint import has_checkpoint, load_weights, read_checkpoint_config, save_checkpoint
+from spresso.core.checkpoint import (
+    has_checkpoint,
+    load_weights,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from spresso.core.digest import digest_tree
 from spresso.core.errors import BundleError, SpressoError
 from spresso.pipeline.cache import content_digest, external_fingerprint
@@ -131,8 +136,9 @@ def test_store_errors_are_described_in_one_line(code, expected):
 
 
 def test_a_bundle_loads_from_the_bucket(s3_bucket, tmp_path):
-    import spresso
     from codec_toys import shared_bundle
+
+    import spresso
 
     local = shared_bundle()
     url = storage.join(s3_bucket, "bundles", "d1")
@@ -156,11 +162,11 @@ def test_the_whole_dag_runs_on_a_bucket_and_writes_nothing_locally(s3_bucket, tm
     but the MLflow database, a rerun reuses every stage, and the bundle decodes from the bucket."""
     import fsspec
     import ray
+    from test_pipeline_real import tiny_config
 
     import spresso
     from spresso.audio.synth import synth_corpus
     from spresso.pipeline import run_pipeline
-    from test_pipeline_real import tiny_config
 
     cwd, db = tmp_path / "cwd", tmp_path / "mlflow"
     cwd.mkdir(), db.mkdir()

@@ -5,7 +5,6 @@ and content, so it changes when any object changes, on disk or in a bucket.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 from pathlib import Path
@@ -38,10 +37,9 @@ def digest_files(paths: Iterable[str | Path], root: str | Path) -> str:
     return digest_json(entries)
 
 
-def digest_tree(root: str | Path, pattern: str = "**/*") -> str:
-    """Digest of every file below ``root`` (a local folder or a URL) whose relative name matches ``pattern``."""
+def digest_tree(root: str | Path) -> str:
+    """Digest of every file below ``root`` (a local folder or a URL): the same files give the same digest."""
     if not storage.is_url(root):
         base = Path(root)
-        return digest_files((p for p in base.glob(pattern) if p.is_file()), base)
-    names = [n for n in storage.list_files(root) if pattern == "**/*" or fnmatch.fnmatch(n, pattern)]
-    return digest_json(sorted((n, digest_file(storage.join(root, n))) for n in names))
+        return digest_files((p for p in base.glob("**/*") if p.is_file()), base)
+    return digest_json(sorted((n, digest_file(storage.join(root, n))) for n in storage.list_files(root)))
