@@ -10,6 +10,7 @@ import numpy as np
 import pyloudnorm as pyln
 import pytest
 import soundfile as sf
+import webdataset
 from mlflow.tracking import MlflowClient
 
 from spresso.audio.io import AudioError
@@ -189,6 +190,18 @@ def test_shard_end_to_end(ray_local, mlflow_env, corpus, tmp_path):
         for p in paths:  # members of a key adjacent, .flac then .json
             names = tarfile.open(p).getnames()
             assert names == [n for k in dict.fromkeys(n.split(".")[0] for n in names) for n in (f"{k}.flac", f"{k}.json")]
+
+    # our users' own tools read the shards: the WebDataset library and Ray Data, sample for sample
+    train = shard_paths(str(out), "train")
+    train_keys = [r["key"] for r in rows if r["split"] == "train"]
+    samples = list(webdataset.WebDataset(train, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == train_keys
+    assert all(json.loads(s["json"])["caption"] for s in samples)
+    first = sf.read(io.BytesIO(samples[0]["flac"]), dtype="float32")[0]
+    assert first.shape == (240000,)
+    ray_rows = ray_local.data.read_webdataset(train, decoder=None).take_all()
+    assert sorted(r["__key__"] for r in ray_rows) == sorted(train_keys)
+    assert {bytes(r["flac"]) for r in ray_rows} == {s["flac"] for s in samples}
 
     # one source never crosses splits
     by_source = {}

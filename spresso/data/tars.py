@@ -1,9 +1,15 @@
-"""Deterministic WebDataset tars: fixed member order, zero mtimes/owners, hashed while written."""
+"""Deterministic WebDataset tars, written with the WebDataset library's own writer.
+
+``webdataset.TarWriter`` with no owner, mode 0644 and mtime 0 writes members in sorted order of
+their extension, so the same clips give the same bytes anywhere (the dataset digest depends on it);
+the bytes are hashed and counted as they go out.
+"""
 from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
+
+import webdataset
 
 
 class _HashingWriter(io.RawIOBase):
@@ -23,23 +29,14 @@ class _HashingWriter(io.RawIOBase):
 
 
 class ShardWriter:
-    """Append ``<key>.flac`` + ``<key>.json`` pairs to one tar; ``close()`` returns (sha256, size).
-
-    Member headers carry no time, owner or permissions of this machine, so the same clips give
-    the same bytes anywhere (the dataset digest depends on it).
-    """
+    """Append ``<key>.flac`` + ``<key>.json`` samples to one tar; ``close()`` returns (sha256, size)."""
 
     def __init__(self, fileobj):
         self._out = _HashingWriter(fileobj)
-        self._tar = tarfile.open(fileobj=self._out, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._tar = webdataset.TarWriter(self._out, user="", group="", mode=0o644, mtime=0, encoder=False)
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        for ext in sorted(members):  # flac before json: fixed order, members of a key adjacent
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(members[ext]), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(members[ext]))
+        self._tar.write({"__key__": key, **members})
 
     def close(self) -> tuple[str, int]:
         self._tar.close()
