@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,3 +225,16 @@ def test_a_training_driver_lost_with_its_process_is_retried_and_resumes_from_its
     assert "weight" in load_weights(tmp_path / "toy" / "final")  # published once the resumed run finished
     runs = MlflowClient(mlflow_env).search_runs([MlflowClient(mlflow_env).get_experiment_by_name(cfg.runtime.experiment).experiment_id])
     assert [(r.info.run_id, r.info.status) for r in runs] == [(result.run_id, "FINISHED")]  # its MLflow run, reopened
+
+
+@pytest.mark.slow
+def test_the_options_place_tasks_actors_and_two_train_workers_on_the_labelled_accelerator_node():
+    """On a Ray whose node has the label and the accelerator resource, every kind of request runs."""
+    probe = Path(__file__).with_name("placement_probe.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(probe.parents[1]), os.environ.get("PYTHONPATH")) if p)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"task": "a100", "map": ["a100"], "pool": ["a100"], "train": ["a100", "a100"],
+                    "waits for {'label': 'cpu'}": True, "waits for {'accelerator': 'H100'}": True}
