@@ -98,6 +98,14 @@ def test_driver_tasks_run_on_the_driver_label_with_retries():
         "num_cpus": 1, "num_gpus": 0.0, "label_selector": {NODE_LABEL: "cpu"}, "max_retries": 5}
 
 
+def test_dry_run_shows_where_each_stage_and_its_driver_run(capsys):
+    assert main(["pipeline", "run", "paper", "--dry-run", "--set", "pipeline.driver_retries=4"]) == 0
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["train_dit"])
+    assert row[2:6] == ["8", "1", "16", "a100/A100"]
+    assert "on driver nodes (label spresso-node), retried up to 4 times" in out
+
+
 @pytest.mark.parametrize("override, message", [
     ("pipeline.resources.stage1.gpu=1", "gpu"),
     ("pipeline.resources.stage1.gpus=2", "pipeline.resources.stage1.gpus: a training worker has 0 or 1 GPU"),
