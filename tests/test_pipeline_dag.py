@@ -83,15 +83,15 @@ def test_paper_dry_run_lists_every_branch_and_gpu_hours(capsys):
     assert len(g) == 4 + 4 * 4 + 3 * 6  # shared + continuous branches + discrete branches
     assert "qinco2@d96" in out and "qinco2@c11" not in out and "stage3@d300" in out
     # By hand from configs/paper.yaml (steps x s/step x GPUs x workers / 3600), not through the code's sum:
-    # shared 400000*.5*8 + 7000*.25*8 + 200000*.6*8 = 2 574 000 GPU-s; each of the 7 branches has
+    # shared 400000*.5*8 + 7000*.25*8 + 200000*.6*16 = 3 534 000 GPU-s; each of the 7 branches has
     # stage1 100000*.5*8 + precompute_z 7000*.25*8 + evaluate 500*10 = 419 000; the 3 discrete ones also
-    # qinco2 50000*.1 + stage3 20000*.5*8 = 85 000. (2 574 000 + 7*419 000 + 3*85 000) / 3600 = 1600.56.
-    assert "estimated GPU time: 1601 A100-40GB GPU-hours" in out
-    assert "about $6,562 at $4.1/GPU-hour" in out
+    # qinco2 50000*.1 + stage3 20000*.5*8 = 85 000. (3 534 000 + 7*419 000 + 3*85 000) / 3600 = 1867.22.
+    assert "estimated GPU time: 1867 A100-40GB GPU-hours" in out
+    assert "about $7,656 at $4.1/GPU-hour" in out
     assert "0.096 kbps" in out and "1.33 kbps" in out and "dry run: nothing started" in out
     # Doubling stage 3's steps adds 3 discrete branches x 20000 steps x 0.5 s x 8 GPUs = 66.7 GPU-hours.
     assert main(["pipeline", "run", "paper", "--dry-run", "--set", "pipeline.resources.stage3.steps=40000"]) == 0
-    assert gpu_time_line(capsys.readouterr().out) == 1667
+    assert gpu_time_line(capsys.readouterr().out) == 1934
 
 
 def test_picture_without_graphviz(tmp_path):

@@ -6,7 +6,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from spresso.config.base import Section
-from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
+from spresso.config.scaling import (
+    ActorPoolSettings,
+    ScalingSettings,
+    run_knob,
+    scaling_field,
+)
 
 
 class AudioAEModelConfig(Section):
@@ -76,15 +81,14 @@ class AudioAETrainConfig(Section):
     fail_at_step: int | None = run_knob(None)
 
 
-class LatentCacheConfig(Section):
-    """Filling the x0 cache (`spresso precompute-latents`): write blocks and the encoder pool."""
+class LatentCacheConfig(ActorPoolSettings):
+    """Filling the x0 cache (`spresso precompute-latents`): write blocks and the encoder pool
+    (``actors``, ``cpus_per_actor``, ``gpus_per_actor``, ``label``, ``accelerator``)."""
 
     # Clips per Zarr block (one shard of x0): the unit one writer owns and a rerun redoes.
     chunk_clips: int = Field(64, gt=0)
     # Clips per encoder call inside an actor.
     batch_size: int = Field(16, gt=0)
-    # Encoder actors (one GPU each when the cluster has GPUs, else fractional CPUs).
-    actors: int = Field(1, gt=0)
 
 
 class AudioAEConfig(Section):

@@ -11,7 +11,12 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from spresso.config.base import Section
-from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
+from spresso.config.scaling import (
+    ActorPoolSettings,
+    ScalingSettings,
+    run_knob,
+    scaling_field,
+)
 
 # The paper's encoder depth by pooling factor: 6 at 25 Hz, 10 at 11 Hz, 12 at 5 Hz and 1 Hz.
 PAPER_DEPTHS = {4: 6, 9: 10, 20: 12, 100: 12}
@@ -85,10 +90,11 @@ class Stage3Config(DAETrainConfig):
     quantize_beam: Optional[int] = Field(None, ge=1)  # beam for encoding z (null: the quantizer's own)
 
 
-class ZCacheConfig(Section):
+class ZCacheConfig(ActorPoolSettings):
+    """Filling the z cache (`spresso precompute-z`): block size, batch size and the encoder pool."""
+
     chunk_clips: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
-    actors: int = Field(1, ge=1)
 
 
 class DAEConfig(Section):

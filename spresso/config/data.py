@@ -1,7 +1,7 @@
 """Ingestion settings: decoding, clipping and sharding audio into WebDataset tars."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -40,3 +40,5 @@ class DataConfig(Section):
     # CPUs reserved per Ray Data shard task (one task decodes a group of files and writes one tar).
     # 1.0 = one task per core; fractional values oversubscribe (useful when decoding waits on I/O).
     worker_cpus: float = Field(1.0, gt=0)
+    # Node label (`spresso-node`) the shard tasks need, e.g. cpu (null: any node).
+    worker_label: Optional[str] = None

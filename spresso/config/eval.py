@@ -1,12 +1,16 @@
 """Evaluation settings: metrics, embedding backend, the evaluation set and the harness."""
 from __future__ import annotations
 
+from typing import Optional
+
 from pydantic import Field
 
-from spresso.config.base import Section
+from spresso.config.scaling import Placement
 
 
-class EvalConfig(Section):
+class EvalConfig(Placement):
+    """``label``/``accelerator`` (from :class:`Placement`) place the per-clip Ray tasks."""
+
     embedding: str = "aisfx"  # aisfx | vggish | clap (the latter two need embedding_checkpoint)
     embedding_checkpoint: str | None = None  # local file/folder for vggish / clap; never downloaded
     num_clips: int = Field(500, ge=1)  # the paper: 500 five-second clips per set
@@ -19,4 +23,9 @@ class EvalConfig(Section):
     example_clips: int = Field(4, ge=0)  # clips with audio players and spectrograms in the report
     variations: int = Field(2, ge=0)  # extra decodings (other seeds) of stochastic codecs for the examples
     diffusion_steps: int = Field(32, ge=1)  # solver steps for our codec bundles (their solver, DPM-Solver++(2M) by default; the paper: 64 Heun)
-    gpus_per_task: float = Field(0.25, ge=0)  # used only when the cluster has GPUs
+    # What each Ray task (a chunk of clips) asks of the cluster. GPUs are asked for only when set here
+    # (an autoscaler then starts GPU nodes); null CPUs: runtime.actor_cpus.
+    cpus_per_task: Optional[float] = Field(None, gt=0)
+    gpus_per_task: float = Field(0.0, ge=0)
+    # Tasks at once (null: as many as the cluster's CPUs hold at the start).
+    max_tasks: Optional[int] = Field(None, ge=1)

@@ -6,12 +6,17 @@
       points:
         - {name: c11, t: 9, continuous: true}
         - {name: d1k32, t: 9, K: 1024, m: 12}
+      driver_label: driver
       resources:
-        train_dit: {gpus: 1, workers: 8, steps: 200000, step_seconds: 0.35}
+        train_dit: {gpus: 1, workers: 8, label: a100, accelerator: A100, steps: 200000, step_seconds: 0.35}
 
 A continuous point has no quantizer: its branch leaves out the stages marked discrete-only
 (qinco2, stage3). Settings of one branch (sizes, depths) go in ``overrides`` as dotted config
 keys, applied to that branch's stages only.
+
+``resources.<stage>``, when given, decides how that stage runs in this pipeline: it replaces the
+scaling of the section the stage scales (``dit.train.scaling``, ``audioae.cache`` ...; see
+:mod:`spresso.pipeline.resources`). A stage run on its own (``spresso train dit``) uses the section.
 """
 from __future__ import annotations
 
@@ -59,11 +64,18 @@ class OperatingPoint(Section):
 
 
 class StageResources(Section):
-    # What one stage asks of the cluster. workers = 0: the stage is one Ray task holding cpus/gpus;
-    # workers >= 1: a light driver that starts `workers` Ray workers of cpus/gpus each (Ray Train).
+    # What one stage asks of the cluster. workers >= 1: a light driver task (on pipeline.driver_label
+    # nodes) starts `workers` Ray workers of cpus/gpus each (Ray Train workers; the actors of a cache
+    # pool); workers = 0: the stage is one Ray task holding cpus/gpus (a training stage trains in it).
+    # shard and evaluate: cpus/gpus size each Ray task they start; workers caps evaluate's tasks at once.
     cpus: float = Field(1.0, ge=0)
     gpus: float = Field(0.0, ge=0)
     workers: int = Field(0, ge=0)
+    # Ray node label `spresso-node` the workers need (e.g. cpu, a100); null: any node.
+    label: Optional[str] = None
+    # Accelerator type per worker (e.g. A100): asks for the Ray resource accelerator_type:A100, so an
+    # autoscaler starts that node type.
+    accelerator: Optional[str] = None
     # The GPU-hours estimate of --dry-run: steps x step_seconds x GPUs in use (stated assumptions).
     steps: int = Field(0, ge=0)
     step_seconds: float = Field(0.0, ge=0)
@@ -79,8 +91,15 @@ class PipelineConfig(Section):
     shared: list[str] = Field(default_factory=lambda: ["shard", "train_audioae", "precompute_latents", "train_dit"])
     branch: list[str] = Field(default_factory=lambda: ["stage1", "precompute_z", "qinco2", "stage3", "export", "evaluate"])
     points: list[OperatingPoint] = Field(default_factory=list)
-    # Per stage kind (e.g. "train_dit", "stage1"): overrides the stage's declared resources.
+    # Per stage kind (e.g. "train_dit", "stage1"): how the stage runs in a pipeline; wins over the
+    # scaling of the section it scales (see spresso.pipeline.resources).
     resources: dict[str, StageResources] = Field(default_factory=dict)
+    # Node label (`spresso-node`) of the nodes stage drivers run on (ray executor): an on-demand
+    # node type, so a spot reclaim never takes a driver with it. Null: any node.
+    driver_label: Optional[str] = None
+    # Times a stage driver lost with its node (or process) is started again; it resumes (training
+    # from its latest checkpoint, caches and shards from their finished blocks).
+    driver_retries: int = Field(2, ge=0)
     # Raw audio folders the shard stage reads (besides any given on the command line).
     inputs: list[str] = Field(default_factory=list)
     # auto: Ray tasks when joining a cluster (RAY_ADDRESS), else driver threads.

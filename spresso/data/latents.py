@@ -307,7 +307,7 @@ def precompute_latents(
         source = ShardClipSource(shards_dir, int(attrs["clip_samples"]))
         report = fill_cache(
             cache, source, mapper, {"checkpoint_dir": storage.absolute(audioae_dir)},
-            batch_size=c.batch_size, actors=c.actors, runtime=cfg.runtime, max_blocks=max_blocks,
+            batch_size=c.batch_size, pool=c, runtime=cfg.runtime, max_blocks=max_blocks,
             progress=progress, desc="x0",
         )
         metrics = {"rows_written": report.rows_written, "blocks_written": report.blocks_written,

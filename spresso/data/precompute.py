@@ -9,8 +9,11 @@ The shape of every cache-filling stage (x0 from audio, z from x0, ...)::
   fractional CPUs, so decoding audio never competes with the model for a whole core.
 - A *mapper* is a callable class constructed once per actor (it loads the model there) and
   called on batches of ``batch_size`` rows; it returns the cache's arrays plus ``"row"``.
-  Actors get one GPU each when the cluster has GPUs, else ``actor_cpus`` CPUs
-  (DESIGN.md §4: a pool of whole-CPU actors can take every core and stall the reads).
+  The pool is what the config says (:class:`~spresso.config.scaling.ActorPoolSettings`):
+  ``actors`` actors of ``cpus_per_actor`` CPUs (default ``runtime.actor_cpus``: fractional, DESIGN.md
+  §4: a pool of whole-CPU actors can take every core and stall the reads) and ``gpus_per_actor``
+  GPUs, on ``label`` nodes with ``accelerator``. GPUs are asked of the cluster, never inferred from
+  what it holds now: on a cluster that scales from zero the autoscaler starts GPU nodes for them.
 - The driver collects output rows into their blocks and writes each block once it is
   complete: every write covers whole chunks and only the driver writes, so no two writers
   ever share a chunk or shard. ``done`` is set by the write, so a killed job loses only
@@ -28,9 +31,15 @@ import ray
 from tqdm.auto import tqdm
 
 from spresso.config.runtime import RuntimeConfig
+from spresso.config.scaling import ActorPoolSettings
 from spresso.core.errors import SpressoError
 from spresso.data.zarr_cache import ClipCache
 from spresso.runtime import actor_cpus, init_ray
+from spresso.runtime.placement import (
+    accelerator_resources,
+    ray_options,
+    require_local_resources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +124,6 @@ class _BlockAssembler:
         return [(a, self.block_of[a], int(buf["filled"].sum())) for a, buf in self.buffers.items()]
 
 
-def cluster_gpus() -> int:
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
 def fill_cache(
     cache: ClipCache,
     source: BlockSource,
@@ -126,23 +131,20 @@ def fill_cache(
     mapper_kwargs: Mapping[str, Any] | None = None,
     *,
     batch_size: int,
-    actors: int = 1,
+    pool: ActorPoolSettings | None = None,
     runtime: RuntimeConfig | None = None,
-    use_gpu: bool | None = None,
     max_blocks: int | None = None,
     progress: bool = True,
     desc: str = "precompute",
 ) -> FillReport:
     """Fill the missing blocks of ``cache`` with ``mapper`` applied to ``source`` rows.
 
-    ``use_gpu=None`` uses GPUs when the Ray cluster has any (one per actor, at most one actor
-    per GPU). ``max_blocks`` limits this call to the first N missing blocks (incremental fills).
+    ``pool``: the actors and what each asks for (default: one CPU actor). ``max_blocks`` limits
+    this call to the first N missing blocks (incremental fills).
     """
 
     if int(batch_size) != batch_size or batch_size < 1:
         raise SpressoError(f"batch_size must be a positive integer (got {batch_size})")
-    if actors < 1:
-        raise SpressoError(f"actors must be >= 1 (got {actors})")
     t0 = time.perf_counter()
     blocks = cache.missing_blocks()
     total = len(cache.blocks())
@@ -153,19 +155,18 @@ def fill_cache(
         return FillReport(total, 0, 0, time.perf_counter() - t0)
 
     runtime = runtime or RuntimeConfig()
+    pool = pool or ActorPoolSettings()
     init_ray(runtime)
-    gpus = cluster_gpus()
-    if use_gpu is None:
-        use_gpu = gpus > 0
-    if use_gpu and gpus == 0:
-        raise SpressoError("use_gpu is set but the Ray cluster has no GPUs")
-    n_actors = min(actors, gpus) if use_gpu else actors
     n_batches = -(-sum(b - a for a, b in blocks) // int(batch_size))
-    n_actors = max(1, min(n_actors, n_batches))  # idle actors would only hold resources
+    n_actors = max(1, min(pool.actors, n_batches))  # idle actors would only hold resources
     cpus = actor_cpus(runtime)
-    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cpus}
+    actor = ray_options(cpus=pool.cpus_per_actor or cpus, gpus=pool.gpus_per_actor, label=pool.label,
+                        accelerator=pool.accelerator)
+    require_local_resources({"CPU": actor["num_cpus"], "GPU": pool.gpus_per_actor,
+                             **accelerator_resources(pool.accelerator)}, f"{desc}: each actor")
+    use_gpu = pool.gpus_per_actor > 0
     log.info("%s: %d of %d blocks to fill in %s with %d actor(s) (%s)", desc, len(blocks), total, cache.path,
-             n_actors, "1 GPU each" if use_gpu else f"{cpus} CPU each")
+             n_actors, ", ".join(f"{k}={v}" for k, v in actor.items()))
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own tqdm counts rows written, which is what resumes
@@ -178,7 +179,7 @@ def fill_cache(
         batch_size=int(batch_size),
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=n_actors),
-        **resources,
+        **actor,
     )
 
     assembler = _BlockAssembler(cache, blocks)

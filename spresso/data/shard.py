@@ -43,6 +43,7 @@ from spresso.data.reader import DATASET_JSON, MANIFEST, REJECTS, SHARD_PATTERN
 from spresso.data.sources import Source, caption_from_name, discover, read_sidecar
 from spresso.data.tars import ShardWriter
 from spresso.runtime import init_ray, stage_run
+from spresso.runtime.placement import ray_options
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def _run_ray(pending: list[Unit], out: str, settings: ClipSettings, cfg, num_cpu
     # One block per unit so every unit can run in parallel; tasks (not an actor pool) with a
     # fixed CPU reservation: there is no state worth keeping between units.
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_ray_map_unit, num_cpus=task_cpus)
+    ds = ds.map(_ray_map_unit, **ray_options(cpus=task_cpus, label=cfg.data.worker_label))
     results = []
     try:
         for row in ds.iter_rows():

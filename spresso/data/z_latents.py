@@ -136,7 +136,7 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
         run.log_input("stage1", stage1_dir, attrs["stage1_digest"], context="model")
         zc = cfg.dae.zcache
         report = fill_cache(cache, CacheBlockSource(x0.path, ("x0", "valid_frames", "split")), EncodeZ,
-                            {"checkpoint_dir": absolute(stage1_dir)}, batch_size=zc.batch_size, actors=zc.actors,
+                            {"checkpoint_dir": absolute(stage1_dir)}, batch_size=zc.batch_size, pool=zc,
                             runtime=cfg.runtime, max_blocks=max_blocks, progress=progress, desc=f"z t={t}")
         run.log_metrics({"rows_written": report.rows_written, "blocks_written": report.blocks_written, "seconds": report.seconds})
         if cache.complete:
@@ -157,7 +157,7 @@ def precompute_zq(cfg: SpressoConfig, quantizer_dir: str, m: int, *, beam: int |
     cache = ClipCache.create(zq_cache_path(cfg, m), z.keys, arrays, z.chunk_rows, attrs, overwrite=True if _stale(zq_cache_path(cfg, m), attrs) else False)
     zc = cfg.dae.zcache
     fill_cache(cache, CacheBlockSource(z.path, ("z",)), QuantizeZ, {"quantizer_dir": absolute(quantizer_dir), "m": int(m), "beam": beam},
-               batch_size=zc.batch_size, actors=zc.actors, runtime=cfg.runtime, progress=progress, desc=f"z_q m={m}")
+               batch_size=zc.batch_size, pool=zc, runtime=cfg.runtime, progress=progress, desc=f"z_q m={m}")
     return cache.path
 
 

@@ -3,7 +3,7 @@
 For each codec (an adapter spec, see :mod:`spresso.eval.baselines`) and each clip the harness
 resamples to the codec's rate and back (:func:`~spresso.eval.adapter.roundtrip`), then computes
 SI-SDR, the multi-scale mel distance and the frame embeddings of the reconstruction. Clips are
-spread over Ray tasks with fractional CPUs (a GPU fraction when the cluster has GPUs). Results
+spread over Ray tasks with fractional CPUs (GPUs when eval.gpus_per_task asks for them). Results
 are cached on disk per (codec, clip)::
 
     <workdir>/eval/cache/<codec-name>-<fingerprint>/<clip-key>-<clip-digest>.npz
@@ -55,6 +55,7 @@ from spresso.eval.report import (
 )
 from spresso.eval.sets import EvalClip, EvalSet, from_folder, from_shards
 from spresso.runtime import cpu_count, init_ray, stage_run
+from spresso.runtime.placement import ray_options
 
 log = logging.getLogger(__name__)
 REFERENCE = "_original"  # the originals' embeddings live in the cache like a codec's
@@ -73,14 +74,18 @@ class HarnessSettings:
     variations: int = 2
     diffusion_steps: int = 32
     cpus_per_task: float = 0.5
-    gpus_per_task: float = 0.25
+    gpus_per_task: float = 0.0  # asked of the cluster as configured (eval.gpus_per_task), never sniffed
     threads_per_task: int = 1
+    max_tasks: int | None = None  # tasks at once (None: as many as the cluster's CPUs hold at the start)
+    label: str | None = None  # node label (spresso-node) the tasks need
+    accelerator: str | None = None  # accelerator type each task needs (accelerator_type:X)
 
     @classmethod
     def from_config(cls, cfg) -> "HarnessSettings":
         e = cfg.eval
         return cls(e.embedding, e.embedding_checkpoint, e.n_boot, e.level, e.seed, e.example_clips, e.variations,
-                   e.diffusion_steps, cfg.runtime.actor_cpus, e.gpus_per_task)
+                   e.diffusion_steps, e.cpus_per_task or cfg.runtime.actor_cpus, e.gpus_per_task,
+                   max_tasks=e.max_tasks, label=e.label, accelerator=e.accelerator)
 
     def embedding_id(self) -> str:
         return f"{self.embedding}:{self.embedding_checkpoint or ''}"
@@ -254,19 +259,25 @@ class Harness:
             bar.close()
             return counts
 
-        resources = ray.cluster_resources()
-        gpus = self.settings.gpus_per_task if resources.get("GPU", 0) > 0 else 0
-        slots = max(1, int(resources.get("CPU", 1) / max(self.settings.cpus_per_task, 1e-3)))
-        task = ray.remote(num_cpus=self.settings.cpus_per_task, num_gpus=gpus, max_retries=1)(evaluate_chunk)
-        pending = {}
+        s = self.settings
+        # GPUs as configured (the cluster provides them); the cluster's CPUs only size the chunking
+        # when the config gives no number of tasks.
+        slots = s.max_tasks or max(1, int(ray.cluster_resources().get("CPU", 1) / max(s.cpus_per_task, 1e-3)))
+        task = ray.remote(evaluate_chunk).options(max_retries=1, **ray_options(
+            cpus=s.cpus_per_task, gpus=s.gpus_per_task, label=s.label, accelerator=s.accelerator))
+        todo = []
         for name, spec, cache, clips in jobs:
             # a few chunks per codec: enough to fill the slots, few enough that model loading is amortised
             n_chunks = max(1, min(len(clips), math.ceil(slots / max(1, len(jobs))), math.ceil(len(clips) / 4)))
             for part in np.array_split(np.arange(len(clips)), n_chunks):
-                chunk = [clips[i] for i in part]
-                pending[task.remote(spec, chunk, audio, self.settings)] = (name, cache, chunk)
+                todo.append((name, spec, cache, [clips[i] for i in part]))
+        todo.reverse()
+        pending = {}
         try:
-            while pending:
+            while pending or todo:
+                while todo and len(pending) < (s.max_tasks or len(todo) + len(pending)):  # at most max_tasks at once
+                    name, spec, cache, chunk = todo.pop()
+                    pending[task.remote(spec, chunk, audio, self.settings)] = (name, cache, chunk)
                 done, _ = ray.wait(list(pending), num_returns=1)
                 name, cache, chunk = pending.pop(done[0])
                 for r, clip in zip(ray.get(done[0]), chunk):

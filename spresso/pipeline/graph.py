@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 from spresso.config import SpressoConfig, config_from_dict
 from spresso.config.pipeline import OperatingPoint, StageResources
 from spresso.core.errors import SpressoError
+from spresso.pipeline.resources import apply_resources
 from spresso.pipeline.stage import Stage, resolve_location
 
 
@@ -28,6 +29,8 @@ class StageNode:
     upstream: dict[str, tuple[str, str]] = field(default_factory=dict)  # read -> (node, output)
     external: dict[str, str] = field(default_factory=dict)  # read -> location
     resources: StageResources = field(default_factory=StageResources)
+    # The config it runs with: ``cfg`` with pipeline.resources.<kind> applied (the key hashes ``cfg``).
+    run_cfg: SpressoConfig | None = None
 
     @property
     def kind(self) -> str:
@@ -141,6 +144,7 @@ def build_graph(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[Stage
             datasets={o: f"{name}.{o}" for o in stage.writes},
             external={r: resolve_location(loc, node_cfg, point) for r, loc in stage.external.items()},
             resources=pc.resources.get(stage.name, stage.resources),
+            run_cfg=apply_resources(node_cfg, stage),
         )
 
     for name in pc.shared:

@@ -17,7 +17,7 @@ def gpu_hours(graph: PipelineGraph) -> dict[str, float]:
 def describe(graph: PipelineGraph, selected: set[str] | None = None) -> str:
     pc = next(iter(graph)).cfg.pipeline if len(graph) else None
     lines = [f"{len(graph)} stages in dependency order:"]
-    rows = [("stage", "after", "cpus", "gpus", "workers", "steps", "s/step", "GPU-h", "")]
+    rows = [("stage", "after", "cpus", "gpus", "workers", "node", "steps", "s/step", "GPU-h", "")]
     hours = gpu_hours(graph)
     for n in graph.order:
         node = graph.nodes[n]
@@ -27,12 +27,15 @@ def describe(graph: PipelineGraph, selected: set[str] | None = None) -> str:
             mark.append("not built yet")
         if selected is not None and n not in selected:
             mark.append("not selected")
-        rows.append((n, ",".join(graph.parents(n)) or "-", f"{r.cpus:g}", f"{r.gpus:g}", str(r.workers),
+        node_kind = "/".join(x for x in (r.label, r.accelerator) if x) or "-"  # label/accelerator asked for
+        rows.append((n, ",".join(graph.parents(n)) or "-", f"{r.cpus:g}", f"{r.gpus:g}", str(r.workers), node_kind,
                      str(r.steps) if r.steps else "-", f"{r.step_seconds:g}" if r.step_seconds else "-",
                      f"{hours[n]:.1f}" if hours[n] else "-", "; ".join(mark)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     if pc is not None:
+        lines.append(f"stage drivers (ray executor): on {pc.driver_label or 'any'} nodes (label spresso-node), "
+                     f"retried up to {pc.driver_retries} times when their node dies")
         for p in pc.points:
             kind = "continuous" if p.continuous else f"K={p.K} m={p.m}"
             lines.append(f"operating point {p.name}: t={p.t} ({frame_rate(p.t):.3g} Hz) {kind} -> {p.bitrate_bps() / 1000:.3g} kbps")

@@ -1,4 +1,5 @@
-"""The real stages, as a table: one row per stage kind (reads, writes, resources, what its key hashes).
+"""The real stages, as a table: one row per stage kind (reads, writes, resources, what its key hashes,
+the config section ``pipeline.resources.<kind>`` sizes: :mod:`spresso.pipeline.resources`).
 
 Every training stage is one generic :class:`TrainingAdapter` over its driver declaration
 (:class:`spresso.train.driver.TrainingStage`, named ``"module:NAME"`` and imported when the stage
@@ -201,30 +202,32 @@ def training(name: str, declaration: str, *, reads: Mapping[str, str], writes: M
 
 ROWS: tuple[Stage, ...] = (
     Stage("shard", shard_stage, external={"audio": _inputs}, writes={"shards": _shards}, config_keys=("data",),
-          uses_ray=True, resources=ONE, description="raw audio -> WebDataset shards + manifest"),
+          uses_ray=True, resources=ONE, scales="data", description="raw audio -> WebDataset shards + manifest"),
     training("train_audioae", "spresso.train.audioae:TRAIN_AUDIOAE", reads={"shards": "shard.shards"},
-             writes={"checkpoint": _audioae_final}, config_keys=("data", "audioae"),
+             writes={"checkpoint": _audioae_final}, config_keys=("data", "audioae"), scales="audioae.train.scaling",
              description="Vocos-style AudioAE (DAC recipe)"),
     Stage("precompute_latents", precompute_latents_stage, reads={"shards": "shard.shards", "audioae": "train_audioae.checkpoint"},
           writes={"x0_cache": _x0}, config_keys=("audioae.cache", "audioae.latents_path"), opens_run=True, uses_ray=True,
-          resources=TRAINER, description="x0 Zarr cache"),
+          resources=TRAINER, scales="audioae.cache", description="x0 Zarr cache"),
     # Builds (or reuses) the caption-embedding cache first: the text side of every diffusion stage.
     training("train_dit", "spresso.train.dit:TRAIN_DIT", reads=X0, writes={"checkpoint": _dit_final, "captions": _captions},
-             config_keys=("dit",), description="caption embeddings + text-to-audio MMDiT (EDM2)"),
+             config_keys=("dit",), scales="dit.train.scaling", description="caption embeddings + text-to-audio MMDiT (EDM2)"),
     # Branch stages: one instance per operating point, outputs under dae/<point>/t<t> and qinco2/<point>.
     training("stage1", "spresso.train.stage1:TRAIN_STAGE1", reads={**X0, **DIT}, writes={"checkpoint": _stage_final("stage1")},
-             config_keys=DAE_KEYS + ("dae.stage1",), point_keys=("t",), description="g_psi + f_phi + LoRA"),
+             config_keys=DAE_KEYS + ("dae.stage1",), point_keys=("t",), scales="dae.stage1.scaling",
+             description="g_psi + f_phi + LoRA"),
     Stage("precompute_z", precompute_z_stage, reads={**X0, "stage1": "stage1.checkpoint"}, writes={"z_cache": _z_cache},
           config_keys=("dae.zcache",), point_keys=("t",), opens_run=True, uses_ray=True, resources=TRAINER,
-          description="z Zarr cache"),
+          scales="dae.zcache", description="z Zarr cache"),
     training("qinco2", "spresso.train.qinco2:TRAIN_QINCO2", reads={"z": "precompute_z.z_cache"},
              writes={"checkpoint": _quantizer_final}, config_keys=("qinco2",), point_keys=("t", "K", "m"),
-             discrete_only=True, resources=ONE, description="QINCo2 on frozen z (stage 2)",
+             discrete_only=True, resources=ONE, scales="qinco2.scaling", description="QINCo2 on frozen z (stage 2)",
              options=lambda ctx: {"vectors": ctx.inputs["z"].uri, "upstream": upstream_runs(ctx)}),
     training("stage3", "spresso.train.stage3:TRAIN_STAGE3",
              reads={**X0, **DIT, "stage1": "stage1.checkpoint", "z": "precompute_z.z_cache", "quantizer": "qinco2.checkpoint"},
              writes={"checkpoint": _stage_final("stage3")}, config_keys=DAE_KEYS + ("dae.stage3",),
-             point_keys=("t", "K", "m"), discrete_only=True, description="f_phi + LoRA finetuned on z_q"),
+             point_keys=("t", "K", "m"), discrete_only=True, scales="dae.stage3.scaling",
+             description="f_phi + LoRA finetuned on z_q"),
     Stage("export", export_stage,
           reads={"audioae": "train_audioae.checkpoint", "dit": "train_dit.checkpoint", "stage1": "stage1.checkpoint",
                  "quantizer": "qinco2.checkpoint?", "stage3": "stage3.checkpoint?"},
@@ -233,7 +236,7 @@ ROWS: tuple[Stage, ...] = (
     Stage("evaluate", evaluate_stage,
           reads={"bundle": "export.bundle", "shards": "shard.shards", "audioae": "train_audioae.checkpoint"},
           writes={"report": "eval/{point}"}, config_keys=("eval",), opens_run=True, uses_ray=True,
-          resources=ONE, description="FAD / KAD / CLAP / SI-SDR"),
+          resources=ONE, scales="eval", description="FAD / KAD / CLAP / SI-SDR"),
 )
 
 

@@ -9,9 +9,13 @@ Rerunning after a failure resumes: everything that finished is reused.
 Where stages run:
 - ``local``: ready stages run in driver threads, at most ``pipeline.max_parallel`` at once
   (each stage may itself use Ray: Ray Data, Ray Train);
-- ``ray``: each ready stage is submitted at once as a Ray task with its resources
-  (``workers == 0``: the task holds cpus/gpus; else a light driver task whose workers ask Ray
-  for theirs); Ray queues what the cluster has no room for and places the rest.
+- ``ray``: each ready stage is submitted at once as a Ray task (:func:`~spresso.pipeline.resources.task_options`:
+  a light driver on ``pipeline.driver_label`` nodes whose workers ask Ray for theirs, or, for a
+  stage that does its work itself, a task holding what it needs), retried ``pipeline.driver_retries``
+  times when its node dies (the retried stage resumes); Ray queues what the cluster has no room
+  for, an autoscaler starts nodes for it, and Ray places the rest.
+
+Every stage runs with ``pipeline.resources.<kind>`` applied to the section it scales (``node.run_cfg``).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from spresso.pipeline.cache import (
 )
 from spresso.pipeline.graph import PipelineGraph, StageNode, build_graph
 from spresso.pipeline.registry import registry
+from spresso.pipeline.resources import task_options
 from spresso.pipeline.stage import Artifact, Stage, StageContext, StageResult
 from spresso.runtime import StageRun, init_ray
 from spresso.runtime.tracking import (
@@ -61,7 +66,6 @@ TAG_STATES = "spresso.pipeline.states"
 PIPELINE_STAGE = "pipeline"
 
 DONE, REUSED, FAILED, SKIPPED, NOT_RUN, NOT_SELECTED = "done", "reused", "failed", "skipped", "not run", "not selected"
-DRIVER_CPUS = 0.25  # what the driver task of a multi-worker stage holds; its workers ask for the rest
 
 
 @dataclass
@@ -125,17 +129,15 @@ def _normalise(result: Any) -> StageResult:
     raise SpressoError(f"a stage returned {type(result).__name__}; expected StageResult, a dict of outputs or None")
 
 
-def _invoke_local(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageResult:
+def invoke_local(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageResult:
+    """Run a stage in this process (the local executor's threads)."""
     return _normalise(fn(cfg, ctx))
 
 
-def _invoke_ray(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageResult:
-    res = ctx.resources
-    if res.workers:
-        opts = {"num_cpus": DRIVER_CPUS, "num_gpus": 0}
-    else:
-        opts = {"num_cpus": res.cpus, "num_gpus": res.gpus}
-    task = ray.remote(_invoke_local).options(name=f"stage:{ctx.stage}", max_retries=0, **opts)
+def invoke_ray(fn: Callable, cfg: SpressoConfig, ctx: StageContext) -> StageResult:
+    """Run a stage as a Ray task with ``ctx.ray_options`` (the ray executor)."""
+    # Retried only when the task's process or node dies (an exception is the stage's failure).
+    task = ray.remote(invoke_local).options(name=f"stage:{ctx.stage}", **ctx.ray_options)
     try:
         return ray.get(task.remote(fn, cfg, ctx))
     except ray.exceptions.RayTaskError as err:
@@ -192,10 +194,11 @@ def _log_inputs(run, inputs: Mapping[str, Artifact]) -> None:
 def execute_stage(node: StageNode, ctx: StageContext, invoke: Callable, uri: str, experiment_id: str) -> tuple[str, dict[str, Artifact]]:
     """Run one stage inside its MLflow run; return (run_id, outputs)."""
     fn = node.stage.resolve_fn()
+    cfg = node.run_cfg or node.cfg
     tags = _lineage_tags(node, ctx.key, ctx.inputs)
     if node.stage.opens_run:
         t0 = int(time.time() * 1000)
-        result = invoke(fn, node.cfg, ctx)
+        result = invoke(fn, cfg, ctx)
         run_id = result.run_id or _find_child_run(uri, experiment_id, ctx.parent_run_id or "", node.kind, t0)
         if run_id is None:
             raise SpressoError(f"stage '{node.name}' opens its own MLflow run but none was found under the pipeline run")
@@ -207,11 +210,11 @@ def execute_stage(node: StageNode, ctx: StageContext, invoke: Callable, uri: str
         _log_inputs(run, ctx.inputs)
         return run_id, _record_outputs(node, run_id, uri, result)
     upstream = {name: art.run_id for name, art in ctx.inputs.items() if art.run_id}
-    with stage_run(node.kind, node.cfg, key=ctx.key, upstream=upstream, parent_run_id=ctx.parent_run_id,
+    with stage_run(node.kind, cfg, key=ctx.key, upstream=upstream, parent_run_id=ctx.parent_run_id,
                    run_name=node.name, extra_tags=tags) as run:
         for name, art in ctx.inputs.items():
             run.log_input(name, art.uri, art.digest)
-        result = invoke(fn, node.cfg, replace(ctx, run=run))
+        result = invoke(fn, cfg, replace(ctx, run=run))
         return run.run_id, _record_outputs(node, run.run_id, uri, result)
 
 
@@ -221,7 +224,7 @@ class _Scheduler:
                  parent, uri: str, experiment_id: str, ray_tasks: bool, max_parallel: int, progress: bool):
         self.cfg, self.graph, self.run_set, self.forced = cfg, graph, run_set, forced
         self.parent, self.uri, self.experiment_id = parent, uri, experiment_id
-        self.invoke = _invoke_ray if ray_tasks else _invoke_local
+        self.invoke = invoke_ray if ray_tasks else invoke_local
         # Ray queues what does not fit: hand it every ready stage. Locally, bound the threads.
         self.capacity = len(graph) if ray_tasks else max_parallel
         self.code = code_version()
@@ -303,6 +306,7 @@ class _Scheduler:
                         stage=n, kind=node.kind, point=node.point, inputs=inputs, outputs=dict(node.outputs),
                         key=key, parent_run_id=self.parent.run_id, run=None, force=n in self.forced,
                         resources=node.resources,
+                        ray_options=task_options(node.run_cfg or node.cfg, node.stage, node.resources),
                     )
                     pending.remove(n)
                     keys_in_flight.add(key)

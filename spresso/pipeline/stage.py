@@ -56,6 +56,8 @@ class StageContext:
     run: "StageRun | None"  # None for stages that open their own MLflow run
     force: bool = False
     resources: StageResources = field(default_factory=StageResources)
+    # Options of the stage's own Ray task on the ray executor (spresso.pipeline.resources.task_options).
+    ray_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Stage:
     - ``opens_run``: the function opens its own MLflow run (given ``ctx.parent_run_id``).
     - ``discrete_only``: left out of continuous branches.
     - ``uses_ray``: the function uses Ray itself (the runner starts Ray once, before any thread).
+    - ``scales``: the dotted config section ``pipeline.resources.<name>`` is applied onto when given
+      (``dit.train.scaling``, ``audioae.cache`` ...; see :mod:`spresso.pipeline.resources`).
     """
 
     name: str
@@ -88,6 +92,7 @@ class Stage:
     discrete_only: bool = False
     opens_run: bool = False
     uses_ray: bool = False
+    scales: str = ""
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -18,6 +18,18 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+_STARTED = {"local": False}  # whether init_ray started the (fixed-size) Ray this process uses
+
+
+def started_local_ray() -> bool:
+    """Whether this process started its own local Ray (no autoscaler: what it has is all there is).
+
+    False in a process that joined a cluster, and in Ray's worker processes (stage drivers run as
+    Ray tasks on a cluster that may scale up).
+    """
+    return _STARTED["local"]
+
+
 def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
     """Start or join Ray once per process and return the ``ray`` module.
 
@@ -43,6 +55,7 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
         if common["include_dashboard"]:
             common.setdefault("dashboard_host", "127.0.0.1")  # never exposed beyond this machine
         ray.init(address="local", num_cpus=num_cpus, **common)
+        _STARTED["local"] = True
     return ray
 
 

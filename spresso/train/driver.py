@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
-
 from spresso.config import Section, SpressoConfig
 from spresso.config.scaling import key_settings
 from spresso.core import storage
@@ -30,8 +28,15 @@ from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE, has_checkpoint
 from spresso.core.digest import digest_json, digest_tree
 from spresso.core.storage import absolute
 from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
+from spresso.runtime.placement import require_local_resources
 from spresso.runtime.tracking import StageRun, ensure_experiment
-from spresso.train.harness import TrainJob, copy_checkpoint, fit, resumable_run_id
+from spresso.train.harness import (
+    TrainJob,
+    copy_checkpoint,
+    fit,
+    resumable_run_id,
+    worker_needs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,10 @@ class TrainingStage:
     - ``output(cfg)``: where the final checkpoint is published (a Path, or a URL string);
     - ``job_name(cfg) -> str``: the Ray Train run name's prefix (the key's first 16 hex digits follow);
     - ``publish``: writes the final checkpoint from Ray's result (default: inference files only);
-    - ``reuse``: look for a finished identical run first;
-    - ``gpu_if_available``: ``scaling.use_gpu`` falls back to CPU when the driver sees no CUDA.
+    - ``reuse``: look for a finished identical run first.
+
+    GPUs come from the section's ``scaling`` only (``use_gpu``, ``accelerator``), never from what
+    the driver sees: a driver on a CPU node asks the cluster for GPU workers.
     """
 
     name: str
@@ -89,7 +96,6 @@ class TrainingStage:
     job_name: Callable[[SpressoConfig], str]
     publish: Optional[Publish] = None
     reuse: bool = True
-    gpu_if_available: bool = False
 
     def key(self, cfg: SpressoConfig, inputs: StageInputs) -> str:
         """The cache key: the stage's settings (without run knobs) and its inputs' identity."""
@@ -130,8 +136,7 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
     train_storage = absolute(cfg.path("ray_train"))
     name = f"{stage.job_name(cfg)}-{key[:16]}"
     scaling = stage.section(cfg).scaling
-    if stage.gpu_if_available and scaling.use_gpu and not torch.cuda.is_available():
-        scaling = scaling.model_copy(update={"use_gpu": False})
+    require_local_resources(worker_needs(scaling), f"{stage.name}'s scaling")
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
                                 "run_dir": f"{train_storage}/{name}", **inputs.loop_config})

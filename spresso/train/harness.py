@@ -41,6 +41,7 @@ from ray.train.torch import TorchTrainer
 from spresso.config.scaling import ScalingSettings
 from spresso.core import storage
 from spresso.core.errors import SpressoError
+from spresso.runtime.placement import accelerator_resources, label_selector
 from spresso.runtime.tracking import StageRun
 
 RUN_MARKER = "spresso_run.json"
@@ -78,6 +79,25 @@ def _remember_run(storage_path: str, name: str, run_id: str) -> None:
     fs.pipe_file(f"{folder}/{RUN_MARKER}", json.dumps({"mlflow_run_id": run_id}).encode())
 
 
+def scaling_config(scaling: ScalingSettings) -> ScalingConfig:
+    """Ray Train's ScalingConfig from the config alone: workers of CPUs (+1 GPU), on ``label`` nodes,
+    with ``accelerator`` (the resource ``accelerator_type:X`` per worker, which an autoscaler reads)."""
+    resources = {"CPU": scaling.cpus_per_worker, **accelerator_resources(scaling.accelerator)}
+    if scaling.use_gpu:
+        resources["GPU"] = 1
+    return ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources,
+                         label_selector=label_selector(scaling.label), accelerator_type=scaling.accelerator)
+
+
+def worker_needs(scaling: ScalingSettings) -> dict[str, float]:
+    """What all the workers of ``scaling`` hold together (a Ray Train run starts them all at once)."""
+    if not scaling.workers:
+        return {}
+    one = {"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0,
+           **accelerator_resources(scaling.accelerator)}
+    return {k: v * scaling.workers for k, v in one.items()}
+
+
 def fit(job: TrainJob, run: StageRun):
     """Run ``job`` with Ray Train's TorchTrainer and return its ``Result``."""
     _remember_run(job.storage_path, job.name, run.run_id)
@@ -85,14 +105,11 @@ def fit(job: TrainJob, run: StageRun):
     loop_config = dict(job.loop_config)
     loop_config["_mlflow"] = {"run_id": run.run_id, "tracking_uri": run.tracking_uri}
     loop_config["_use_gpu"] = scaling.use_gpu
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = 1
     arrow_fs, storage_path = storage.arrow_filesystem(job.storage_path)
     trainer = TorchTrainer(
         job.loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
+        scaling_config=scaling_config(scaling),
         run_config=RunConfig(
             name=job.name,
             storage_path=storage_path,

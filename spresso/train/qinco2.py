@@ -2,7 +2,7 @@
 
 The stage (:data:`TRAIN_QINCO2`, run by :func:`spresso.train.driver.run_training`) records the
 vectors it reads (lineage) in its MLflow run and runs :func:`train_loop` under Ray Train (one GPU
-worker by default, CPU when the driver has no CUDA; ``scaling.workers=0`` in-process).
+worker by default, as ``qinco2.scaling`` says: the cluster provides it; ``scaling.workers=0`` in-process).
 The loop: normalisation statistics and residual k-means init from a sample, then epochs of
 streamed batches (beam encode without gradients, re-decode with gradients), dead codewords
 re-seeded each epoch, validation every ``valid_every`` steps keeping the best weights. At the
@@ -247,7 +247,6 @@ TRAIN_QINCO2 = TrainingStage(
     job_name=lambda cfg: "qinco2",
     publish=publish_quantizer,
     reuse=False,  # every call trains (and compares against faiss RQ anew)
-    gpu_if_available=True,
 )
 
 
