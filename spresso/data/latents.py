@@ -92,14 +92,20 @@ class ShardClipSource:
         keys = m["key"][start:stop]
         wanted = {str(k): i for i, k in enumerate(keys)}
         by_tar: dict[str, set[str]] = {}
+        where: dict[tuple[str, str], str] = {}  # one lookup per tar, not per key
         for k, split, shard in zip(keys, m["split"][start:stop], m["shard"][start:stop]):
-            by_tar.setdefault(_tar_path(self.shards_dir, str(split), shard), set()).add(str(k))
+            tar = where.get((str(split), str(shard))) or where.setdefault(
+                (str(split), str(shard)), _tar_path(self.shards_dir, str(split), shard))
+            by_tar.setdefault(tar, set()).add(str(k))
         wave = np.zeros((stop - start, self.clip_samples), dtype=np.float32)
         found = np.zeros(stop - start, dtype=bool)
         for tar_path, tar_keys in sorted(by_tar.items()):
             members: dict[str, dict[str, bytes]] = {}
+            left = len(tar_keys)
             with open_file(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
                 for member in tar:
+                    if not left:  # every key of this block that lives in this tar is read: stop here
+                        break
                     name = member.name.rsplit("/", 1)[-1]
                     key, _, ext = name.partition(".")  # keys hold no dots (DESIGN.md §3)
                     if key not in tar_keys or ext not in ("flac", "json") or not member.isfile():
@@ -112,6 +118,7 @@ class ShardClipSource:
                             raise SpressoError(f"{tar_path}: clip {key} has {clip['wave'].size} samples, expected {self.clip_samples}")
                         wave[wanted[key]] = clip["wave"]
                         found[wanted[key]] = True
+                        left -= 1
         if not found.all():
             missing = [str(k) for k, f in zip(keys, found) if not f]
             raise SpressoError(f"{self.shards_dir}: {len(missing)} clips of the manifest are not in their tars (e.g. {missing[0]})")

@@ -2,22 +2,21 @@
 
 The shape of every cache-filling stage (x0 from audio, z from x0, ...)::
 
-    missing blocks ──read tasks──▶ input rows ──actor pool (model)──▶ output rows ──driver──▶ whole blocks
+    missing blocks ──▶ actor pool: read the block's rows ▶ model ▶ write the block ──▶ driver: (start, stop, rows)
 
 - A *source* turns one block ``(start, stop)`` of cache rows into input columns (a dict of
-  NumPy arrays with one entry per row, ``"row"`` included). It runs in Ray Data read tasks with
-  fractional CPUs, so decoding audio never competes with the model for a whole core.
+  NumPy arrays with one entry per row, ``"row"`` included): the tar or cache block is read once.
 - A *mapper* is a callable class constructed once per actor (it loads the model there) and
   called on batches of ``batch_size`` rows; it returns the cache's arrays plus ``"row"``.
   The pool is what the config says (:class:`~spresso.config.scaling.ActorPoolSettings`):
-  ``actors`` actors of ``cpus_per_actor`` CPUs (default ``runtime.actor_cpus``: fractional, DESIGN.md
-  §4: a pool of whole-CPU actors can take every core and stall the reads) and ``gpus_per_actor``
-  GPUs, on ``label`` nodes with ``accelerator``. GPUs are asked of the cluster, never inferred from
-  what it holds now: on a cluster that scales from zero the autoscaler starts GPU nodes for them.
-- The driver collects output rows into their blocks and writes each block once it is
-  complete: every write covers whole chunks and only the driver writes, so no two writers
-  ever share a chunk or shard. ``done`` is set by the write, so a killed job loses only
-  blocks in flight and a rerun computes only the missing ones.
+  ``actors`` actors of ``cpus_per_actor`` CPUs (default ``runtime.actor_cpus``, fractional) and
+  ``gpus_per_actor`` GPUs, on ``label`` nodes with ``accelerator``. GPUs are asked of the cluster,
+  never inferred from what it holds now: on a cluster that scales from zero the autoscaler starts
+  GPU nodes for them.
+- Each actor writes the blocks it computed (:class:`FillBlocks`): a block is the cache's chunk and
+  shard unit, so no two writers share a chunk, and ``done`` is set after the data. The driver
+  receives three numbers per block, so its memory does not grow with the data (460 GB of x0 at the
+  paper's scale); a killed job loses only blocks in flight and a rerun computes only the missing ones.
 """
 from __future__ import annotations
 
@@ -64,64 +63,43 @@ class FillReport:
         return self.rows_written / self.seconds if self.seconds > 0 else 0.0
 
 
-class _ReadBlocks:
-    """Ray Data UDF: a batch of block descriptors -> the source's input columns for those rows."""
+class FillBlocks:
+    """Ray Data actor: whole cache blocks in, block descriptors out.
 
-    def __init__(self, source: BlockSource):
-        self.source = source
+    For each block ``[start, stop)`` it reads the source's rows, runs the mapper (built once per
+    actor: the model loads here) over them in batches of ``batch_size``, writes the block to the
+    cache and returns only ``start, stop, rows``. Blocks are the cache's chunk/shard unit, so no two
+    actors ever write the same chunk; ``done`` is set after the data, so a block is either whole or
+    missing. Nothing the model computes travels back to the driver.
+    """
+
+    def __init__(self, cache_path: str, source: BlockSource, mapper: type, mapper_kwargs: Mapping[str, Any],
+                 batch_size: int):
+        self.cache = ClipCache.open(cache_path, mode="r+")
+        self.source, self.batch_size = source, int(batch_size)
+        self.mapper = mapper(**dict(mapper_kwargs))
+
+    def fill(self, start: int, stop: int) -> int:
+        rows = self.source(start, stop)
+        got = np.asarray(rows.get(ROW, []))
+        if not np.array_equal(got, np.arange(start, stop)):
+            raise SpressoError(f"source returned {got.shape} rows for block [{start}, {stop})")
+        columns: dict[str, list] = {}
+        for a in range(0, stop - start, self.batch_size):
+            out = self.mapper({k: np.asarray(v)[a:a + self.batch_size] for k, v in rows.items()})
+            missing = [n for n in (ROW, *self.cache.array_names) if n not in out]
+            if missing:
+                raise SpressoError(f"mapper output lacks {missing}")
+            if not np.array_equal(np.asarray(out[ROW]), got[a:a + self.batch_size]):
+                raise SpressoError(f"mapper returned other rows than it was given in block [{start}, {stop})")
+            for name in self.cache.array_names:
+                columns.setdefault(name, []).append(np.asarray(out[name]))
+        self.cache.write_block(start, stop, **{k: np.concatenate(v) for k, v in columns.items()})
+        return stop - start
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        parts = [dict(self.source(int(a), int(b))) for a, b in zip(batch["start"], batch["stop"])]
-        for (a, b), part in zip(zip(batch["start"], batch["stop"]), parts):
-            rows = np.asarray(part.get(ROW, []))
-            if rows.shape != (int(b) - int(a),):
-                raise SpressoError(f"source returned {rows.shape} rows for block [{a}, {b})")
-        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-
-
-class _BlockAssembler:
-    """Collects output rows into their blocks; hands back each block when it is complete."""
-
-    def __init__(self, cache: ClipCache, blocks: list[tuple[int, int]]):
-        self.cache = cache
-        self.block_of = {}
-        self.start_of_row = np.full(cache.n_rows, -1, dtype=np.int64)
-        for a, b in blocks:
-            self.start_of_row[a:b] = a
-            self.block_of[a] = b
-        self.buffers: dict[int, dict[str, Any]] = {}
-        self.names = cache.array_names
-
-    def _new_buffer(self, start: int) -> dict[str, Any]:
-        stop = self.block_of[start]
-        columns = {}
-        for name in self.names:
-            shape, dtype = self.cache.row_spec(name)
-            columns[name] = np.empty((stop - start, *shape), dtype=object if dtype == "str" else dtype)
-        return {"filled": np.zeros(stop - start, dtype=bool), "columns": columns}
-
-    def add(self, batch: Mapping[str, np.ndarray]):
-        """Yield ``(start, stop, columns)`` for every block this batch completes."""
-        missing = [n for n in self.names if n not in batch]
-        if ROW not in batch or missing:
-            raise SpressoError(f"mapper output lacks {([ROW] if ROW not in batch else []) + missing}")
-        rows = np.asarray(batch[ROW], dtype=np.int64)
-        starts = self.start_of_row[rows]
-        if (starts < 0).any():
-            raise SpressoError(f"mapper returned row {int(rows[starts < 0][0])}, which is not in a block being filled")
-        for start in np.unique(starts):
-            sel = np.flatnonzero(starts == start)
-            buf = self.buffers.get(int(start)) or self.buffers.setdefault(int(start), self._new_buffer(int(start)))
-            local = rows[sel] - start
-            for name in self.names:
-                buf["columns"][name][local] = np.asarray(batch[name])[sel]
-            buf["filled"][local] = True
-            if buf["filled"].all():
-                del self.buffers[int(start)]
-                yield int(start), self.block_of[int(start)], buf["columns"]
-
-    def incomplete(self) -> list[tuple[int, int, int]]:
-        return [(a, self.block_of[a], int(buf["filled"].sum())) for a, buf in self.buffers.items()]
+        rows = [self.fill(int(a), int(b)) for a, b in zip(batch["start"], batch["stop"])]
+        return {"start": np.asarray(batch["start"]), "stop": np.asarray(batch["stop"]), "rows": np.asarray(rows)}
 
 
 def fill_cache(
@@ -172,30 +150,25 @@ def fill_cache(
     ctx.enable_progress_bars = False  # our own tqdm counts rows written, which is what resumes
     items = [{"start": a, "stop": b} for a, b in blocks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(_ReadBlocks(source), batch_size=1, batch_format="numpy", num_cpus=cpus)
     ds = ds.map_batches(
-        mapper,
-        fn_constructor_kwargs=dict(mapper_kwargs or {}),
-        batch_size=int(batch_size),
+        FillBlocks,
+        fn_constructor_kwargs={"cache_path": cache.path, "source": source, "mapper": mapper,
+                               "mapper_kwargs": dict(mapper_kwargs or {}), "batch_size": int(batch_size)},
+        batch_size=1,  # one block per call: a block is written as soon as it is computed
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         **actor,
     )
 
-    assembler = _BlockAssembler(cache, blocks)
     written_blocks = written_rows = 0
     bar = tqdm(total=sum(b - a for a, b in blocks), unit="clip", desc=desc, disable=not progress)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for start, stop, columns in assembler.add(batch):
-            cache.write_block(start, stop, **columns)
-            written_blocks += 1
-            written_rows += stop - start
-            bar.update(stop - start)
+    for done in ds.iter_batches(batch_size=None, batch_format="numpy"):  # block descriptors only
+        written_blocks += len(done["rows"])
+        written_rows += int(np.sum(done["rows"]))
+        bar.update(int(np.sum(done["rows"])))
     bar.close()
-    left = assembler.incomplete()
-    if left:
-        a, b, got = left[0]
-        raise SpressoError(f"{desc}: block [{a}, {b}) received {got} of {b - a} rows; the source or mapper dropped rows")
+    if written_blocks != len(blocks):
+        raise SpressoError(f"{desc}: {written_blocks} of {len(blocks)} blocks were written")
     report = FillReport(total, written_blocks, written_rows, time.perf_counter() - t0, n_actors, bool(use_gpu))
     log.info("%s: wrote %d blocks (%d rows) in %.1f s", desc, written_blocks, written_rows, report.seconds)
     return report
