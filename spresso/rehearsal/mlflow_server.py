@@ -72,7 +72,9 @@ class MlflowServer:
                 # what clients put in Host: this address only (the server refuses any other with 403)
                 "--allowed-hosts", f"{host},localhost:{self.port}"]
 
-    def start(self, timeout: float = 90.0) -> "MlflowServer":
+    def start(self, timeout: float = 120.0, wait: bool = True) -> "MlflowServer":
+        """Start the server; ``wait=False`` returns at once (its URI and password are already known:
+        start the cluster meanwhile, then :meth:`wait_healthy`)."""
         if importlib.util.find_spec("flask_wtf") is None:
             raise SpressoError("the MLflow basic-auth app needs Flask-WTF: pip install 'mlflow[auth]'")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,9 @@ class MlflowServer:
                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
         log = open(self.folder / "mlflow-server.log", "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
+        return self.wait_healthy(timeout) if wait else self
+
+    def wait_healthy(self, timeout: float = 120.0) -> "MlflowServer":
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.proc.poll() is not None or time.monotonic() > deadline:
