@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spresso.rehearsal.cluster import ACCELERATOR, HEAD_ID, LABEL, NodeBook, autoscaling_config, toy_node_types
+from spresso.rehearsal.cluster import (
+    ACCELERATOR,
+    HEAD_ID,
+    LABEL,
+    NodeBook,
+    autoscaling_config,
+    toy_node_types,
+)
 from spresso.rehearsal.localwrites import changes, snapshot, work_folders_in_job_copies
 from spresso.rehearsal.runs import StageRunInfo, runs_per_instance
 from spresso.rehearsal.s3 import prefix_summary

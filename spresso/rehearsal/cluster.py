@@ -174,7 +174,10 @@ class LocalCluster:
                 "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "1",
                 "RAY_CLOUD_INSTANCE_ID": HEAD_ID, NODE_ID_VAR: HEAD_ID,
                 # fail fast on a killed node (defaults: 30 s of missed health checks)
-                "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+                "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+                # Ray Data asks the autoscaler to keep its nodes for 180 s after its last request (a
+                # detached actor outlives the job): toy-sized here, like idle_timeout_minutes
+                "RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "10", "RAY_DATA_LOW_UTIL_REQUEST_RELEASE_DELAY_S": "10"}
 
     def start(self, timeout: float = 120.0) -> "LocalCluster":
         self.root.mkdir(parents=True, exist_ok=True)

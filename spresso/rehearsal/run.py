@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -235,6 +236,7 @@ def interrupt_as_keyboard(signum, frame):
 def main_options(opts: Options) -> int:
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: every server and node is stopped on the way out
     signal.signal(signal.SIGTERM, interrupt_as_keyboard)
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per file Ray packages for the job
     try:
         report = run(opts)
     except SpressoError as err:

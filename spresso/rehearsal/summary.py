@@ -22,7 +22,7 @@ def print_summary(report) -> None:
         print(f"  {run['instance']:28s} {run['status']:9s} {run['seconds']:7.1f}s  {run['run_id'][:8]}  <- {ups}")
     print(f"  runs per stage: {report.runs_per_stage}")
     if report.states_second:
-        print(f"  second submission: {report.states_second}")
+        print(f"  second submission: {({k: v for k, v in report.states_second.items() if v != 'not selected'})}")
     print("\nnodes launched / terminated per type (alive at the end):")
     for kind, row in report.nodes.items():
         print(f"  {kind:14s} launched {row['launched']}  terminated {row['terminated']}  alive {row['alive']}")
