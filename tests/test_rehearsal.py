@@ -25,6 +25,7 @@ from spresso.rehearsal.cluster import (
     toy_node_types,
 )
 from spresso.rehearsal.localwrites import changes, snapshot, work_folders_in_job_copies
+from spresso.rehearsal.placement import expected_node_types, type_with_label
 from spresso.rehearsal.runs import StageRunInfo, runs_per_instance
 from spresso.rehearsal.s3 import prefix_summary
 from spresso.rehearsal.watch import checkpoint_steps, first_step_after
@@ -140,3 +141,16 @@ def test_reduced_rehearsal_runs_on_s3_with_autoscaling_ddp_and_a_node_kill(tmp_p
     assert ran and all(report["runs_per_stage"].get(k) == 1 for k in ran)  # one MLflow run per stage on the server
     assert set(report["states_second"].values()) <= {"reused", "not selected"}
     assert any(prefix.startswith("work/") for prefix in report["bucket"])
+
+
+def test_expected_node_types_follow_stage_labels_and_the_driver_label():
+    from types import SimpleNamespace
+
+    types = toy_node_types(ROOT / "ray_cluster.yaml")
+    name = {t["labels"][LABEL]: n for n, t in types.items()}
+    cfg = SimpleNamespace(pipeline=SimpleNamespace(
+        resources={"stage1": SimpleNamespace(label="a100"), "shard": SimpleNamespace(label="cpu"),
+                   "export": SimpleNamespace(label=None)}, driver_label="driver"))
+    got = expected_node_types(cfg, ["stage1@c11", "shard", "export@c11", "train_dit"], types)
+    assert got == {"stage1@c11": name["a100"], "shard": name["cpu"], "driver": name["driver"]}
+    assert type_with_label("tpu", types) is None

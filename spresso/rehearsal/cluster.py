@@ -220,6 +220,15 @@ class LocalCluster:
         self.book.observe(self.list_nodes(), time.time())
         return self.book.alive()
 
+    def status(self) -> str:
+        """The autoscaler's view (``ray status``): nodes, usage, pending demands, resource constraints."""
+        try:
+            reply = requests.get(f"{self.dashboard}/api/cluster_status", params={"format": 1},
+                                 headers=self.headers(), timeout=30)
+            return str(reply.json().get("data", {}).get("clusterStatus", reply.text))
+        except (requests.RequestException, ValueError) as err:
+            return f"(no status: {err})"
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no worker node is alive (the autoscaler removed the idle ones)."""
         deadline = time.monotonic() + timeout
@@ -228,6 +237,22 @@ class LocalCluster:
                 return True
             time.sleep(2)
         return False
+
+    def actors_on_workers(self) -> list[dict]:
+        """Alive actors on worker nodes (class, node id, node type, pid). Once every job has ended only
+        detached actors are left: they keep their node busy, so the autoscaler never removes it."""
+        reply = requests.get(f"{self.dashboard}/api/v0/actors", params={"limit": 10000, "detail": 1},
+                             headers=self.headers(), timeout=30)
+        reply.raise_for_status()
+        return [{"class": a.get("class_name"), "node_id": a["node_id"], "pid": a.get("pid"),
+                 "node_type": self.book.nodes.get(a["node_id"], {}).get("type", "?")}
+                for a in reply.json()["data"]["result"]["result"]
+                if a.get("state") == "ALIVE" and a.get("node_id") and a["node_id"] != HEAD_ID]
+
+    def release(self, actors: list[dict]) -> None:
+        """End these actors' processes (ours only): their nodes become idle and go."""
+        ours = set(pids_with(MARKER, self.cluster_id))
+        signal_all([a["pid"] for a in actors if a.get("pid") in ours], signal.SIGKILL)
 
     # ------------------------------------------------------------------ failure injection
     def kill_worker(self, node: str) -> str:

@@ -30,12 +30,14 @@ from pathlib import Path
 import fsspec
 
 from spresso.audio.synth import synth_corpus
+from spresso.config import load_config
 from spresso.core.errors import SpressoError
 from spresso.rehearsal.cluster import LABEL, LocalCluster
 from spresso.rehearsal.jobs import REPO, JobOutcome, Jobs
 from spresso.rehearsal.localwrites import changes, snapshot, work_folders_in_job_copies
 from spresso.rehearsal.mlflow_server import MlflowServer
-from spresso.rehearsal.procs import MARKER, pids_with
+from spresso.rehearsal.placement import expected_node_types, type_with_label
+from spresso.rehearsal.procs import MARKER, terminate
 from spresso.rehearsal.roundtrip import roundtrip
 from spresso.rehearsal.runs import pipeline_runs, runs_per_instance, stage_runs, states
 from spresso.rehearsal.s3 import LocalS3, prefix_summary
@@ -44,6 +46,7 @@ from spresso.rehearsal.watch import KillWatch
 
 # The reduced (CI) DAG: S3, scale-up from zero, a 2-worker Ray Train stage with the node kill, the MLflow server.
 REDUCED_UNTIL = ["precompute_latents"]
+JOB_DRIVER_LABEL = "driver"  # the job's entrypoint asks for the on-demand driver node type
 
 
 @dataclass
@@ -76,6 +79,8 @@ class Report:
     states_second: dict[str, str] = field(default_factory=dict)
     runs_per_stage: dict[str, int] = field(default_factory=dict)
     kill: dict = field(default_factory=dict)
+    pinned_by: list[dict] = field(default_factory=list)  # detached actors left on worker nodes after the jobs
+    asked_types: dict[str, str] = field(default_factory=dict)   # stage (or the job's driver) -> node type it asked for
     roundtrip: dict = field(default_factory=dict)
     local_writes: list[str] = field(default_factory=list)
     leftover_pids: list[int] = field(default_factory=list)
@@ -138,6 +143,17 @@ def check_first(report: Report, opts: Options, watch: KillWatch | None, experime
                     f"first step after the kill {resumed_step}")
 
 
+def check_placement(report: Report, opts: Options, cluster: LocalCluster) -> None:
+    """Every node type a stage (or the job's driver) asked for by label was started by the autoscaler."""
+    cfg = load_config(opts.config, [f"workdir=s3://{opts.bucket}/work", *opts.overrides])
+    ran = [k for k, v in report.states_first.items() if v == "done"]
+    report.asked_types = {"job driver": type_with_label(JOB_DRIVER_LABEL, cluster.node_types),
+                          **expected_node_types(cfg, ran, cluster.node_types)}
+    missing = {k: v for k, v in report.asked_types.items() if v not in cluster.book.launched_types()}
+    if missing:
+        report.fail(f"node types asked for but never started by the autoscaler: {missing}")
+
+
 def check_second(report: Report, experiment: str) -> None:
     parents = pipeline_runs(experiment)
     if len(parents) < 2:
@@ -170,6 +186,8 @@ def run(opts: Options) -> Report:
     with ExitStack() as stack:
         if not opts.keep:
             stack.callback(shutil.rmtree, tmp, True)  # registered first: removed last, after every server stopped
+        # then whatever the servers left (MLflow's uvicorn child outlives its parent for a moment)
+        stack.callback(lambda: report.leftover_pids.extend(terminate(MARKER, tmp.name)))
         s3 = LocalS3(bucket=opts.bucket, log_dir=tmp, env=marker).start()
         stack.callback(s3.stop)
         os.environ.update(s3.aws_env())  # this process reads the bucket too (corpus, summary, the bundle)
@@ -184,7 +202,7 @@ def run(opts: Options) -> Report:
         report.seconds["corpus_files"] = upload_corpus(tmp, f"s3://{opts.bucket}/work/corpus", opts.corpus_minutes)
         mlflow.wait_healthy()
         report.seconds["start"] = round(time.time() - t_start, 1)
-        jobs = Jobs(cluster.dashboard, cluster.token, driver_labels={LABEL: "driver"})
+        jobs = Jobs(cluster.dashboard, cluster.token, driver_labels={LABEL: JOB_DRIVER_LABEL})
         watch = KillWatch(cluster, s3, experiment, opts.kill_stage, "work/ray_train/") if opts.kill_stage else None
         t0 = time.time()
         first = jobs.run(entrypoint(opts, opts.bucket), opts.job_timeout, on_poll=poller(cluster, watch))
@@ -195,6 +213,7 @@ def run(opts: Options) -> Report:
             report.fail(f"first submission {first.status}: {first.message}\n{first.logs[-3000:]}")
         else:
             check_first(report, opts, watch, experiment)
+            check_placement(report, opts, cluster)
             if opts.rerun:
                 t0 = time.time()
                 second = jobs.run(entrypoint(opts, opts.bucket), opts.job_timeout, on_poll=poller(cluster, None))
@@ -208,9 +227,16 @@ def run(opts: Options) -> Report:
                 t0 = time.time()
                 report.roundtrip = roundtrip(f"s3://{opts.bucket}/work", tmp)
                 report.seconds["roundtrip"] = round(time.time() - t0, 1)
+        # Ray Data's detached helper actors (_StatsActor, _AutoscalingCoordinatorActor, ActorLocationTracker)
+        # are pinned to the node of the driver that first used Ray Data; with a CPU-less head that is a
+        # worker node, which then never goes idle. Reported, then released so the scale-down shows.
+        time.sleep(3)  # the jobs' own actors are being torn down
+        report.pinned_by = cluster.actors_on_workers()
+        cluster.release(report.pinned_by)
         t0 = time.time()
         if not cluster.wait_idle(opts.idle_timeout):
-            report.fail(f"worker nodes still alive {opts.idle_timeout:.0f} s after the jobs: {cluster.book.alive()}")
+            report.fail(f"worker nodes still alive {opts.idle_timeout:.0f} s after the jobs: {cluster.book.alive()}\n"
+                        f"{cluster.status()}")
         report.seconds["idle_down"] = round(time.time() - t0, 1)
         report.nodes = cluster.book.per_type()
         report.node_events = [(round(t - t_start, 1), kind, what, nid[-5:]) for t, kind, what, nid in cluster.book.events()]
@@ -218,7 +244,6 @@ def run(opts: Options) -> Report:
         if copies:
             report.fail(f"stages wrote to local work/ folders in the job's working directory: {copies}")
         report.bucket = prefix_summary(s3.objects(), depth=2)
-    report.leftover_pids += pids_with(MARKER, tmp.name)
     if report.leftover_pids:
         report.fail(f"processes left running: {report.leftover_pids}")
     report.local_writes = changes(before, snapshot(work))

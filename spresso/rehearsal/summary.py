@@ -28,6 +28,12 @@ def print_summary(report) -> None:
         print(f"  {kind:14s} launched {row['launched']}  terminated {row['terminated']}  alive {row['alive']}")
     for t, kind, what, nid in report.node_events:
         print(f"    +{t:7.1f}s  {kind:14s} {what:10s} ...{nid}")
+    if report.pinned_by:
+        print("\ndetached actors left on worker nodes after the jobs (they keep a node from scaling down; released):")
+        for a in report.pinned_by:
+            print(f"  {a['class']} on {a['node_type']} ...{a['node_id'][-5:]}")
+    if report.asked_types:
+        print(f"\nnode types asked for (by label) -> started by the autoscaler: {report.asked_types}")
     if report.kill:
         print(f"\nnode kill: {report.kill}")
     if report.roundtrip:
