@@ -67,7 +67,7 @@ class Jobs:
             if time.monotonic() - t0 > timeout:
                 client.stop_job(submission_id)
                 return JobOutcome(submission_id, "TIMEOUT", time.monotonic() - t0, queued or 0.0,
-                                  client.get_job_logs(submission_id), f"no result within {timeout:.0f} s", True)
+                                  self.logs(client, submission_id), f"no result within {timeout:.0f} s", True)
             if on_poll is not None:
                 try:
                     on_poll()
@@ -75,9 +75,16 @@ class Jobs:
                     client.stop_job(submission_id)
                     raise
             time.sleep(poll_s)
-        # the logs live on the driver's node: fetched now, before the autoscaler removes it
         return JobOutcome(submission_id, info.status.value, time.monotonic() - t0, queued or 0.0,
-                          client.get_job_logs(submission_id), info.message or "")
+                          self.logs(client, submission_id), info.message or "")
+
+    @staticmethod
+    def logs(client: JobSubmissionClient, submission_id: str) -> str:
+        """The job's logs; they live on its driver's node, so they are gone with that node."""
+        try:
+            return client.get_job_logs(submission_id)
+        except Exception as err:
+            return f"(logs unavailable: {str(err).splitlines()[0][:200]})"
 
     def run(self, entrypoint: str, timeout: float, env: dict[str, str] | None = None, on_poll=None) -> JobOutcome:
         try:

@@ -203,7 +203,8 @@ def run(opts: Options) -> Report:
         mlflow.wait_healthy()
         report.seconds["start"] = round(time.time() - t_start, 1)
         jobs = Jobs(cluster.dashboard, cluster.token, driver_labels={LABEL: JOB_DRIVER_LABEL})
-        watch = KillWatch(cluster, s3, experiment, opts.kill_stage, "work/ray_train/") if opts.kill_stage else None
+        watch = KillWatch(cluster, s3, experiment, opts.kill_stage, "work/ray_train/",
+                          spare_type=type_with_label(JOB_DRIVER_LABEL, cluster.node_types)) if opts.kill_stage else None
         t0 = time.time()
         first = jobs.run(entrypoint(opts, opts.bucket), opts.job_timeout, on_poll=poller(cluster, watch))
         report.seconds["first_submission"] = round(time.time() - t0, 1)
@@ -266,6 +267,9 @@ def main_options(opts: Options) -> int:
         report = run(opts)
     except SpressoError as err:
         print(f"rehearsal failed: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # everything it started is already stopped (ExitStack); say what broke
+        print(f"rehearsal failed: {type(err).__name__}: {str(err)[:3000]}", file=sys.stderr)
         return 2
     print_summary(report)
     if opts.report:

@@ -47,6 +47,7 @@ class KillWatch:
     experiment: str
     stage: str
     storage_prefix: str                  # the bucket key prefix of Ray Train's storage (work/ray_train)
+    spare_type: str | None = None        # the node type of the job's driver: never killed
     run_id: str | None = None
     folder: str | None = None
     killed_at: float | None = None       # epoch seconds
@@ -99,9 +100,11 @@ class KillWatch:
             if self.folder is None:
                 self.find_folder(keys)
             steps = checkpoint_steps(keys, self.folder) if self.folder else []
-            if steps and mine:
+            # never the node of the job's driver (it would take the whole job): a worker-only node
+            targets = [w for w in mine if self.cluster.book.nodes.get(w["node_id"], {}).get("type") != self.spare_type]
+            if steps and targets:
                 self.checkpoint_step = steps[-1]
-                self.killed_node = self.cluster.kill_worker(mine[0]["node_id"])
+                self.killed_node = self.cluster.kill_worker(targets[0]["node_id"])
                 self.killed_type = self.cluster.book.nodes.get(self.killed_node, {}).get("type")
                 self.killed_at = time.time()
         elif self.back_at is None and len(mine) >= self.max_workers_seen and \
