@@ -154,3 +154,36 @@ def test_expected_node_types_follow_stage_labels_and_the_driver_label():
     got = expected_node_types(cfg, ["stage1@c11", "shard", "export@c11", "train_dit"], types)
     assert got == {"stage1@c11": name["a100"], "shard": name["cpu"], "driver": name["driver"]}
     assert type_with_label("tpu", types) is None
+
+
+def test_local_s3_needs_only_the_standard_aws_variables(tmp_path):
+    from spresso.rehearsal.s3 import LocalS3
+
+    code = ("import fsspec; fs = fsspec.filesystem('s3'); fs.pipe('b1/work/x/a.bin', b'12345'); "
+            "fs.pipe('b1/mlflow/1/m', b'ab'); print(sorted(fs.find('b1')))")
+    with LocalS3(bucket="b1", log_dir=tmp_path) as s3:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **s3.aws_env()}, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert prefix_summary(s3.objects(), depth=2) == {"mlflow/1/": {"objects": 1, "bytes": 2},
+                                                         "work/x/": {"objects": 1, "bytes": 5}}
+    assert s3.proc is None
+
+
+@pytest.mark.slow
+def test_mlflow_server_refuses_without_credentials_and_keeps_artifacts_in_the_bucket(tmp_path):
+    import requests
+
+    from spresso.rehearsal.mlflow_server import MlflowServer
+    from spresso.rehearsal.s3 import LocalS3
+
+    code = ("from mlflow.tracking import MlflowClient; c = MlflowClient(); r = c.create_run(c.create_experiment('e')); "
+            "c.log_text(r.info.run_id, 'hi', 'a/b.txt')")
+    with LocalS3(bucket="b2", log_dir=tmp_path) as s3, MlflowServer(tmp_path / "m", "s3://b2/mlflow", env=s3.aws_env()) as srv:
+        assert requests.get(f"{srv.uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=10).status_code == 401
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **srv.client_env()}, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert [k for k, _ in s3.objects()][0].startswith("mlflow/") and s3.objects()[0][1] == 2

@@ -249,11 +249,6 @@ class LocalCluster:
                 for a in reply.json()["data"]["result"]["result"]
                 if a.get("state") == "ALIVE" and a.get("node_id") and a["node_id"] != HEAD_ID]
 
-    def release(self, actors: list[dict]) -> None:
-        """End these actors' processes (ours only): their nodes become idle and go."""
-        ours = set(pids_with(MARKER, self.cluster_id))
-        signal_all([a["pid"] for a in actors if a.get("pid") in ours], signal.SIGKILL)
-
     # ------------------------------------------------------------------ failure injection
     def kill_worker(self, node: str) -> str:
         """Kill one worker node's processes (its raylet and everything it runs) with SIGKILL, as a

@@ -228,12 +228,13 @@ def run(opts: Options) -> Report:
                 t0 = time.time()
                 report.roundtrip = roundtrip(f"s3://{opts.bucket}/work", tmp)
                 report.seconds["roundtrip"] = round(time.time() - t0, 1)
-        # Ray Data's detached helper actors (_StatsActor, _AutoscalingCoordinatorActor, ActorLocationTracker)
-        # are pinned to the node of the driver that first used Ray Data; with a CPU-less head that is a
-        # worker node, which then never goes idle. Reported, then released so the scale-down shows.
+        # Ray Data's detached helper actors pin worker nodes (spresso.rehearsal.release): reported, then
+        # ended by a last small job so that the scale-down to zero shows
         time.sleep(3)  # the jobs' own actors are being torn down
         report.pinned_by = cluster.actors_on_workers()
-        cluster.release(report.pinned_by)
+        if report.pinned_by:
+            released = jobs.run(shlex.join([sys.executable, "-m", "spresso.rehearsal.release"]), 300, on_poll=cluster.poll)
+            report.jobs.append(job_row("release detached actors", released))
         t0 = time.time()
         if not cluster.wait_idle(opts.idle_timeout):
             report.fail(f"worker nodes still alive {opts.idle_timeout:.0f} s after the jobs: {cluster.book.alive()}\n"

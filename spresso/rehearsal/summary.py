@@ -29,7 +29,7 @@ def print_summary(report) -> None:
     for t, kind, what, nid in report.node_events:
         print(f"    +{t:7.1f}s  {kind:14s} {what:10s} ...{nid}")
     if report.pinned_by:
-        print("\ndetached actors left on worker nodes after the jobs (they keep a node from scaling down; released):")
+        print("\ndetached actors left on worker nodes after the jobs (they keep their node from scaling down; ended by a last job):")
         for a in report.pinned_by:
             print(f"  {a['class']} on {a['node_type']} ...{a['node_id'][-5:]}")
     if report.asked_types:

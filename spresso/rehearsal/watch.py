@@ -16,6 +16,7 @@ from spresso.runtime.tracking import TAG_STAGE
 from spresso.train.harness import RUN_MARKER
 
 STEP = re.compile(r"step-(\d+)")
+SNAPSHOT = "checkpoint_manager_snapshot.json"   # Ray Train V2's checkpoint manager state, in the run's storage
 TRAIN_WORKER = "TrainWorker"   # Ray Train's worker actor class (RayTrainWorker)
 
 
@@ -99,7 +100,7 @@ class KillWatch:
             keys = [k for k, _ in self.s3.objects()]
             if self.folder is None:
                 self.find_folder(keys)
-            steps = checkpoint_steps(keys, self.folder) if self.folder else []
+            steps = self.registered_steps(keys) if self.folder else []
             # never the node of the job's driver (it would take the whole job): a worker-only node
             targets = [w for w in mine if self.cluster.book.nodes.get(w["node_id"], {}).get("type") != self.spare_type]
             if steps and targets:
@@ -110,6 +111,15 @@ class KillWatch:
         elif self.back_at is None and len(mine) >= self.max_workers_seen and \
                 self.killed_node not in {w["node_id"] for w in mine}:
             self.back_at = time.time()  # a full worker group again, none on the dead node
+
+    def registered_steps(self, keys: list[str]) -> list[int]:
+        """Checkpoint steps Ray Train has registered (its manager's snapshot in the bucket names them): an
+        object under the run's folder is not enough, a restart resumes from registered checkpoints only."""
+        snap = f"{self.folder}/{SNAPSHOT}"
+        if snap not in keys:
+            return []
+        text = self.s3.client().get_object(Bucket=self.s3.bucket, Key=snap)["Body"].read().decode()
+        return sorted({int(m) for m in STEP.findall(text)})
 
     def resumed_from(self) -> int | None:
         """The first step the stage logged after the kill (a fresh start would log its first steps again)."""
