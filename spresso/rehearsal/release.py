@@ -12,13 +12,16 @@ import json
 import ray
 from ray.util.state import list_actors
 
+JOB_SUPERVISOR_PREFIX = "_ray_internal_job_actor_"
+
 
 def main() -> None:
     ray.init()
     me = ray.get_runtime_context().get_job_id()
     ended = []
     for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10000):
-        if actor.name and actor.job_id != me:
+        # named actors of other jobs; never a job's supervisor (ours among them: it runs this very job)
+        if actor.name and actor.job_id != me and not actor.name.startswith(JOB_SUPERVISOR_PREFIX):
             try:
                 ray.kill(ray.get_actor(actor.name, namespace=actor.ray_namespace), no_restart=True)
                 ended.append({"class": actor.class_name, "name": actor.name, "node_id": actor.node_id})

@@ -235,6 +235,8 @@ def run(opts: Options) -> Report:
         if report.pinned_by:
             released = jobs.run(shlex.join([sys.executable, "-m", "spresso.rehearsal.release"]), 300, on_poll=cluster.poll)
             report.jobs.append(job_row("release detached actors", released))
+            if not released.ok:
+                report.fail(f"the job ending the detached actors {released.status}: {released.message[:500]}")
         t0 = time.time()
         if not cluster.wait_idle(opts.idle_timeout):
             report.fail(f"worker nodes still alive {opts.idle_timeout:.0f} s after the jobs: {cluster.book.alive()}\n"
