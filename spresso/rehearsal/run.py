@@ -209,9 +209,9 @@ def run(opts: Options) -> Report:
         first = jobs.run(entrypoint(opts, opts.bucket), opts.job_timeout, on_poll=poller(cluster, watch))
         report.seconds["first_submission"] = round(time.time() - t0, 1)
         report.jobs.append(job_row("first", first))
-        (tmp / "first-job.log").write_text(first.logs)
+        first.logs = cluster.job_log(first.submission_id) or first.logs
         if not first.ok:
-            report.fail(f"first submission {first.status}: {first.message}\n{first.logs[-3000:]}")
+            report.fail(f"first submission {first.status}: {first.message[:300]}\n{first.logs[-5000:]}")
         else:
             check_first(report, opts, watch, experiment)
             check_placement(report, opts, cluster)
@@ -220,6 +220,7 @@ def run(opts: Options) -> Report:
                 second = jobs.run(entrypoint(opts, opts.bucket), opts.job_timeout, on_poll=poller(cluster, None))
                 report.seconds["second_submission"] = round(time.time() - t0, 1)
                 report.jobs.append(job_row("second", second))
+                second.logs = cluster.job_log(second.submission_id) or second.logs
                 if not second.ok:
                     report.fail(f"second submission {second.status}: {second.message}\n{second.logs[-2000:]}")
                 else:
