@@ -106,6 +106,35 @@ class VectorSource:
             x = x[rng.choice(len(x), n, replace=False)]
         return x
 
+    def epoch_batches(self, rows: np.ndarray, batch_size: int, n: int, *, seed: int = 0, rank: int = 0,
+                      world_size: int = 1) -> Iterator[np.ndarray]:
+        """Exactly ``n`` batches for this rank: under DDP every rank must step the same number of times.
+
+        Ranks read disjoint shares of ``rows``; a rank whose share runs out goes round it again
+        (reshuffled), and a rank whose share holds less than one batch draws from all rows with a
+        seed of its own (a share can be empty when there are fewer read blocks than ranks).
+        """
+        produced, lap = 0, 0
+        while produced < n:
+            share = self.iter_batches(rows, batch_size, seed=seed + 7919 * lap, rank=rank, world_size=world_size)
+            got = False
+            for batch in share:
+                got = True
+                yield batch
+                produced += 1
+                if produced == n:
+                    return
+            if not got:
+                for batch in self.iter_batches(rows, batch_size, seed=seed + 7919 * lap + 104729 * (rank + 1)):
+                    got = True
+                    yield batch
+                    produced += 1
+                    if produced == n:
+                        return
+            if not got:
+                raise SpressoError(f"{self.path}: fewer than {batch_size} vectors to make one batch")
+            lap += 1
+
     def iter_batches(self, rows: np.ndarray, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                      buffer_batches: int = 4) -> Iterator[np.ndarray]:
         """Shuffled batches [batch_size, d] over one pass of this rank's share of ``rows``."""

@@ -152,7 +152,8 @@ def train_loop(config: dict) -> None:
     while step < total:
         usage = torch.zeros(core.M, core.spec.K, device=ctx.device)
         last = None
-        for batch in src.iter_batches(train_rows, q.batch_size, seed=q.seed + epoch, rank=ctx.rank, world_size=ctx.world_size):
+        for batch in src.epoch_batches(train_rows, q.batch_size, steps_per_epoch, seed=q.seed + epoch, rank=ctx.rank,
+                                       world_size=ctx.world_size):
             xn = x_dev(batch)
             info, codes = train_step(model, opt, sched, xn, s, autocast=ctx.autocast(), usage=usage)
             last = (xn, codes)
@@ -175,7 +176,7 @@ def train_loop(config: dict) -> None:
                 break
         epoch += 1
         if last is not None:
-            moved = reseed_unused(core, opt, usage, last[0], last[1])
+            moved = synced_reseed(ctx, core, opt, usage, last, seed=q.seed + epoch)
             ctx.log_metrics({"reseeded_codewords": moved, "epoch": epoch}, step=step)
 
     if not ctx.is_main:
@@ -203,6 +204,22 @@ def train_loop(config: dict) -> None:
     if ctx.run is not None:
         ctx.run.log_text(json.dumps({"qinco2": q_mse, "faiss_rq": r_mse}, indent=1), "val_mse_per_m.json")
     ctx.report({**final, "best_val_mse": best["val_mse"]}, step + 1, save=save)
+
+
+def synced_reseed(ctx: TrainContext, core: QINCo2, opt, usage: torch.Tensor, last: tuple, seed: int) -> int:
+    """:func:`reseed_unused` that leaves every DDP replica identical.
+
+    Dead codewords are those no rank used (usage summed over ranks), and every rank moves them onto
+    residuals of rank 0's last batch with the same seeded draw, so parameters and optimiser moments
+    change the same way everywhere (DDP never re-syncs parameters after construction).
+    """
+    xn, codes = last[0].detach().contiguous(), last[1].detach().contiguous()
+    with torch.no_grad():
+        if ctx.world_size > 1:
+            torch.distributed.all_reduce(usage)
+            torch.distributed.broadcast(xn, src=0)
+            torch.distributed.broadcast(codes, src=0)
+        return reseed_unused(core, opt, usage, xn, codes, generator=torch.Generator().manual_seed(seed))
 
 
 def find_inputs(cfg: SpressoConfig, *, vectors: str | None = None, array: str | None = None,
