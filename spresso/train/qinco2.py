@@ -180,6 +180,7 @@ def train_loop(config: dict) -> None:
             ctx.log_metrics({"reseeded_codewords": moved, "epoch": epoch}, step=step)
 
     if not ctx.is_main:
+        ctx.report({}, step + 1)  # a collective under Ray Train: every rank joins rank 0's final report
         return
     # Final evaluation of the best model and of faiss RQ on the same held-out vectors.
     if best_weights is not None:
