@@ -25,11 +25,13 @@ How it works (and why):
    writes dataset.json. A rerun skips done units (so a killed run resumes); when nothing changed
    and nothing failed it reports "up to date" and writes nothing at all.
 
-What the driver holds: the listing jobs, object refs, and one descriptor and one result (a few
-numbers and paths, well under 1 KB) per unit -- never a row per file or per clip. The dataset
-digest is the digest of the sorted per-unit digests each task computed, so it needs no rows
-either. The driver's memory grows with the number of tars, about 1/``clips_per_shard`` of the
-clips (benchmarks/shard_driver_memory.py measures it).
+What the driver holds: the listing jobs (one per input and top-level folder) with a small summary
+each, object refs (the source tables live in the object store), and per unit a :class:`Unit` and
+a :class:`UnitResult` (tuples of a few numbers and names, under 1 KB together) -- never a row per
+file or per clip. The dataset digest is the digest of the sorted per-unit digests the tasks
+computed, so it needs no rows either. So the driver's memory grows with the number of tars, about
+1/``clips_per_shard`` of the clips (benchmarks/shard_driver_memory.py measures it; the fault test
+checks what the driver receives).
 """
 from __future__ import annotations
 
