@@ -508,9 +508,13 @@ def _plan(summaries: list[dict], tables: list, settings: ClipSettings, cfg, out:
     return units, {split: pairs[split][1] for split in splits}
 
 
-def _fit(memory: int) -> int:
+def _largest_node_memory() -> int:
+    return int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+
+
+def _fit(memory: int, largest: int | None = None) -> int:
     """A memory request no larger than the largest node has: bigger would queue forever."""
-    largest = int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+    largest = _largest_node_memory() if largest is None else largest
     return min(memory, largest) if largest else memory
 
 
@@ -532,11 +536,13 @@ def _run_units(pending: list[Unit], tables: dict, out: str, settings: ClipSettin
     queue.reverse()  # pop() from the end
     running: dict = {}
     results, broken = [], []
+    checked = -float("inf")
     while queue or running:
-        window = _window(num_cpus, cfg.data.worker_cpus)
+        if time.monotonic() - checked > 10:  # the cluster may grow: look again now and then
+            window, largest, checked = _window(num_cpus, cfg.data.worker_cpus), _largest_node_memory(), time.monotonic()
         while queue and len(running) < window:
             u, salvage = queue.pop()
-            ref = remote.options(memory=_fit(u.memory), **opts).remote(u, tables[u.split], out, asdict(settings), salvage)
+            ref = remote.options(memory=_fit(u.memory, largest), **opts).remote(u, tables[u.split], out, asdict(settings), salvage)
             running[ref] = (u, salvage)
         ready, _ = ray.wait(list(running), num_returns=1)
         u, salvage = running.pop(ready[0])
