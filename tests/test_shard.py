@@ -322,3 +322,8 @@ def test_listing_jobs_split_folders_and_planning_is_order_free(tmp_path):
     assert [(u.start, u.stop, u.est_clips) for u in units] == [(0, 2, 4), (2, 4, 4), (4, 5, 2)]
     again, _ = plan_units("train", tables[::-1], estimates[::-1], ClipSettings(), clips_per_shard=4)
     assert again == units  # whoever lists what, in whatever order: the same units and fingerprints
+    # a folder inside an input, given too: each file once, with the id the later input gives it
+    nested = [sources_table(job_sources(j, {"train": 1.0, "valid": 0.0, "test": 0.0}))
+              for j in listing_jobs([str(lib), str(lib / "b")])]
+    _, table = plan_units("train", nested, [np.full(t.num_rows, 2) for t in nested], ClipSettings(), 4)
+    assert sorted(table["source_id"].to_pylist()) == ["b/w.wav", "b/z.flac", "lib/a/deep/y.wav", "lib/a/x.wav", "lib/top.wav"]

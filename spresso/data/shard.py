@@ -250,11 +250,14 @@ def plan_units(split: str, tables: list[pa.Table], estimates: list[np.ndarray], 
                clips_per_shard: int) -> tuple[list[Unit], pa.Table]:
     """Pack the sources of ``split`` into units: sorted by key prefix, in order, each unit closed
     before it would pass ``clips_per_shard`` estimated clips. Returns (descriptors, sorted sources)."""
-    parts = []
-    for t, est in zip(tables, estimates):
-        t = t.append_column("est_clips", pa.array(est, pa.int64()))
-        parts.append(t.filter(pc.equal(t["split"], split)))
+    parts = [t.append_column("est_clips", pa.array(est, pa.int64())) for t, est in zip(tables, estimates)]
     t = pa.concat_tables(parts) if parts else sources_table([]).append_column("est_clips", pa.array([], pa.int64()))
+    # A file listed by two inputs (a folder and a folder inside it) keeps the id the later input
+    # gives it, whichever split that id falls in: every planning task decides alike.
+    paths = t["path"].to_pylist()
+    last = {p: i for i, p in enumerate(paths)}
+    t = t.filter(pa.array([last[p] == i for i, p in enumerate(paths)], pa.bool_()))
+    t = t.filter(pc.equal(t["split"], split))
     t = t.sort_by([("key_prefix", "ascending"), ("source_id", "ascending"), ("path", "ascending")])
     ids = t["source_id"].to_pylist()
     keep = [i == 0 or ids[i - 1] != ids[i] for i in range(len(ids))]  # one file reached twice
