@@ -1,4 +1,4 @@
-"""spresso shard: the pieces (cutting, keys, splits, captions, loudness) and the Ray Data pipeline end to end."""
+"""spresso shard: the pieces (cutting, keys, splits, captions, loudness, listing, planning) and the Ray job end to end."""
 from __future__ import annotations
 
 import io
@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pyloudnorm as pyln
 import pytest
 import soundfile as sf
@@ -27,17 +28,21 @@ from spresso.data.clips import (
 from spresso.data.reader import (
     iter_clips,
     read_dataset_info,
+    read_failures,
     read_manifest,
     read_rejects,
     shard_paths,
 )
-from spresso.data.shard import shard
+from spresso.data.shard import plan_units, shard
 from spresso.data.sources import (
     assign_split,
     caption_from_name,
     discover,
+    job_sources,
     key_prefix,
+    listing_jobs,
     read_sidecar,
+    sources_table,
 )
 
 FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
@@ -175,8 +180,17 @@ def test_shard_end_to_end(ray_local, mlflow_env, corpus, tmp_path):
     res = shard([str(src)], cfg, output=str(out), captions_csv=str(csv), progress=False)
     assert not res.up_to_date and res.clips > 0 and res.shards >= 3
 
-    # manifest and tars agree, clip by clip, in order
+    # the manifest is the dataset of per-tar pieces; manifest.parquet holds the same rows, in order
     manifest = read_manifest(str(out))
+    pieces = sorted((out / ".manifest").glob("*.parquet"))
+    assert [p.stem for p in pieces] == sorted(f"{t.parent.name}-{t.stem}" for t in out.glob("*/shard-*.tar"))
+    assert pq.read_table(out / "manifest.parquet").equals(manifest)
+    assert manifest.column_names[:4] == ["key", "split", "shard", "source"]
+    info0 = read_dataset_info(str(out))
+    assert info0["format_version"] == 2 and info0["failures"] == 0 and read_failures(str(out)).num_rows == 0
+
+    # manifest and tars agree, clip by clip, in order
+
     rows = manifest.to_pylist()
     for split in ("train", "valid", "test"):
         paths = shard_paths(str(out), split)
@@ -290,3 +304,26 @@ def test_discover_globs_and_explicit_files(tmp_path):
     assert list(srcs) == ["a/x.wav"] and srcs["a/x.wav"].sidecars == (str(lib / "a" / "x.txt"),)
     # a file named explicitly is tried whatever its extension (and then rejected if not audio)
     assert [s.source_id for s in discover([str(lib / "notes.md")], FRACTIONS)] == ["lib/notes.md"]
+
+
+def test_listing_jobs_split_folders_and_planning_is_order_free(tmp_path):
+    lib = tmp_path / "lib"
+    for name in ("top.wav", "a/x.wav", "a/deep/y.wav", "b/z.flac", "b/w.wav", "b/notes.md"):
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_bytes(b"1")
+    jobs = listing_jobs([str(lib), str(lib)])  # the same root twice: every file reached twice
+    assert [(j["kind"], Path(j["folder"]).name) for j in jobs[:3]] == [("top", "lib"), ("tree", "a"), ("tree", "b")]
+    tables = [sources_table(job_sources(j, {"train": 1.0, "valid": 0.0, "test": 0.0})) for j in jobs]
+    estimates = [np.full(t.num_rows, 2) for t in tables]
+    units, table = plan_units("train", tables, estimates, ClipSettings(), clips_per_shard=4)
+    ids = table["source_id"].to_pylist()
+    assert sorted(ids) == sorted(s.source_id for s in discover([str(lib)], {"train": 1.0, "valid": 0.0, "test": 0.0}))
+    assert table["key_prefix"].to_pylist() == sorted(table["key_prefix"].to_pylist()) and len(set(ids)) == len(ids) == 5
+    assert [(u.start, u.stop, u.est_clips) for u in units] == [(0, 2, 4), (2, 4, 4), (4, 5, 2)]
+    again, _ = plan_units("train", tables[::-1], estimates[::-1], ClipSettings(), clips_per_shard=4)
+    assert again == units  # whoever lists what, in whatever order: the same units and fingerprints
+    # a folder inside an input, given too: each file once, with the id the later input gives it
+    nested = [sources_table(job_sources(j, {"train": 1.0, "valid": 0.0, "test": 0.0}))
+              for j in listing_jobs([str(lib), str(lib / "b")])]
+    _, table = plan_units("train", nested, [np.full(t.num_rows, 2) for t in nested], ClipSettings(), 4)
+    assert sorted(table["source_id"].to_pylist()) == ["b/w.wav", "b/z.flac", "lib/a/deep/y.wav", "lib/a/x.wav", "lib/top.wav"]

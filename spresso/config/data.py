@@ -37,8 +37,12 @@ class DataConfig(Section):
     captions_csv: str | None = None
     # Output folder of `spresso shard`, relative to the workdir unless absolute or a URL.
     shards_dir: str = "shards"
-    # CPUs reserved per Ray Data shard task (one task decodes a group of files and writes one tar).
+    # CPUs reserved per shard task (one Ray task decodes a group of files and writes one tar).
     # 1.0 = one task per core; fractional values oversubscribe (useful when decoding waits on I/O).
     worker_cpus: float = Field(1.0, gt=0)
     # Node label (`spresso-node`) the shard tasks need, e.g. cpu (null: any node).
     worker_label: Optional[str] = None
+    # Ray task retries of a shard task after an I/O error reading a source (network, permissions);
+    # a source still unreadable after them is a *failure* that the next run tries again (a file
+    # that reads but does not decode is a reject instead, never retried).
+    io_retries: int = Field(3, ge=0)

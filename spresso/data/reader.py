@@ -3,8 +3,10 @@
 Layout::
 
     <shards_dir>/<split>/shard-000000.tar    members <key>.flac + <key>.json, adjacent per key
-    <shards_dir>/manifest.parquet            one row per clip, sorted by split then key
+    <shards_dir>/.manifest/<split>-shard-000000.parquet   the manifest: one piece per tar
+    <shards_dir>/manifest.parquet            the same rows in one file, sorted by split then key
     <shards_dir>/rejects.parquet             one row per refused input (path, reason)
+    <shards_dir>/failures.parquet            inputs unreadable after retries (tried again next run)
     <shards_dir>/dataset.json                dataset digest and counts
 
 Every path may be local or an fsspec URL (``s3://...``). This module only reads; it does not
@@ -19,6 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import soundfile as sf
 
@@ -27,23 +30,51 @@ from spresso.core.storage import filesystem, join, open_file
 
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
+FAILURES = "failures.parquet"
 DATASET_JSON = "dataset.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
+MANIFEST_DIR = ".manifest"
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("source", pa.string()),
+    ("source_path", pa.string()), ("offset_seconds", pa.float64()), ("duration_seconds", pa.float64()),
+    ("valid_samples", pa.int64()), ("caption", pa.string()), ("source_rate", pa.int32()),
+    ("source_channels", pa.int32()), ("loudness_lufs", pa.float64()), ("gain_db", pa.float64()),
+])
+
+
+def manifest_pieces(shards_dir: str) -> list[str]:
+    """The manifest's pieces (one Parquet file per tar, ``.manifest/<split>-shard-NNNNNN.parquet``),
+    sorted: split, then shard, which is also key order. ``[]`` for a manifest in one file."""
+    folder = join(shards_dir, MANIFEST_DIR)
+    fs, resolved = filesystem(folder)
+    if not fs.isdir(resolved):
+        return []
+    return sorted(join(shards_dir, MANIFEST_DIR, p.rsplit("/", 1)[-1]) for p in fs.ls(resolved, detail=False)
+                  if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
 
 
 def read_manifest(shards_dir: str) -> pa.Table:
     """The manifest: one row per clip, sorted by split then key.
 
     Columns: ``key, split, shard, source, offset_seconds, duration_seconds, valid_samples,
-    caption, source_rate, source_channels, loudness_lufs``.
+    caption, source_rate, source_channels, loudness_lufs``. Read as a ``pyarrow.dataset`` of the
+    per-tar pieces that `spresso shard` writes; a single ``manifest.parquet`` (older or hand-made
+    shard folders) is read when there are no pieces.
     """
-    path = join(shards_dir, MANIFEST)
-    fs, resolved = filesystem(path)
-    if not fs.exists(resolved):
-        raise SpressoError(f"no manifest at {path}: run `spresso shard` first")
-    with open_file(path) as f:
-        table = pq.read_table(f)
-    # Written sorted already; sort again so the contract holds for any writer.
+    pieces = manifest_pieces(shards_dir)
+    if pieces:
+        fs, _ = filesystem(pieces[0])
+        table = pads.dataset([filesystem(p)[1] for p in pieces], format="parquet", filesystem=fs,
+                             schema=MANIFEST_SCHEMA).to_table()
+    else:
+        path = join(shards_dir, MANIFEST)
+        fs, resolved = filesystem(path)
+        if not fs.exists(resolved):
+            raise SpressoError(f"no manifest at {path}: run `spresso shard` first")
+        with open_file(path) as f:
+            table = pq.read_table(f)
+    # Pieces are written in key order already; sort again so the contract holds for any writer.
     return table.sort_by([("split", "ascending"), ("key", "ascending")])
 
 
@@ -51,6 +82,13 @@ def read_rejects(shards_dir: str) -> pa.Table:
     """Inputs refused by `spresso shard`, with the reason (columns ``path, reason``)."""
     path = join(shards_dir, REJECTS)
     with open_file(path) as f:
+        return pq.read_table(f)
+
+
+def read_failures(shards_dir: str) -> pa.Table:
+    """Inputs that could not be read after the retries (columns ``path, source, reason``): not
+    rejects; the next `spresso shard` run tries them again."""
+    with open_file(join(shards_dir, FAILURES)) as f:
         return pq.read_table(f)
 
 

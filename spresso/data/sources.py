@@ -3,6 +3,9 @@
 Each source gets a *source id*: its path relative to the input root, prefixed by the root's
 own name (``sfx-dev/heroes/sword.wav``). Keys, splits and the dataset digest derive from the
 id, never from the absolute location, so moving a corpus does not change the dataset.
+
+Listing is split into jobs (:func:`listing_jobs`: per input, per top-level folder) that
+`spresso shard` runs as Ray tasks; :func:`discover` runs the same jobs in one process.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import fsspec
+import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from spresso.audio.io import AUDIO_EXTENSIONS
@@ -59,58 +63,78 @@ def _mtime(info: dict) -> float:
     return 0.0
 
 
-def list_inputs(inputs: list[str]) -> tuple[dict[str, tuple[str, int, float, bool]], dict[str, tuple[int, float]]]:
-    """Every file under the inputs: ``{path: (source_id, size, mtime, named_explicitly)}``, and
-    the other files beside matches of globs / named files (``{path: (size, mtime)}``, where
-    caption sidecars are looked for).
+def listing_jobs(inputs: list[str]) -> list[dict]:
+    """Split the inputs into listing jobs, each small enough for one task: a folder gives one job
+    for the files directly inside it and one per top-level sub-folder; a glob or a file is one job.
 
+    Costs one existence check (and one ``ls`` of a folder) per input, never a walk of the tree.
     A missing input is a :class:`SpressoError` (one clear line), not an empty dataset.
     """
     if not inputs:
         raise SpressoError("no input given: pass --input PATH (folder, glob or URL)")
-    found: dict[str, tuple[str, int, float, bool]] = {}
-    beside: dict[str, tuple[int, float]] = {}
+    jobs: list[dict] = []
     for raw in inputs:
         url = str(raw).rstrip("/") or "/"
-        prefix = _protocol_prefix(url)
         fs, bare = url_to_fs(url)
-        explicit = False
+        job = {"raw": str(raw), "url": url}
         if any(c in bare for c in GLOB_CHARS):
-            # The root of a glob is the folder above its first wildcard.
-            head = bare[: min(bare.index(c) for c in GLOB_CHARS if c in bare)]
-            root = head.rsplit("/", 1)[0] if "/" in head else "."
-            matches = fs.glob(bare, detail=True)
-            if not matches:
-                raise SpressoError(f"input {raw}: the pattern matches no files")
-            entries = {}
-            for p, info in matches.items():
-                if info.get("type") == "directory":
-                    entries.update(fs.find(p, detail=True))
-                else:
-                    entries[p] = info
+            jobs.append({**job, "kind": "glob"})
+        elif not fs.exists(bare):
+            raise SpressoError(f"input not found: {raw}")
+        elif fs.isdir(bare):
+            subdirs = sorted(i["name"] for i in fs.ls(bare, detail=True) if i.get("type") == "directory")
+            jobs.append({**job, "kind": "top", "folder": bare})
+            jobs += [{**job, "kind": "tree", "folder": d} for d in subdirs if d.rstrip("/") != bare.rstrip("/")]
         else:
-            if not fs.exists(bare):
-                raise SpressoError(f"input not found: {raw}")
-            if fs.isdir(bare):
-                root = bare
-                entries = fs.find(bare, detail=True)
-            else:
-                root = bare.rsplit("/", 1)[0] if "/" in bare else "."
-                entries = {bare: fs.info(bare)}
-                explicit = True  # a file named on the command line is tried whatever its extension
-        if explicit or any(c in bare for c in GLOB_CHARS):
-            for parent in {p.rsplit("/", 1)[0] for p in entries if "/" in p}:
-                for info in fs.ls(parent, detail=True):
-                    if info.get("type") != "directory":
-                        path = info["name"] if not prefix or info["name"].startswith(prefix) else prefix + info["name"]
-                        beside[path] = (int(info.get("size") or 0), _mtime(info))
-        root_name = PurePosixPath(root).name or "root"
-        for p, info in entries.items():
+            jobs.append({**job, "kind": "file"})
+    return jobs
+
+
+def list_job(job: dict) -> tuple[dict[str, tuple[str, int, float, bool]], dict[str, tuple[int, float]]]:
+    """The files of one listing job: ``{path: (source_id, size, mtime, named_explicitly)}``, and
+    the other files beside matches of globs / named files (``{path: (size, mtime)}``, where
+    caption sidecars are looked for)."""
+    url, raw, kind = job["url"], job["raw"], job["kind"]
+    prefix = _protocol_prefix(url)
+    fs, bare = url_to_fs(url)
+    beside: dict[str, tuple[int, float]] = {}
+    explicit = kind == "file"  # a file named on the command line is tried whatever its extension
+    if kind == "glob":
+        # The root of a glob is the folder above its first wildcard.
+        head = bare[: min(bare.index(c) for c in GLOB_CHARS if c in bare)]
+        root = head.rsplit("/", 1)[0] if "/" in head else "."
+        matches = fs.glob(bare, detail=True)
+        if not matches:
+            raise SpressoError(f"input {raw}: the pattern matches no files")
+        entries = {}
+        for p, info in matches.items():
             if info.get("type") == "directory":
-                continue
-            rel = PurePosixPath(p).relative_to(root) if p.startswith(root.rstrip("/") + "/") else PurePosixPath(PurePosixPath(p).name)
-            path = p if not prefix or p.startswith(prefix) else prefix + p
-            found[path] = (f"{root_name}/{rel.as_posix()}", int(info.get("size") or 0), _mtime(info), explicit)
+                entries.update(fs.find(p, detail=True))
+            else:
+                entries[p] = info
+    elif kind == "file":
+        root = bare.rsplit("/", 1)[0] if "/" in bare else "."
+        entries = {bare: fs.info(bare)}
+    else:
+        root = bare
+        if kind == "top":
+            entries = {i["name"]: i for i in fs.ls(job["folder"], detail=True) if i.get("type") != "directory"}
+        else:
+            entries = fs.find(job["folder"], detail=True)
+    if kind in ("glob", "file"):
+        for parent in {p.rsplit("/", 1)[0] for p in entries if "/" in p}:
+            for info in fs.ls(parent, detail=True):
+                if info.get("type") != "directory":
+                    path = info["name"] if not prefix or info["name"].startswith(prefix) else prefix + info["name"]
+                    beside[path] = (int(info.get("size") or 0), _mtime(info))
+    root_name = PurePosixPath(root).name or "root"
+    found: dict[str, tuple[str, int, float, bool]] = {}
+    for p, info in entries.items():
+        if info.get("type") == "directory":
+            continue
+        rel = PurePosixPath(p).relative_to(root) if p.startswith(root.rstrip("/") + "/") else PurePosixPath(PurePosixPath(p).name)
+        path = p if not prefix or p.startswith(prefix) else prefix + p
+        found[path] = (f"{root_name}/{rel.as_posix()}", int(info.get("size") or 0), _mtime(info), explicit)
     return found, beside
 
 
@@ -236,9 +260,9 @@ def clip_key(prefix: str, index: int) -> str:
     return f"{prefix}-{index:05d}"
 
 
-def discover(inputs: list[str], fractions: dict[str, float], captions_csv: str | None = None) -> list[Source]:
-    """The sources to ingest, sorted by (split, key prefix): the order of tars and manifest."""
-    files, beside = list_inputs(inputs)
+def job_sources(job: dict, fractions: dict[str, float], captions_csv: str | None = None) -> list[Source]:
+    """The sources of one listing job, sorted by (split, key prefix, source id, path)."""
+    files, beside = list_job(job)
     stamps = {**beside, **{p: v[1:3] for p, v in files.items()}}
     names = set(stamps)
     captions = load_captions_csv(captions_csv) if captions_csv else {}
@@ -249,7 +273,7 @@ def discover(inputs: list[str], fractions: dict[str, float], captions_csv: str |
         if not (explicit or is_audio(path)):
             continue
         if sid in by_id:
-            continue  # the same file reached through two inputs
+            continue  # the same file reached twice
         by_id[sid] = Source(
             path=path, source_id=sid, size=size, mtime=mtime,
             sidecars=(cars := sidecars_for(path, names)),
@@ -257,7 +281,51 @@ def discover(inputs: list[str], fractions: dict[str, float], captions_csv: str |
             csv_caption=csv_caption(captions, path, sid, csv_dir) if captions else None,
             split=assign_split(sid, fractions), key_prefix=key_prefix(sid),
         )
-    sources = sorted(by_id.values(), key=lambda s: (s.split, s.key_prefix))
+    return sorted(by_id.values(), key=source_order)
+
+
+def source_order(s: Source) -> tuple[str, str, str, str]:
+    """The order of tars and manifest: split, key prefix; then id and path, so that a file reached
+    through two inputs keeps its first path whoever merges the lists."""
+    return (s.split, s.key_prefix, s.source_id, s.path)
+
+
+def discover(inputs: list[str], fractions: dict[str, float], captions_csv: str | None = None) -> list[Source]:
+    """The sources to ingest, in one process (``spresso shard`` lists in Ray tasks instead; this is
+    the same listing, merged), sorted by (split, key prefix): the order of tars and manifest."""
+    merged = sorted((s for job in listing_jobs(inputs) for s in job_sources(job, fractions, captions_csv)), key=source_order)
+    sources = [s for i, s in enumerate(merged) if i == 0 or merged[i - 1].source_id != s.source_id]
     if not sources:
-        raise SpressoError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {', '.join(map(str, inputs))}")
+        raise SpressoError(no_audio_message(inputs))
     return sources
+
+
+def no_audio_message(inputs: list[str]) -> str:
+    return f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {', '.join(map(str, inputs))}"
+
+
+# ------------------------------------------------------------------------------- sources as Arrow
+SOURCE_SCHEMA = pa.schema([
+    ("path", pa.string()), ("source_id", pa.string()), ("size", pa.int64()), ("mtime", pa.float64()),
+    ("sidecars", pa.list_(pa.string())), ("sidecar_sizes", pa.list_(pa.int64())),
+    ("sidecar_mtimes", pa.list_(pa.float64())), ("csv_caption", pa.string()), ("split", pa.string()),
+    ("key_prefix", pa.string()),
+])
+
+
+def sources_table(sources: list[Source]) -> pa.Table:
+    """Sources as an Arrow table (what listing tasks hand to the planning tasks, in the object store)."""
+    return pa.Table.from_pylist([{
+        "path": s.path, "source_id": s.source_id, "size": s.size, "mtime": s.mtime, "sidecars": list(s.sidecars),
+        "sidecar_sizes": [int(x[0]) for x in s.sidecar_stamps], "sidecar_mtimes": [float(x[1]) for x in s.sidecar_stamps],
+        "csv_caption": s.csv_caption, "split": s.split, "key_prefix": s.key_prefix,
+    } for s in sources], schema=SOURCE_SCHEMA)
+
+
+def table_sources(table: pa.Table) -> list[Source]:
+    """The inverse of :func:`sources_table` (extra columns are ignored)."""
+    return [Source(
+        path=r["path"], source_id=r["source_id"], size=r["size"], mtime=r["mtime"], sidecars=tuple(r["sidecars"]),
+        sidecar_stamps=tuple(zip(r["sidecar_sizes"], r["sidecar_mtimes"])), csv_caption=r["csv_caption"],
+        split=r["split"], key_prefix=r["key_prefix"],
+    ) for r in table.select(SOURCE_SCHEMA.names).to_pylist()]
