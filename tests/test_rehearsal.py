@@ -159,9 +159,9 @@ def test_expected_node_types_follow_stage_labels_and_the_driver_label():
 def test_local_s3_needs_only_the_standard_aws_variables(tmp_path):
     from spresso.rehearsal.s3 import LocalS3
 
-    code = ("import fsspec; fs = fsspec.filesystem('s3'); fs.pipe('b1/work/x/a.bin', b'12345'); "
-            "fs.pipe('b1/mlflow/1/m', b'ab'); print(sorted(fs.find('b1')))")
-    with LocalS3(bucket="b1", log_dir=tmp_path) as s3:
+    code = ("import fsspec; fs = fsspec.filesystem('s3'); fs.pipe('bk1/work/x/a.bin', b'12345'); "
+            "fs.pipe('bk1/mlflow/1/m', b'ab'); print(sorted(fs.find('bk1')))")
+    with LocalS3(bucket="bk1", log_dir=tmp_path) as s3:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         out = subprocess.run([sys.executable, "-c", code], env={**env, **s3.aws_env()}, capture_output=True, text=True,
                              timeout=120)

@@ -8,6 +8,7 @@ whole array never sits in memory; with several workers, rank r reads every world
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterator
 
@@ -116,23 +117,19 @@ class VectorSource:
         """
         produced, lap = 0, 0
         while produced < n:
-            share = self.iter_batches(rows, batch_size, seed=seed + 7919 * lap, rank=rank, world_size=world_size)
-            got = False
-            for batch in share:
-                got = True
+            lap_seed = seed + 7919 * lap
+            batches = self.iter_batches(rows, batch_size, seed=lap_seed, rank=rank, world_size=world_size)
+            first = next(batches, None)
+            if first is None:  # this rank's share holds less than one batch: draw from all rows
+                batches = self.iter_batches(rows, batch_size, seed=lap_seed + 104729 * (rank + 1))
+                first = next(batches, None)
+                if first is None:
+                    raise SpressoError(f"{self.path}: fewer than {batch_size} vectors to make one batch")
+            for batch in itertools.chain([first], batches):
                 yield batch
                 produced += 1
                 if produced == n:
                     return
-            if not got:
-                for batch in self.iter_batches(rows, batch_size, seed=seed + 7919 * lap + 104729 * (rank + 1)):
-                    got = True
-                    yield batch
-                    produced += 1
-                    if produced == n:
-                        return
-            if not got:
-                raise SpressoError(f"{self.path}: fewer than {batch_size} vectors to make one batch")
             lap += 1
 
     def iter_batches(self, rows: np.ndarray, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,

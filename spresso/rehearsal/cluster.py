@@ -35,7 +35,7 @@ HEAD_TYPE = "ray.head.default"
 
 
 def toy_node_types(ray_cluster: str | Path, max_workers: int = 2, cpus: int = 1, driver_cpus: int = 2,
-                   object_store_mb: int = 96) -> dict[str, dict]:
+                   object_store_mb: int = 96, memory_mb: int = 2048) -> dict[str, dict]:
     """ray_cluster.yaml's worker node types at toy size: same names and labels, ``min_workers: 0``.
 
     An accelerator type (its label names it, e.g. ``a100``) declares the custom resource
@@ -51,14 +51,18 @@ def toy_node_types(ray_cluster: str | Path, max_workers: int = 2, cpus: int = 1,
             continue
         labels = dict(node.get("labels") or {})
         role = labels.get(LABEL, "")
-        resources = {"CPU": driver_cpus if role == "driver" else cpus, "object_store_memory": object_store_mb << 20}
+        # memory is declared, as the cloud provider fills it in for a real instance type: tasks state
+        # their memory need (sharding does), and the autoscaler only starts a type that can hold it.
+        resources = {"CPU": driver_cpus if role == "driver" else cpus, "memory": memory_mb << 20,
+                     "object_store_memory": object_store_mb << 20}
         if role and role not in ("cpu", "driver"):
             resources[f"accelerator_type:{role.upper()}"] = 1
         out[name] = {"min_workers": 0, "max_workers": 1 if role == "driver" else max_workers,
                      "resources": resources, "labels": labels, "node_config": {}}
     if not any(t["labels"].get(LABEL) == "driver" for t in out.values()):
         out["driver"] = {"min_workers": 0, "max_workers": 1, "labels": {LABEL: "driver"}, "node_config": {},
-                         "resources": {"CPU": driver_cpus, "object_store_memory": object_store_mb << 20}}
+                         "resources": {"CPU": driver_cpus, "memory": memory_mb << 20,
+                                       "object_store_memory": object_store_mb << 20}}
     return out
 
 
