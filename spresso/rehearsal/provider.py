@@ -31,8 +31,13 @@ class OwnFolderProvider(FakeMultiNodeProvider):
             # hands its driver. Without it Ray falls back to /tmp/ray, another cluster's file.
             with open(get_ray_address_file(folder), "w") as f:
                 f.write(self.provider_config["gcs_address"])
+            # memory is a node setting, not a custom resource (Ray's provider would pass it as one and
+            # the node would die at start): hand it to the node's RayParams like its folder.
+            resources = dict(resources)
+            memory = resources.pop("memory", None)
             params = ray_parameter.RayParams
-            ray_parameter.RayParams = functools.partial(params, temp_dir=folder)
+            ray_parameter.RayParams = functools.partial(params, temp_dir=folder,
+                                                        **({"memory": int(memory)} if memory else {}))
             try:
                 self._create_node_with_resources_and_labels({}, tags, 1, resources, labels)
             finally:
