@@ -53,7 +53,7 @@ JOB_DRIVER_LABEL = "driver"  # the job's entrypoint asks for the on-demand drive
 class Options:
     config: str = "configs/rehearsal.yaml"
     until: list[str] = field(default_factory=list)       # pipeline --until selectors ([]: the whole DAG)
-    kill_stage: str | None = "stage1"                     # the training stage whose worker node is killed
+    kill_stage: str | None = "train_stage1"               # MLflow stage tag of the training stage whose node is killed
     overrides: list[str] = field(default_factory=list)
     corpus_minutes: float = 1.5
     job_timeout: float = 1500.0
