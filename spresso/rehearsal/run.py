@@ -138,7 +138,9 @@ def check_first(report: Report, opts: Options, watch: KillWatch | None, experime
                         "kill_to_next_metric_s": round(resumed_at - watch.killed_at, 1) if resumed_at else None})
     if watch.max_workers_seen < 2:
         report.fail(f"{opts.kill_stage} ran with {watch.max_workers_seen} train worker(s), not 2 (DDP)")
-    if resumed_step is None or resumed_step <= (watch.checkpoint_step or 0):
+    # A restart from step 0 logs its first steps again (2, 4, ...); a resumed run logs from its
+    # checkpoint's step on (it may log that very step again), never below it.
+    if resumed_step is None or resumed_step < (watch.checkpoint_step or 0) or not watch.checkpoint_step:
         report.fail(f"{opts.kill_stage} did not resume from its checkpoint (step {watch.checkpoint_step}): "
                     f"first step after the kill {resumed_step}")
 
