@@ -50,7 +50,7 @@ def describe_error(err: BaseException) -> str:
 def check_store(path: str | Path) -> None:
     """Fail fast, in one line naming the URL, when ``path`` is on a store we cannot write to.
 
-    Lists the prefix and writes then deletes one small object: a missing bucket, refused
+    Writes then deletes one small object under it: a missing bucket, refused
     credentials or an unreachable endpoint show here, in seconds, not ten minutes into a stage.
     Local paths are not checked (a missing folder is created by its writer).
     """
@@ -167,7 +167,6 @@ def replace_tree(local_dir: str | Path, dest: str | Path) -> str:
     objects are removed first and each file is uploaded (readers check the config file, written last).
     """
     src = Path(local_dir)
-    files = sorted(p for p in src.rglob("*") if p.is_file())
     if not is_url(dest):
         target = Path(dest)
         tmp = target.with_name(target.name + ".partial")
@@ -180,6 +179,7 @@ def replace_tree(local_dir: str | Path, dest: str | Path) -> str:
     if fs.exists(root):
         fs.rm(root, recursive=True)
     # config.json last: a reader that finds it finds the weights too
+    files = sorted(p for p in src.rglob("*") if p.is_file())
     for f in sorted(files, key=lambda p: p.name == "config.json"):
         fs.put_file(str(f), f"{root.rstrip('/')}/{f.relative_to(src).as_posix()}")
     return str(dest)
@@ -215,8 +215,8 @@ def staged(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
 
 
 def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
-    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()}
+    stats = {p.relative_to(folder).as_posix(): p.stat() for p in folder.rglob("*") if p.is_file()}
+    return {rel: (st.st_size, st.st_mtime_ns) for rel, st in stats.items()}
 
 
 def list_details(root: str | Path) -> list[tuple[str, int, str]]:

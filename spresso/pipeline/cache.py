@@ -48,12 +48,8 @@ def path_exists(uri: str) -> bool:
 
 def content_digest(uri: str) -> str:
     """Digest of what a stage wrote at ``uri`` (file or folder), for stages that did not log one."""
-    if is_remote(uri):
-        return digest_file(uri) if storage.is_file(uri) else digest_tree(uri)
-    p = _local(uri)
-    if p.is_dir():
-        return digest_tree(p)
-    return digest_file(p)
+    where = uri if is_remote(uri) else str(_local(uri))  # storage reads local paths and URLs alike
+    return digest_file(where) if storage.is_file(where) else digest_tree(where)
 
 
 def external_fingerprint(uri: str | list[str]) -> str:

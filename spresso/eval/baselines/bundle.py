@@ -26,9 +26,10 @@ class BundleAdapter(CodecAdapter):
 
     def __init__(self, path: str, kbps: float | None = None, codebooks: int | None = None, steps: int = 32):
         self.path, self.kbps, self.codebooks, self.steps = str(path), kbps, codebooks, int(steps)
+        self.bundle_name = self.path.rstrip("/").rsplit("/", 1)[-1]  # the bundle folder's name, local or URL
         self._codec = None
         variant = f"{kbps:g} kbps" if kbps else (f"{codebooks} codebooks" if codebooks else "full rate")
-        self.info = CodecInfo("S-PRESSO", f"{self.path.rstrip('/').rsplit('/', 1)[-1]} {variant}", 48000,
+        self.info = CodecInfo("S-PRESSO", f"{self.bundle_name} {variant}", 48000,
                               nominal_bitrate_bps=kbps * 1000 if kbps else None)
         # The table is built in the driver, which never loads the weights: describe the
         # operating point from the bundle's manifest alone.
@@ -56,10 +57,10 @@ class BundleAdapter(CodecAdapter):
         if manifest.get("mode") == "discrete":
             K, m = int(manifest["K"]), int(self.codebooks or manifest.get("m") or manifest["M"])
             nominal = self.kbps * 1000 if self.kbps else bitrate_bps(m, K, t)
-            variant = f"{self.path.rstrip('/').rsplit('/', 1)[-1]} t={t} K=2^{K.bit_length() - 1} m={m}"
+            variant = f"{self.bundle_name} t={t} K=2^{K.bit_length() - 1} m={m}"
         else:
             nominal = continuous_bitrate_bps(channels, t)
-            variant = f"{self.path.rstrip('/').rsplit('/', 1)[-1]} t={t} continuous float16"
+            variant = f"{self.bundle_name} t={t} continuous float16"
         self.info = CodecInfo("S-PRESSO", variant, 48000, frame_rate_hz=frame_rate(t), nominal_bitrate_bps=nominal,
                               compression=compression_ratio(t, channels))
 
