@@ -123,7 +123,7 @@ def test_stage_resumes_after_injected_worker_failure_in_one_mlflow_run(tmp_path,
     ]
     cfg = load_config("demo", overrides)
     final = train_audioae(cfg)
-    assert final == (tmp_path / "audioae" / "final").resolve()
+    assert Path(final) == (tmp_path / "audioae" / "final").resolve()
     model = load_audioae(final)
     assert model.encode(torch.zeros(1, 960)).shape == (1, 128, 2)
     assert list((tmp_path / "ray_train").glob("audioae-*/injected_failure_done"))  # the failure happened

@@ -180,7 +180,7 @@ def test_mlflow_server_refuses_without_credentials_and_keeps_artifacts_in_the_bu
 
     code = ("from mlflow.tracking import MlflowClient; c = MlflowClient(); r = c.create_run(c.create_experiment('e')); "
             "c.log_text(r.info.run_id, 'hi', 'a/b.txt')")
-    with LocalS3(bucket="b2", log_dir=tmp_path) as s3, MlflowServer(tmp_path / "m", "s3://b2/mlflow", env=s3.aws_env()) as srv:
+    with LocalS3(bucket="bk2", log_dir=tmp_path) as s3, MlflowServer(tmp_path / "m", "s3://bk2/mlflow", env=s3.aws_env()) as srv:
         assert requests.get(f"{srv.uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=10).status_code == 401
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
         out = subprocess.run([sys.executable, "-c", code], env={**env, **srv.client_env()}, capture_output=True, text=True,

@@ -145,7 +145,10 @@ def test_precompute_asks_for_gpus_from_the_config_without_looking_at_the_cluster
     monkeypatch.setattr(ray.data.Dataset, "map_batches", record)
     cache = ClipCache.create(tmp_path / "c.zarr", [f"k{i}" for i in range(4)], {"x": ((2,), np.float32)}, 2)
     pool = ActorPoolSettings(actors=3, gpus_per_actor=1, cpus_per_actor=2, label="a100", accelerator="A100")
-    with pytest.raises(KeyboardInterrupt):  # a Ray this process did not start may autoscale: nothing is checked
+    # A Ray this process did not start may autoscale: nothing is checked. (Said explicitly: an earlier test
+    # in this process may have left a Ray that spresso started.)
+    monkeypatch.setattr(placement, "started_local_ray", lambda: False)
+    with pytest.raises(KeyboardInterrupt):
         fill_cache(cache, lambda a, b: {}, _Never, batch_size=1, pool=pool, runtime=RuntimeConfig())
     assert asked["num_gpus"] == 1 and asked["num_cpus"] == 2 and asked["compute"].max_size == 3
     assert asked["label_selector"] == {NODE_LABEL: "a100"} and asked["resources"] == {"accelerator_type:A100": 0.001}

@@ -18,7 +18,9 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-_STARTED = {"local": False}  # whether init_ray started the (fixed-size) Ray this process uses
+# The GCS address of the (fixed-size) local Ray that init_ray started, if it did. An address rather than
+# a flag: after ray.shutdown() and another ray.init() elsewhere, a flag would still say "ours".
+_STARTED = {"local": None}
 
 
 def started_local_ray() -> bool:
@@ -27,7 +29,8 @@ def started_local_ray() -> bool:
     False in a process that joined a cluster, and in Ray's worker processes (stage drivers run as
     Ray tasks on a cluster that may scale up).
     """
-    return _STARTED["local"]
+    return (_STARTED["local"] is not None and ray.is_initialized()
+            and ray.get_runtime_context().gcs_address == _STARTED["local"])
 
 
 def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
@@ -55,7 +58,7 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
         if common["include_dashboard"]:
             common.setdefault("dashboard_host", "127.0.0.1")  # never exposed beyond this machine
         ray.init(address="local", num_cpus=num_cpus, **common)
-        _STARTED["local"] = True
+        _STARTED["local"] = ray.get_runtime_context().gcs_address
     return ray
 
 
