@@ -132,7 +132,7 @@ def replicas(tmp_path_factory) -> tuple[dict, dict]:
     return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
 
 
-@pytest.mark.slow  # two spawned processes, all stages: ~40 s on the shared 2-core machine
+@pytest.mark.slow  # two spawned processes, all stages: 15 s of CPU, 40-130 s on the shared 2-core machine
 @pytest.mark.parametrize("stage", STAGES)
 def test_ddp_replicas_stay_identical(replicas, stage):
     r0, r1 = replicas[0][stage], replicas[1][stage]
