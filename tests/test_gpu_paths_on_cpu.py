@@ -19,6 +19,7 @@ from spresso.codec.codec import Codec
 from spresso.config import SpressoConfig, load_config
 from spresso.config.dae import DAEConfig, LatentEncoderConfig, LoRASettings
 from spresso.config.dit import DiTConfig, DiTModelConfig
+from spresso.data.latent_batches import resumed_stream
 from spresso.diffusion.autoencoder import build_dae, build_denoiser
 from spresso.diffusion.generate import generate_latents
 from spresso.diffusion.normalize import LatentNormalizer
@@ -45,14 +46,32 @@ TINY_AE = ["audioae.model.width=16", "audioae.model.blocks=1", "audioae.model.in
 
 
 def cpu_generator(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)  # what resumed_stream hands the diffusion trainers
+    return torch.Generator().manual_seed(seed)
 
 
-def latent_batch(B: int = 4) -> dict[str, torch.Tensor]:
-    """A batch as the loaders give it: CPU tensors, moved by the trainer."""
-    g = cpu_generator(1)
-    return {"x0": torch.randn(B, C, T, generator=g), "text": torch.randn(B, 5, TD, generator=g),
-            "text_mask": torch.ones(B, 5, dtype=torch.bool), "pooled": torch.randn(B, PD, generator=g)}
+class LatentRows(torch.utils.data.Dataset):
+    """Rows as the caches give them (numpy), so batches come through the real loader and collate."""
+
+    def __init__(self, n: int = 8, z: bool = False):
+        rng = np.random.default_rng(0)
+        f32 = np.float32
+        self.rows = [{"x0": rng.standard_normal((C, T)).astype(f32), "text": rng.standard_normal((5, TD)).astype(f32),
+                      "text_mask": np.ones(5, bool), "pooled": rng.standard_normal(PD).astype(f32),
+                      **({"z": rng.standard_normal((6, 5)).astype(f32), "zq": rng.standard_normal((6, 5)).astype(f32)} if z else {})}
+                     for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def loop_inputs(z: bool = False):
+    """(batches, noise generator) exactly as the diffusion loops get them: ``resumed_stream``'s."""
+    stream, generator = resumed_stream(LatentRows(z=z), 4, rank=0, world_size=1, seed=0, start=0)
+    assert generator.device.type == "cpu"
+    return stream, generator
 
 
 def dit_config() -> DiTConfig:
@@ -104,10 +123,10 @@ def test_the_check_records_reduced_precision_requests():
 # -- the trainers' first steps --------------------------------------------------------------------
 def test_dit_first_steps_on_the_accelerator_with_the_streams_cpu_generator():
     trainer = DiTTrainer(dit_config(), (TD, PD), normalizer(), ACCEL, autocast=contextlib.nullcontext)
-    g = cpu_generator()
+    stream, g = loop_inputs()
     with OnAccelerator() as check:
         for _ in range(2):
-            scalars, out = trainer.train_step(latent_batch(), g)
+            scalars, out = trainer.train_step(next(stream), g)
     assert check.calls > 1000 and trainer.step == 2
     assert on_accel(out.loss) and on_accel(out.sigma) and out.per_sample.shape == (4,)
     assert all(on_accel(v) for v in trainer.ema.state_dict().values())
@@ -119,13 +138,13 @@ def test_dae_first_steps_on_the_accelerator(stage):
     torch.manual_seed(0)
     model = build_dae(build_denoiser(cfg.dit, TD, PD), cfg.dae.encoder, cfg.dae.t, cfg.dae.lora)
     trainer = DAETrainer(model, cfg, stage, normalizer(), ACCEL, autocast=contextlib.nullcontext)
-    g = cpu_generator()
+    stream, g = loop_inputs(z=stage == "stage3")
     with OnAccelerator() as check:
         for _ in range(2):
-            z = None
-            if stage == "stage3":  # stage 3's loop: z and z_q from the loader (CPU), mixed with the stream's generator
-                z, keep = mix_z(torch.randn(4, 6, 5), torch.randn(4, 6, 5), 0.1, g)
-            scalars, out = trainer.train_step(latent_batch(), g, z=z)
+            batch, z = next(stream), None
+            if stage == "stage3":  # stage 3's z_fn: z and z_q from the loader, mixed with the stream's generator
+                z, keep = mix_z(batch["z"].float(), batch["zq"].float(), 0.1, g)
+            scalars, out = trainer.train_step(batch, g, z=z)
     assert check.calls > 1000 and trainer.step == 2 and on_accel(out.loss)
     assert all(on_accel(p) for p in trainer.params)
 
