@@ -91,6 +91,29 @@ def test_a_few_optimiser_steps_reduce_the_loss(tmp_path):
     assert metrics["valid/mel_distance"] < metrics["valid/silence_mel_distance"]
 
 
+def test_discriminator_and_generator_have_their_own_gradient_clips(monkeypatch):
+    """DAC clips the discriminators at a gradient norm of 10 and the generator at 1000 (configurable)."""
+    real = torch.nn.utils.clip_grad_norm_
+    clips = []
+
+    def recording(params, max_norm, *a, **kw):
+        params = list(params)
+        clips.append(({id(p) for p in params}, max_norm))
+        return real(params, max_norm, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    cfg = load_config("demo", TINY + ["audioae.train.disc_start_step=0"])
+    assert (cfg.audioae.train.disc_grad_clip, cfg.audioae.train.grad_clip) == (10.0, 1000.0)
+    trainer = AudioAETrainer(cfg.audioae)
+    trainer.train_step(torch.randn(2, 4800) * 0.1)
+    d_ids, g_ids = ({id(p) for p in m.parameters()} for m in (trainer.discriminator, trainer.generator))
+    assert [(ids == d_ids, ids == g_ids, norm) for ids, norm in clips] == [(True, False, 10.0), (False, True, 1000.0)]
+    cfg.audioae.train.disc_grad_clip = 3.0
+    clips.clear()
+    AudioAETrainer(cfg.audioae).train_step(torch.randn(2, 4800) * 0.1)
+    assert [norm for _, norm in clips] == [3.0, 1000.0]
+
+
 def test_waveform_term_ties_the_phase_to_the_input():
     """The mel loss is phase-blind: alone it leaves a fixed clip's reconstruction uncorrelated with it
     (SI-SDR well below 0 dB); with ``waveform_l1_weight`` a tiny model matches its phase in a few steps."""

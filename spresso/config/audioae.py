@@ -58,7 +58,10 @@ class AudioAETrainConfig(Section):
     betas: tuple[float, float] = (0.8, 0.99)
     weight_decay: float = Field(0.01, ge=0)
     lr_gamma: float = Field(0.999996, gt=0, le=1)  # ExponentialLR, stepped every step
-    grad_clip: float = Field(1000.0, gt=0)
+    grad_clip: float = Field(1000.0, gt=0)  # the generator's (DAC: 1000)
+    # The discriminators' own clip (DAC: 10): they see raw waveforms and their gradients spike far
+    # above the generator's; at 1000 the clip never acted and one bad batch could wreck D.
+    disc_grad_clip: float = Field(10.0, gt=0)
     mel_weight: float = 15.0
     # Waveform L1 (EnCodec's time-domain term), the only term that ties the decoder's phase to
     # the input's: the log-mel L1 is phase-blind and the discriminators align phase only after

@@ -27,7 +27,7 @@ def generate_latents(denoiser: torch.nn.Module, text: TextEmbedding, normalizer:
                      autocast=None, progress: bool = False) -> torch.Tensor:
     """Sample x0 [B, C, frames] (de-normalised, AudioAE units) for the captions in ``text``."""
     device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(seed))  # CPU: the same noise for a seed on every device (seeded_randn moves it)
     text = text.to(device)
     B = text.tokens.shape[0]
     fn = guided(denoiser, guidance, text=text)

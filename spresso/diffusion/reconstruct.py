@@ -35,7 +35,7 @@ def reconstruct_latents(model, normalizer: LatentNormalizer, z: torch.Tensor | N
     drop = torch.zeros(B, dtype=torch.bool, device=device) if text is not None else torch.ones(B, dtype=torch.bool, device=device)
     text = text.to(device) if text is not None else null_text(model, B, device)
     z = z.to(device).float() if z is not None else None
-    generator = torch.Generator(device=device).manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(seed))  # CPU: the same noise for a seed on every device (seeded_randn moves it)
 
     def denoise(x, sigma):
         return model(x, sigma, text, z, drop=drop)

@@ -7,9 +7,14 @@ m steps optimises the m-step error, which is why ``encode(x, m)`` beats the m-pr
 code.
 
 Work is batched by a memory budget (the B x A x max(de, dh) activations of a chunk of vectors),
-not by a fixed small chunk: on a GPU a chunk is as large as free memory allows. On CUDA the MLP
-runs under bf16 autocast (its output is a small correction added to an fp32 codeword) while
-distances, ranking and the running reconstruction stay in fp32.
+not by a fixed small chunk: on a GPU a chunk is as large as free memory allows.
+
+Precision: the search runs in fp32 on every device, as :meth:`QINCo2.decode` does. A code is the
+argmin of reconstruction errors that decoding must then reproduce; a bf16 network in the search
+ranks candidates by a slightly different f_m than the one decode applies, so the same z would get
+different codes on a GPU and a CPU, and the chosen path is no longer the best for the decoder.
+``amp=True`` (CUDA only) runs the network under bf16 autocast for throughput experiments; no
+training, caching or codec path uses it.
 """
 from __future__ import annotations
 
@@ -79,12 +84,12 @@ def _search(model, x: torch.Tensor, m: int, beam: int, candidates: int, amp: boo
 @torch.no_grad()
 def encode_normalized(model, xn: torch.Tensor, m: int, *, beam: int, candidates: int, amp: bool | None = None,
                       progress: bool = False) -> torch.Tensor:
-    """Normalised vectors [N, d] -> codes [N, m] (int64) with the model truncated to m steps."""
+    """Normalised vectors [N, d] -> codes [N, m] (int64) with the model truncated to m steps (fp32; ``amp``: module docstring)."""
     if not 1 <= m <= model.M:
         raise ValueError(f"m must be in [1, {model.M}], got {m}")
     if xn.shape[-1] != model.spec.d:
         raise ValueError(f"vectors have {xn.shape[-1]} dims, the quantizer expects {model.spec.d}")
-    amp = xn.is_cuda if amp is None else amp
+    amp = bool(amp)  # fp32 unless asked: encode must rank candidates with decode's network (module docstring)
     rows = chunk_rows(model, beam, candidates, xn.device)
     out = []
     it = range(0, xn.shape[0], rows)

@@ -93,7 +93,7 @@ class AudioAETrainer:
             loss_d = discriminator_loss([l[:b] for l in logits], [l[b:] for l in logits], tc.gan_loss)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            out["grad_norm/d"] = float(torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), tc.grad_clip))
+            out["grad_norm/d"] = float(torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), tc.disc_grad_clip))
             self.opt_d.step()
             out["loss/d"] = float(loss_d.detach())
         loss_mel = self.mel(y, x)
