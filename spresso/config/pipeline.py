@@ -109,6 +109,11 @@ class PipelineConfig(Section):
     # Stated model for the dry run's cost line.
     gpu_type: str = "A100-40GB"
     gpu_hour_usd: float = Field(4.1, ge=0)
+    # Registered MLflow model whose versions the export stages' bundles become (null: none). Each
+    # version carries its operating point's name as alias; `champion` names the point whose bundle
+    # gets the alias "champion" too, so spresso.load("models:/<registered_model>@champion") finds it.
+    registered_model: Optional[str] = None
+    champion: Optional[str] = None
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":
@@ -119,4 +124,6 @@ class PipelineConfig(Section):
         both = sorted(set(self.shared) & set(self.branch))
         if both:
             raise ValueError(f"stages listed as both shared and branch: {', '.join(both)}")
+        if self.champion is not None and self.champion not in names:
+            raise ValueError(f"champion '{self.champion}' is not an operating point ({', '.join(names) or 'none'})")
         return self
