@@ -36,11 +36,12 @@ def test_outside_a_job_nothing_is_checked(monkeypatch):
 @pytest.mark.parametrize("argv, what", [
     (["precompute-latents", "--config", "demo"], "workdir 'work/demo'"),
     (["pipeline", "status", "demo"], "workdir 'work/demo'"),
-    (["shard", "--input", "/data/sfx", "--output", "work/demo/shards", "--set", "workdir=/abs/w"], "output 'work/demo/shards'"),
-    (["pipeline", "run", "demo", "--input", "missing", "--set", "workdir=/abs/w"], "input 'missing'"),
+    (["shard", "--input", "{tmp}/sfx", "--output", "work/demo/shards", "--set", "workdir={tmp}/w"],
+     "output 'work/demo/shards'"),
+    (["pipeline", "run", "demo", "--input", "missing", "--set", "workdir={tmp}/w", "--dry-run"], "input 'missing'"),
 ])
 def test_relative_paths_in_a_job_are_refused_with_a_hint(in_ray_job, capsys, argv, what):
-    assert main(argv) == 2
+    assert main([a.format(tmp=in_ray_job.parent) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith(f"error: {what} is relative, and this runs in Ray job raysubmit_T")
     assert "absolute path (e.g. --set workdir=$PWD/work/demo)" in err and "URL" in err
