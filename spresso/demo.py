@@ -154,7 +154,7 @@ def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: fl
         print(f"\n[{point}] {frame_rate(m['t']):.1f} Hz, {rate}")
         print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --model ...)")
         if cfg.pipeline.registered_model:
-            aliases = [point] + (["champion"] if point == cfg.pipeline.champion else [])
+            aliases = [point] + (["champion"] if point == cfg.pipeline.champion_point() else [])
             print(f"  registered   {'  '.join(f'models:/{cfg.pipeline.registered_model}@{a}' for a in aliases)}")
         for f in made.get(point, []):
             what = "z float16" if f["codebooks"] is None else f"{f['codebooks']} codebooks"

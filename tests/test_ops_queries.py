@@ -86,7 +86,7 @@ def _export_run(uri: str, workdir: Path, bundle: Path) -> str:
 def test_pipeline_registers_its_bundles_and_models_uri_finds_the_demo_store(demo_store):
     bundle = shared_bundle(continuous=True)
     cfg = load_config("demo")
-    assert cfg.pipeline.registered_model == "spresso" and cfg.pipeline.champion == "d96"
+    assert cfg.pipeline.registered_model == "spresso" and cfg.pipeline.champion_point() == "d96"
     d96, c11 = _export_run(demo_store, Path("work/demo"), bundle), _export_run(demo_store, Path("work/demo"), bundle)
     result = PipelineResult("parent", demo_store, {
         "export@c11": StageOutcome("export@c11", DONE, c11),

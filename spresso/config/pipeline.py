@@ -57,6 +57,10 @@ class OperatingPoint(Section):
                 raise ValueError(f"operating point '{self.name}': K must be a power of two, got {self.K}")
         return self
 
+    def champion_point(self) -> str | None:
+        """The operating point whose bundle is the registry's champion."""
+        return self.champion or (self.points[-1].name if self.points else None)
+
     def bitrate_bps(self, z_channels: int = 64) -> float:
         if self.continuous:
             return continuous_bitrate_bps(z_channels, self.t)
@@ -111,7 +115,8 @@ class PipelineConfig(Section):
     gpu_hour_usd: float = Field(4.1, ge=0)
     # Registered MLflow model whose versions the export stages' bundles become (null: none). Each
     # version carries its operating point's name as alias; `champion` names the point whose bundle
-    # gets the alias "champion" too, so spresso.load("models:/<registered_model>@champion") finds it.
+    # gets the alias "champion" too (null: the last point listed), so
+    # spresso.load("models:/<registered_model>@champion") finds it.
     registered_model: Optional[str] = None
     champion: Optional[str] = None
 
@@ -127,3 +132,7 @@ class PipelineConfig(Section):
         if self.champion is not None and self.champion not in names:
             raise ValueError(f"champion '{self.champion}' is not an operating point ({', '.join(names) or 'none'})")
         return self
+
+    def champion_point(self) -> str | None:
+        """The operating point whose bundle gets the registry alias "champion"."""
+        return self.champion or (self.points[-1].name if self.points else None)

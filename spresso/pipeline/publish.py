@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from spresso.config import SpressoConfig
+from spresso.core.errors import SpressoError
 from spresso.pipeline.runner import DONE, REUSED, PipelineResult
 from spresso.runtime.tracking import mlflow_client
 from spresso.train.export import register_bundle
@@ -26,11 +27,22 @@ def registered_run(uri: str, name: str, alias: str) -> str | None:
 
 
 def register_bundles(cfg: SpressoConfig, result: PipelineResult) -> dict[str, str]:
-    """Point ``models:/<pipeline.registered_model>@<point>`` (and ``@champion`` for ``pipeline.champion``) at each
+    """Point ``models:/<pipeline.registered_model>@<point>`` (and ``@champion`` for the champion point) at each
     finished export's bundle; returns {alias: version} of the entries it changed."""
     name = cfg.pipeline.registered_model
     if not name:
         return {}
+    try:
+        changed = register_exports(result, name, cfg.pipeline.champion_point())
+    except Exception as err:  # MLflow's own errors (permissions, a server gone) as one line
+        msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SpressoError(f"registering the bundles as MLflow model '{name}' in {result.tracking_uri}: {msg[:300]}") from None
+    for alias, version in changed.items():
+        log.info("registered models:/%s@%s -> version %s", name, alias, version)
+    return changed
+
+
+def register_exports(result: PipelineResult, name: str, champion: str | None) -> dict[str, str]:
     client = mlflow_client(result.tracking_uri)
     changed: dict[str, str] = {}
     for outcome in result.outcomes.values():
@@ -43,9 +55,7 @@ def register_bundles(cfg: SpressoConfig, result: PipelineResult) -> dict[str, st
             model_id = client.get_run(outcome.run_id).data.tags.get("spresso.model_id", "")
             version = register_bundle(result.tracking_uri, name, outcome.run_id, model_id, alias=point)
             changed[point] = str(version)
-        if point == cfg.pipeline.champion and registered_run(result.tracking_uri, name, CHAMPION) != outcome.run_id:
+        if point == champion and registered_run(result.tracking_uri, name, CHAMPION) != outcome.run_id:
             client.set_registered_model_alias(name, CHAMPION, str(version))
             changed[CHAMPION] = str(version)
-    for alias, version in changed.items():
-        log.info("registered models:/%s@%s -> version %s", name, alias, version)
     return changed
