@@ -44,7 +44,9 @@ def test_relative_paths_in_a_job_are_refused_with_a_hint(in_ray_job, capsys, arg
     assert main([a.format(tmp=in_ray_job.parent) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith(f"error: {what} is relative, and this runs in Ray job raysubmit_T")
-    assert "absolute path (e.g. --set workdir=$PWD/work/demo)" in err and "URL" in err
+    value = what.split("'")[1]
+    example = f"--set workdir=$PWD/{value}" if what.startswith("workdir") else f"$PWD/{value}"
+    assert f"absolute path (e.g. {example})" in err and "URL (s3://" in err
     assert list(in_ray_job.iterdir()) == [in_ray_job / "clips"]  # nothing written into the copy
 
 

@@ -64,6 +64,8 @@ def test_a_configured_store_that_is_missing_is_named_not_created(elsewhere, caps
     assert "nope.db (from MLFLOW_TRACKING_URI)" in capsys.readouterr().err
     assert main(["lineage", "0123456789ab", "--tracking-uri", "sqlite:///other.db"]) == 2
     assert "other.db (from --tracking-uri" in capsys.readouterr().err
+    assert main(["pipeline", "status", "demo", "--tracking-uri", "sqlite:///third.db"]) == 2
+    assert "third.db (from --tracking-uri" in capsys.readouterr().err
     assert list(elsewhere.iterdir()) == []
 
 

@@ -54,10 +54,11 @@ def is_local_relative(path: str) -> bool:
 
 
 def refuse(what: str, value: str, job: str) -> SpressoError:
+    example = f"--set workdir=$PWD/{value}" if what == "workdir" else f"$PWD/{value}"
     return SpressoError(
         f"{what} '{value}' is relative, and this runs in Ray job {job}, inside Ray's temporary copy of "
-        f"--working-dir ({os.getcwd()}): give an absolute path (e.g. --set workdir=$PWD/work/demo), a folder "
-        "every node shares, or a URL (s3://...)")
+        f"--working-dir ({os.getcwd()}): give an absolute path (e.g. {example}), a folder every node shares, "
+        "or a URL (s3://...)")
 
 
 def check_job_paths(args: argparse.Namespace) -> None:
@@ -75,8 +76,10 @@ def check_job_paths(args: argparse.Namespace) -> None:
                 continue
             if output or not Path(value).exists():
                 raise refuse("output" if output else "input", value, job)
-    config = getattr(args, "pipeline_config", None) or getattr(args, "config", None)
-    if config is None or command in NO_WORKDIR or getattr(args, "tracking_uri", None):
+    pipeline_config = getattr(args, "pipeline_config", None)
+    config = pipeline_config or getattr(args, "config", None)
+    # lineage / runs compare with --tracking-uri read only the store; a pipeline's status also reads the workdir
+    if config is None or command in NO_WORKDIR or (getattr(args, "tracking_uri", None) and not pipeline_config):
         return
     cfg = load_config(config, getattr(args, "overrides", []))
     if is_local_relative(cfg.workdir):

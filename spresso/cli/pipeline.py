@@ -8,7 +8,10 @@ from spresso.config import load_config
 
 
 def _config(args):
-    return load_config(args.pipeline_config, args.overrides)
+    cfg = load_config(args.pipeline_config, args.overrides)
+    if getattr(args, "tracking_uri", None):
+        cfg.runtime.mlflow_tracking_uri = args.tracking_uri
+    return cfg
 
 
 def _uri(args) -> str:
@@ -128,6 +131,7 @@ def register(commands, train) -> None:
 
     st = sub.add_parser("status", help="each stage: done, reused, running, failed, stale or pending, with its MLflow run")
     _pipeline_args(st)
+    st.add_argument("--tracking-uri", default=None, help="MLflow store to read (overrides the config's and MLFLOW_TRACKING_URI)")
     st.set_defaults(func=_status)
 
     gr = sub.add_parser("graph", help="write the DAG as a picture (png/svg/pdf, or .dot source)")
@@ -135,6 +139,7 @@ def register(commands, train) -> None:
     gr.add_argument("--out", "-o", default="dag.png")
     gr.add_argument("--engine", default="auto", choices=["auto", "dot", "matplotlib"])
     gr.add_argument("--status", action="store_true", help="colour stages by their current status")
+    gr.add_argument("--tracking-uri", default=None, help="MLflow store --status reads (overrides the config's)")
     gr.set_defaults(func=_graph)
 
     runs = commands.add_parser("runs", help="query MLflow runs")
