@@ -260,7 +260,7 @@ def test_inline_example(example, in_demo_folder, capsys):
     check_spresso(example, run=True, capsys=capsys)
 
 
-@pytest.mark.parametrize("line, code", python_blocks(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
+@pytest.mark.parametrize("line, code", [pytest.param(n, c, id=f"README.md:{n}") for n, c in python_blocks()])
 def test_python_example(line, code, in_demo_folder):
     variants = [code]
     for literal, alternative in re.findall(r'("[^"]+").*#\s*or\s+("[^"]+")', code):

@@ -62,7 +62,9 @@ def local_store_path(uri: str) -> Path | None:
         return Path(uri[len("sqlite:///"):].split("?", 1)[0])
     if uri.startswith("file:"):
         return Path(urlparse(uri).path)
-    return None if "://" in uri or uri.startswith("sqlite:") else Path(uri)
+    if "://" in uri or uri.startswith("sqlite:") or uri.split(":")[0] in ("databricks", "databricks-uc", "uc"):
+        return None
+    return Path(uri)
 
 
 def existing_tracking_uri(workdir: str, configured: str | None = None, source: str = "the config",
