@@ -30,6 +30,7 @@ from spresso.core.errors import SpressoError
 from spresso.core.rates import bitrate_bps, frame_rate
 from spresso.data.reader import iter_clips, read_manifest, shard_paths
 from spresso.pipeline import run_pipeline
+from spresso.pipeline.publish import register_bundles
 
 log = logging.getLogger("spresso.demo")
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\npipeline run {result.parent_run_id} did not finish: see the failed stages above; "
                   "rerun `make demo` to resume", file=sys.stderr)
             return 1
+        register_bundles(cfg, result)  # so spresso.load("models:/spresso@champion") finds the d96 bundle
         bundles = {o.name.split("@", 1)[1]: o.outputs["bundle"].uri for o in result.outcomes.values()
                    if o.name.startswith("export@") and "bundle" in o.outputs}
         reports = {o.name.split("@", 1)[1]: o.outputs["report"].uri for o in result.outcomes.values()
@@ -150,7 +152,10 @@ def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: fl
         rate = ("continuous float16 z" if m["mode"] == "continuous" else
                 f"K={m['K']} M={m['M']} m={m['m']}: {bitrate_bps(m['m'], m['K'], m['t']) / 1000:.3f} kbps")
         print(f"\n[{point}] {frame_rate(m['t']):.1f} Hz, {rate}")
-        print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --bundle ...)")
+        print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --model ...)")
+        if cfg.pipeline.registered_model:
+            aliases = [point] + (["champion"] if point == cfg.pipeline.champion_point() else [])
+            print(f"  registered   {'  '.join(f'models:/{cfg.pipeline.registered_model}@{a}' for a in aliases)}")
         for f in made.get(point, []):
             what = "z float16" if f["codebooks"] is None else f"{f['codebooks']} codebooks"
             print(f"  .spr         {f['spr']}  ({what}, {f['bytes']} B, {f['kbps']} kbps)")

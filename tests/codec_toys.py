@@ -30,11 +30,11 @@ from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 C, TD, PD, T_POOL, ZC = 8, 12, 10, 100, 6
 
 
-def config(t: int = T_POOL) -> SpressoConfig:
+def config(t: int = T_POOL, K: int = 16, M: int = 4, m: int = 3) -> SpressoConfig:
     ae = AudioAEConfig(model=AudioAEModelConfig(latent_dim=C, width=16, blocks=1, intermediate=32))
     dit = DiTConfig(model=DiTModelConfig(in_channels=C, width=32, heads=4, joint_blocks=2, single_blocks=1, patch=4))
     dae = DAEConfig(t=t, encoder=LatentEncoderConfig(z_channels=ZC, heads=2, depth=1), lora=LoRASettings(rank=4, alpha=4),
-                    points=[OperatingPoint(t=t, K=16, M=4, m=3)], decode_steps=2)
+                    points=[OperatingPoint(t=t, K=K, M=M, m=m)], decode_steps=2)
     return SpressoConfig(audioae=ae, dit=dit, dae=dae)
 
 
@@ -45,10 +45,11 @@ def _jitter(module: torch.nn.Module, scale: float, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = None) -> dict[str, Path]:
-    """audioae/, stage3/ (a dae checkpoint), qinco2/ under ``root``; returns their paths."""
+def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = None, K: int = 16, M: int = 4,
+                     m: int = 3) -> dict[str, Path]:
+    """audioae/, stage3/ (a dae checkpoint), qinco2/ (K codewords, M codebooks, m by default) under ``root``."""
     torch.manual_seed(seed)
-    cfg = config()
+    cfg = config(K=K, M=M, m=m)
     ids = meta_run_ids or {}
     ae = AudioAE.from_config(cfg.audioae.model)
     _jitter(ae, 0.02, seed)
@@ -67,14 +68,15 @@ def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = N
     meta = {**norm.to_meta(), "stage": "stage3", "t": cfg.dae.t, "text_dims": [TD, PD], "dit_config": cfg.dit.model_dump(mode="json"),
             **({"mlflow_run_id": ids["stage"]} if "stage" in ids else {})}
     save_dae_checkpoint(root / "stage3", trainer.state(), cfg.to_dict(), meta)
-    q = QINCo2(QINCo2Spec(d=ZC, K=16, M=4, L=1, de=8, dh=8, A=4, B=1))  # B = 1: greedy, so truncated encodes are prefixes
+    q = QINCo2(QINCo2Spec(d=ZC, K=K, M=M, L=1, de=8, dh=8, A=4, B=1))  # B = 1: greedy, so truncated encodes are prefixes
     _jitter(q, 0.05, seed + 2)
     save_qinco2(root / "qinco2", q)
     return {"audioae": root / "audioae", "stage": root / "stage3", "qinco2": root / "qinco2"}
 
 
-def make_bundle(root: Path, continuous: bool = False, seed: int = 0) -> Path:
-    ck = make_checkpoints(root / "ck", seed=seed)
+def make_bundle(root: Path, continuous: bool = False, seed: int = 0, **shape) -> Path:
+    """A bundle from :func:`make_checkpoints`; ``shape``: its K, M, m."""
+    ck = make_checkpoints(root / "ck", seed=seed, **shape)
     return export_bundle(ck["audioae"], ck["stage"], None if continuous else ck["qinco2"], root / ("cont" if continuous else "bundle"))
 
 

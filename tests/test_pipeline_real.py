@@ -149,6 +149,11 @@ def test_real_dag_runs_reuses_and_reruns_one_branch(tiny_corpus, mlflow_env, own
     made = json.loads((tiny_corpus / "demo_codec" / "d1" / ".made.json").read_text())["files"]
     assert [f["codebooks"] for f in made] == [1] and Path(made[0]["spr"]).stat().st_size > 0 and Path(made[0]["wav"]).exists()
     assert json.loads((tiny_corpus / "demo_codec" / "c11" / ".made.json").read_text())["files"][0]["codebooks"] is None
+    # ... and registers its bundles: the README's models:/spresso@champion is the last point's (d1)
+    import spresso
+
+    want = read_manifest(third.outcomes["export@d1"].outputs["bundle"].uri)["model_id"]
+    assert spresso.load("models:/spresso@champion").model_id == want == spresso.load("models:/spresso@d1").model_id
     mtime = Path(made[0]["spr"]).stat().st_mtime_ns
     t0 = time.perf_counter()
     assert demo.main(argv) == 0

@@ -10,16 +10,10 @@ FINISHED MLflow run per stage, all children of the pipeline's parent run, none l
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -55,63 +49,6 @@ TINY = [
     "qinco2.kmeans_vectors=1000", "qinco2.rq_beam=2", "qinco2.rq_train_vectors=200", "qinco2.max_val_vectors=100",
     "qinco2.warmup_steps=1", "qinco2.scaling.use_gpu=false",
 ]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A head node of our own (token auth on, as `ray start --head` does by default)."""
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    gcs, dash, client, agent, agent_grpc, metrics, renv, nm, om = _free_ports(9)
-    # The job's `python` is the cluster's: put this venv first, as a cluster image would.
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)  # each job takes the config's (the workdir's SQLite)
-    # Every port free: other Ray clusters on a shared machine hold the defaults (52365, 8265, ...).
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}", f"--temp-dir={temp}",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={renv}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
-           "--disable-usage-stats"]
-    log = open(Path(temp) / "head.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # answering (perhaps asking for the token): the job server is up
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray head did not start: {(Path(temp) / 'head.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield address, env
-    finally:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)  # only the group this fixture started
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 class Chain:

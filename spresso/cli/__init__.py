@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from spresso.cli import (
@@ -22,6 +23,7 @@ from spresso.cli import (
     quant,
     stages,
 )
+from spresso.cli.jobpaths import check_job_paths
 from spresso.core.errors import SpressoError
 
 # Modules that add subcommands, in help order; each has register(commands, train).
@@ -52,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_job_paths(args)  # inside `ray job submit`: relative paths would name Ray's temporary copy
         result = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit
+    except BrokenPipeError:
+        # `spresso pipeline status demo | head`: the reader left; stop quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except SpressoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,17 +8,19 @@ from spresso.config import load_config
 
 
 def _config(args):
-    return load_config(args.pipeline_config, args.overrides)
+    cfg = load_config(args.pipeline_config, args.overrides)
+    if getattr(args, "tracking_uri", None):
+        cfg.runtime.mlflow_tracking_uri = args.tracking_uri
+    return cfg
 
 
 def _uri(args) -> str:
+    """The store a query reads: found, never created (see existing_tracking_uri)."""
     # lazy: pulls MLflow; keeps `spresso --help` fast
-    from spresso.runtime.tracking import tracking_uri
+    from spresso.runtime.tracking import existing_tracking_uri
 
-    if getattr(args, "tracking_uri", None):
-        return args.tracking_uri
     cfg = load_config(args.config, args.overrides)
-    return tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
+    return existing_tracking_uri(cfg.workdir, args.tracking_uri or cfg.runtime.mlflow_tracking_uri, source=args.config)
 
 
 def _run(args) -> int:
@@ -41,9 +43,12 @@ def _run(args) -> int:
         return 0
     # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline import run_pipeline
+    from spresso.pipeline.publish import register_bundles  # lazy: as above
 
     result = run_pipeline(cfg, from_=args.from_, until=args.until, only=args.only, force=args.force)
     print(result.table())
+    for alias, version in register_bundles(cfg, result).items():
+        print(f"registered models:/{cfg.pipeline.registered_model}@{alias} (version {version})")
     counts = ", ".join(f"{v} {k}" for k, v in result.counts().items())
     print(f"pipeline run {result.parent_run_id}: {counts}")
     print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}" if not result.tracking_uri.startswith("http")
@@ -55,7 +60,7 @@ def _status(args) -> int:
     # lazy: imports Ray and MLflow; keeps `spresso --help` fast
     from spresso.pipeline.status import format_status, pipeline_status
 
-    print(format_status(pipeline_status(_config(args))))
+    print(format_status(pipeline_status(_config(args), source=args.pipeline_config)))
     return 0
 
 
@@ -70,7 +75,7 @@ def _graph(args) -> int:
     if args.status:
         from spresso.pipeline.status import pipeline_status  # lazy: as above
 
-        states = {s.name: s.state for s in pipeline_status(cfg)}
+        states = {s.name: s.state for s in pipeline_status(cfg, source=args.pipeline_config)}
     engine = render_graph(build_graph(cfg, registry()), args.out, states, engine=args.engine)
     print(f"{args.out} ({engine})")
     return 0
@@ -126,6 +131,7 @@ def register(commands, train) -> None:
 
     st = sub.add_parser("status", help="each stage: done, reused, running, failed, stale or pending, with its MLflow run")
     _pipeline_args(st)
+    st.add_argument("--tracking-uri", default=None, help="MLflow store to read (overrides the config's and MLFLOW_TRACKING_URI)")
     st.set_defaults(func=_status)
 
     gr = sub.add_parser("graph", help="write the DAG as a picture (png/svg/pdf, or .dot source)")
@@ -133,6 +139,7 @@ def register(commands, train) -> None:
     gr.add_argument("--out", "-o", default="dag.png")
     gr.add_argument("--engine", default="auto", choices=["auto", "dot", "matplotlib"])
     gr.add_argument("--status", action="store_true", help="colour stages by their current status")
+    gr.add_argument("--tracking-uri", default=None, help="MLflow store --status reads (overrides the config's)")
     gr.set_defaults(func=_graph)
 
     runs = commands.add_parser("runs", help="query MLflow runs")
@@ -141,14 +148,18 @@ def register(commands, train) -> None:
     cmp = runs_sub.add_parser("compare", help="a table of runs and metrics, and the MLflow UI compare link")
     _tracking_args(cmp)
     cmp.add_argument("--experiment", "-e", default=None)
-    cmp.add_argument("--metric", "-m", action="append", default=[], help="metric column (repeatable) [all, up to 8]")
+    cmp.add_argument("--metric", "-m", action="append", default=[],
+                     help="metric column (repeatable): a full name (d96.fad_aisfx) or its last part without suffix "
+                          "(fad: every point's fad_*); an unknown one lists the names there are [all, up to 8]")
     cmp.add_argument("--stage", default=None, help="only runs of this stage")
-    cmp.add_argument("--parent", default=None, help="only child runs of this pipeline run")
+    cmp.add_argument("--parent", default=None, help="only child runs of this pipeline run (its id or a unique prefix)")
     cmp.add_argument("--status", default=None, help="FINISHED, FAILED, RUNNING ...")
     cmp.add_argument("--max-runs", type=int, default=30)
     cmp.set_defaults(func=_compare)
 
     lin = commands.add_parser("lineage", help="upstream runs and dataset digests of a run or output path; runs that used a digest")
-    lin.add_argument("target", metavar="RUN_OR_PATH_OR_DIGEST")
+    lin.add_argument("target", metavar="RUN_OR_PATH_OR_DIGEST",
+                     help="a run id (or a unique prefix, e.g. the 12 digits `runs compare` prints), an output path, "
+                          "or a dataset digest (8+ hex digits)")
     _tracking_args(lin)
     lin.set_defaults(func=_lineage)

@@ -57,6 +57,10 @@ class OperatingPoint(Section):
                 raise ValueError(f"operating point '{self.name}': K must be a power of two, got {self.K}")
         return self
 
+    def champion_point(self) -> str | None:
+        """The operating point whose bundle is the registry's champion."""
+        return self.champion or (self.points[-1].name if self.points else None)
+
     def bitrate_bps(self, z_channels: int = 64) -> float:
         if self.continuous:
             return continuous_bitrate_bps(z_channels, self.t)
@@ -109,6 +113,12 @@ class PipelineConfig(Section):
     # Stated model for the dry run's cost line.
     gpu_type: str = "A100-40GB"
     gpu_hour_usd: float = Field(4.1, ge=0)
+    # Registered MLflow model whose versions the export stages' bundles become (null: none). Each
+    # version carries its operating point's name as alias; `champion` names the point whose bundle
+    # gets the alias "champion" too (null: the last point listed), so
+    # spresso.load("models:/<registered_model>@champion") finds it.
+    registered_model: Optional[str] = None
+    champion: Optional[str] = None
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":
@@ -119,4 +129,10 @@ class PipelineConfig(Section):
         both = sorted(set(self.shared) & set(self.branch))
         if both:
             raise ValueError(f"stages listed as both shared and branch: {', '.join(both)}")
+        if self.champion is not None and self.champion not in names:
+            raise ValueError(f"champion '{self.champion}' is not an operating point ({', '.join(names) or 'none'})")
         return self
+
+    def champion_point(self) -> str | None:
+        """The operating point whose bundle gets the registry alias "champion"."""
+        return self.champion or (self.points[-1].name if self.points else None)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from spresso.core.errors import SpressoError
+from spresso.pipeline.runids import resolve_run_id
 from spresso.runtime.tracking import TAG_STAGE, mlflow_client
 
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -44,6 +45,7 @@ def compare_runs(uri: str, experiment: str | None = None, metrics: list[str] | N
     if stage:
         filters.append(f"tags.`{TAG_STAGE}` = '{stage}'")
     if parent:
+        parent = resolve_run_id(uri, parent)  # 12 digits, as this table prints them, are enough
         filters.append(f"tags.`mlflow.parentRunId` = '{parent}'")
     if status:
         filters.append(f"attributes.status = '{status.upper()}'")
@@ -51,8 +53,11 @@ def compare_runs(uri: str, experiment: str | None = None, metrics: list[str] | N
                               max_results=max_runs)
     if not runs:
         raise SpressoError("no runs match")
+    available = sorted({k for r in runs for k in r.data.metrics})
     if not metrics:  # every metric any of these runs has, up to a readable number of columns
-        metrics = sorted({k for r in runs for k in r.data.metrics})[:8]
+        metrics = available[:8]
+    else:
+        metrics = [name for want in metrics for name in select_metrics(want, available, len(runs))]
     header = ["run", "stage", "name", "status", *metrics]
     rows = [header]
     for r in runs:
@@ -63,6 +68,25 @@ def compare_runs(uri: str, experiment: str | None = None, metrics: list[str] | N
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
     ids = [r.info.run_id for r in runs]
     return Comparison(table, compare_url(uri, sorted({r.info.experiment_id for r in runs}), ids), ids)
+
+
+def metric_matches(want: str, name: str) -> bool:
+    """``want`` names ``name`` exactly, or is its last dotted part(s) with any ``_suffix`` left off:
+    ``fad`` and ``fad_aisfx`` match ``d96.fad_aisfx`` (every point's), ``d96.fad`` matches only d96's;
+    ``fad`` does not match ``d96.fad_aisfx.low`` (the interval's bounds are asked for by their own name)."""
+    if name == want:
+        return True
+    starts = [0] + [i + 1 for i, c in enumerate(name) if c == "."]
+    return any(name[i:] == want or (name[i:].startswith(want + "_") and "." not in name[i + len(want):]) for i in starts)
+
+
+def select_metrics(want: str, available: list[str], n_runs: int) -> list[str]:
+    """The metric columns ``want`` asks for; a one-line error listing the names there are when none matches."""
+    hits = [name for name in available if metric_matches(want, name)]
+    if hits:
+        return [want] if want in hits else hits
+    names = ", ".join(available[:60]) + (f" ... ({len(available) - 60} more)" if len(available) > 60 else "")
+    raise SpressoError(f"no metric '{want}' in these {n_runs} runs; their metrics: {names or 'none'}")
 
 
 def _fmt(v) -> str:

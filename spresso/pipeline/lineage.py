@@ -1,6 +1,6 @@
 """Lineage queries over the runs' tags.
 
-- upstream: from a run (or an output path such as a bundle) to every run it came from and
+- upstream: from a run (its id or any unique prefix of it) or an output path (such as a bundle) to every run it came from and
   every dataset digest those runs read or wrote (following ``spresso.upstream.*``);
 - downstream of data: from a dataset digest (or a prefix of one, >= 8 hex digits) to every run
   that read or wrote it (``spresso.input.*.digest`` / ``spresso.output.*.digest``).
@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spresso.core.errors import SpressoError
+from spresso.pipeline.runids import (
+    all_runs,
+    ambiguous,
+    looks_like_run_id,
+    matching_runs,
+)
 from spresso.runtime.tracking import TAG_STAGE, mlflow_client
 
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _IO_TAG = re.compile(r"^spresso\.(input|output)\.(.+)\.(uri|digest)$")
 
@@ -51,17 +56,6 @@ def _io(tags: dict[str, str], role: str) -> dict[str, tuple[str, str]]:
     return {k: (u, d) for k, (u, d) in sorted(out.items())}
 
 
-def _all_runs(client, experiment_ids: list[str] | None = None):
-    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
-    token = None
-    while True:
-        page = client.search_runs(ids, max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            break
-
-
 def upstream_lineage(uri: str, run_id: str) -> list[RunLineage]:
     """The run and every run upstream of it, breadth first (depth 0 = the run itself)."""
     client = mlflow_client(uri)
@@ -88,7 +82,7 @@ def runs_for_path(uri: str, path: str) -> list[str]:
     the most specific output first."""
     target = path if "://" in path else str(Path(path).resolve())
     hits: list[tuple[int, float, str]] = []
-    for run in _all_runs(mlflow_client(uri)):
+    for run in all_runs(mlflow_client(uri)):
         for _, (out_uri, _) in _io(run.data.tags, "output").items():
             norm = out_uri if "://" in out_uri else str(Path(out_uri).resolve())
             if target == norm or target.startswith(norm.rstrip("/") + "/"):
@@ -99,7 +93,7 @@ def runs_for_path(uri: str, path: str) -> list[str]:
 def runs_using_digest(uri: str, digest: str) -> list[DigestUse]:
     digest = digest.lower()
     out = []
-    for run in _all_runs(mlflow_client(uri)):
+    for run in all_runs(mlflow_client(uri)):
         tags = run.data.tags
         for role in ("input", "output"):
             for name, (u, d) in _io(tags, role).items():
@@ -111,13 +105,14 @@ def runs_using_digest(uri: str, digest: str) -> list[DigestUse]:
 def lineage(uri: str, target: str) -> tuple[str, list]:
     """Dispatch on what ``target`` is: ("runs", [RunLineage...]) or ("digest", [DigestUse...])."""
     t = target.strip()
-    if _RUN_ID.match(t):
-        try:
-            mlflow_client(uri).get_run(t)
-        except Exception:  # not a run here: maybe a digest prefix
-            pass
-        else:
-            return "runs", upstream_lineage(uri, t)
+    if looks_like_run_id(t):
+        # A run id or any unique prefix of one (12 digits, as `runs compare` prints); a hex string that
+        # names no run may still be a dataset digest's prefix.
+        hits = matching_runs(uri, t)
+        if len(hits) > 1:
+            raise ambiguous(t, hits)
+        if hits:
+            return "runs", upstream_lineage(uri, hits[0])
     if "/" in t or "://" in t or Path(t).exists():
         runs = runs_for_path(uri, t)
         if not runs:
@@ -128,7 +123,7 @@ def lineage(uri: str, target: str) -> tuple[str, list]:
         if not uses:
             raise SpressoError(f"no run read or wrote a dataset with digest {t}")
         return "digest", uses
-    raise SpressoError(f"'{target}' is not a run id, an output path or a dataset digest")
+    raise SpressoError(f"'{target}' is not a run id (or a unique prefix of one), an output path or a dataset digest")
 
 
 def format_lineage(kind: str, rows: list) -> str:

@@ -20,7 +20,7 @@ from spresso.pipeline.graph import build_graph
 from spresso.pipeline.registry import registry
 from spresso.pipeline.runner import TAG_PIPELINE_ID, TAG_STATES, pipeline_id
 from spresso.pipeline.stage import Artifact, Stage
-from spresso.runtime.tracking import code_version, mlflow_client, tracking_uri
+from spresso.runtime.tracking import code_version, existing_tracking_uri, mlflow_client
 
 
 @dataclass
@@ -42,11 +42,14 @@ def _latest_states(client, exp_id: str, pid: str) -> dict[str, list[str]]:
         return {}
 
 
-def pipeline_status(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[Stage] | None = None) -> list[StageStatus]:
+def pipeline_status(cfg: SpressoConfig, stages: Mapping[str, Stage] | Sequence[Stage] | None = None,
+                    source: str = "the config") -> list[StageStatus]:
+    """Every stage's state; reads the MLflow store and never creates one (a missing store is an error that
+    says where it looked; ``source`` names the config in it)."""
     if stages is None:
         stages = registry()
     graph = build_graph(cfg, stages)
-    uri = tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri)
+    uri = existing_tracking_uri(cfg.workdir, cfg.runtime.mlflow_tracking_uri, source=source)
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(cfg.runtime.experiment)
     if exp is None:

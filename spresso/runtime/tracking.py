@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -33,6 +34,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from spresso import __version__
+from spresso.config import load_config
 from spresso.core.errors import SpressoError
 
 TAG_STAGE = "spresso.stage"
@@ -52,6 +54,43 @@ def tracking_uri(workdir: str, configured: str | None = None) -> str:
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder behind a local store URI (``sqlite:///…``, ``file:…``, a bare path); None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path)
+    if "://" in uri or uri.startswith("sqlite:") or uri.split(":")[0] in ("databricks", "databricks-uc", "uc"):
+        return None
+    return Path(uri)
+
+
+def existing_tracking_uri(workdir: str, configured: str | None = None, source: str = "the config",
+                          hint: str = "give --set workdir=DIR, MLFLOW_TRACKING_URI or --tracking-uri") -> str:
+    """The MLflow store a read-only command queries, found the way :func:`tracking_uri` finds it, but never
+    created: MLflow's client makes a new empty SQLite file (and the workdir) for a missing one, so a query run
+    from the wrong folder would leave a stray store and answer "no runs". A missing local store is a one-line
+    error saying where it looked."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = configured or env
+    if uri:
+        where = "--tracking-uri / runtime.mlflow_tracking_uri" if configured else "MLFLOW_TRACKING_URI"
+        path = local_store_path(uri)
+        if path is not None and not path.exists():
+            raise SpressoError(f"no MLflow store at {path.resolve()} (from {where})")
+        return uri
+    if "://" in workdir:
+        raise SpressoError(
+            f"workdir {workdir} is remote: set MLFLOW_TRACKING_URI (or runtime.mlflow_tracking_uri) to an MLflow server"
+        )
+    db = Path(workdir).resolve() / "mlflow.db"
+    if not db.is_file():
+        rel = "" if Path(workdir).is_absolute() else f", relative to {Path.cwd()}"
+        raise SpressoError(f"no MLflow store at {db} (workdir '{workdir}' of {source}{rel}): run from the folder the "
+                           f"pipeline ran in, or {hint}")
+    return f"sqlite:///{db}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -241,11 +280,22 @@ def stage_run(
 BUNDLE_ARTIFACT = "bundle"
 
 
-def download_bundle(uri: str, dst: str | Path | None = None) -> str:
-    """A local copy of the bundle behind ``models:/NAME@alias``, ``models:/NAME/<version>`` or ``runs:/<id>/<path>``."""
+def registry_tracking_uri(configured: str | None = None) -> str:
+    """The store a ``models:/`` or ``runs:/`` URI is looked up in: the given URI, else MLFLOW_TRACKING_URI, else
+    the demo's store (``work/demo/mlflow.db`` under the current folder, where `make demo` registers its bundles).
+    Never MLflow's own default (``./mlflow.db``), which would be created empty wherever the call runs."""
+    return existing_tracking_uri(load_config("demo").workdir, configured, source="configs/demo.yaml",
+                                 hint="set MLFLOW_TRACKING_URI or pass tracking_uri=")
 
-    client = MlflowClient()
+
+def download_bundle(uri: str, dst: str | Path | None = None, tracking_uri: str | None = None) -> str:
+    """A local copy of the bundle behind ``models:/NAME@alias``, ``models:/NAME/<version>`` or ``runs:/<id>/<path>``,
+    looked up in :func:`registry_tracking_uri` (``tracking_uri`` first)."""
+
+    store = registry_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     dst = str(dst or tempfile.mkdtemp(prefix="spresso-bundle-"))
+    fetch = functools.partial(mlflow.artifacts.download_artifacts, dst_path=dst, tracking_uri=store, registry_uri=store)
     try:
         if uri.startswith("models:/"):
             ref = uri[len("models:/"):].strip("/")
@@ -258,11 +308,11 @@ def download_bundle(uri: str, dst: str | Path | None = None) -> str:
             else:
                 raise SpressoError(f"{uri}: give a version or an alias (models:/NAME/3 or models:/NAME@champion)")
             if mv.run_id:
-                return mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=dst)
-            return mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=dst)
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+                return fetch(run_id=mv.run_id, artifact_path=BUNDLE_ARTIFACT)
+            return fetch(artifact_uri=mv.source)
+        return fetch(artifact_uri=uri)
     except SpressoError:
         raise
     except Exception as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SpressoError(f"{uri}: cannot fetch the bundle from MLflow ({msg[:300]})") from None
+        raise SpressoError(f"{uri}: cannot fetch the bundle from MLflow at {store} ({msg[:300]})") from None
