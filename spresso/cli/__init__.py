@@ -2,14 +2,17 @@
 
 Each capability registers its subcommands in its own module (``spresso/cli/<name>.py`` with a
 ``register(commands, train)`` function); a new module is added to ``COMMAND_MODULES``.
-A :class:`~spresso.core.errors.SpressoError` becomes one line on stderr and exit status 2.
+A :class:`~spresso.core.errors.SpressoError` (or an OS error: a file name too long, a disk full)
+becomes one line on stderr and exit status 2; a closed stdout (``spresso ... | head``) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
+import spresso
 from spresso.cli import (
     audioae,
     codec,
@@ -31,6 +34,7 @@ COMMAND_MODULES = [config, data, audioae, latents, dit, quant, stages, codec, ev
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spresso", description="S-PRESSO sound-effect codec and its training workflow")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"spresso {spresso.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train_parser = commands.add_parser("train", help="train a model stage")
     train = train_parser.add_subparsers(dest="train_command", metavar="STAGE")
@@ -59,7 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_stdout()
+    except OSError as err:  # an OS refusal the command did not foresee: still one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
     return int(result or 0)
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`| head`): stop quietly; point stdout at /dev/null so the
+    interpreter's final flush does not raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover
