@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:  # also after --help/--version (SystemExit): a closed pipe shows here
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -64,15 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return _closed_stdout()
+        raise
     except OSError as err:  # an OS refusal the command did not foresee: still one line
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return _closed_stdout()
     return int(result or 0)
 
 

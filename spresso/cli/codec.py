@@ -101,9 +101,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _codec(args):
+def _need_model(args) -> None:
     if not args.model:
         raise SpressoError("give the codec bundle with --model (a folder, an s3:// URL, or models:/NAME@alias)")
+
+
+def _codec(args):
+    _need_model(args)
     return spresso.load(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
 
 
@@ -132,6 +136,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     # lazy: soundfile and soxr stay out of `spresso --help`
     from spresso.audio.io import AUDIO_EXTENSIONS
 
+    _need_model(args)
     inputs, outputs, many = _plan(args, AUDIO_EXTENSIONS, paths.STREAM_SUFFIX, (paths.STREAM_SUFFIX,), "encode")
     check_outputs(outputs, inputs, overwrite=args.overwrite)
     # lazy: torch (the codec) stays out of `spresso --help` and of the path checks above
@@ -149,6 +154,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     if not 1 <= args.variations <= 1000:
         raise SpressoError(f"--variations must be 1..1000, got {args.variations}")
+    _need_model(args)
     inputs, outputs, many = _plan(args, (paths.STREAM_SUFFIX,), ".wav", paths.WRITABLE_AUDIO, "decode")
     takes = [paths.take_path(dst, v, args.variations) for dst in outputs for v in range(args.variations)]
     check_outputs(takes, inputs, overwrite=args.overwrite)
