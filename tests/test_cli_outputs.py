@@ -211,3 +211,12 @@ def test_version_and_help_examples(capsys):
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
     assert "channels cancel" in capsys.readouterr().out  # the stereo rule is stated
+
+
+def test_export_keeps_an_existing_bundle_unless_overwrite(tmp_path, capsys):
+    there = tmp_path / "bundles" / "x"
+    there.mkdir(parents=True)
+    (there / bundle_io.MANIFEST).write_text("{}")
+    err = one_error(capsys, ["export", "--config", "demo", "--set", f"workdir={tmp_path}", "--out", "bundles/x"])
+    assert "a bundle is already there (pass --overwrite" in err
+    assert (there / bundle_io.MANIFEST).read_text() == "{}"
