@@ -43,11 +43,7 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), *, overwri
     if len(os.fsencode(out.name)) + len(PARTIAL_TAG) + 10 > NAME_MAX:
         raise SpressoError(f"{out}: file name too long ({len(os.fsencode(out.name))} bytes; at most "
                            f"{NAME_MAX - len(PARTIAL_TAG) - 10})")
-    for parent in [out.parent, *out.parent.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise SpressoError(f"{out}: cannot write there, {parent} is a file, not a folder")
-            break
+    _refuse_file_parent(out)
     if out.exists() and not overwrite:
         raise SpressoError(f"{out}: already exists (pass --overwrite to replace it)")
     return out
@@ -68,11 +64,19 @@ def check_outputs(paths: Iterable[str | Path], inputs: Iterable[str | Path] = ()
     return out
 
 
+def _refuse_file_parent(out: Path) -> None:
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpressoError(f"{out}: cannot write there, {parent} is a file, not a folder")
+            return
+
+
 def make_parent(path: str | Path) -> None:
     """Create ``path``'s folder; one line when that is impossible."""
-    parent = Path(path).parent
+    _refuse_file_parent(Path(path))
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SpressoError(f"{path}: cannot create its folder ({err.strerror or err})") from None
 
