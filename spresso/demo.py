@@ -150,7 +150,7 @@ def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: fl
         rate = ("continuous float16 z" if m["mode"] == "continuous" else
                 f"K={m['K']} M={m['M']} m={m['m']}: {bitrate_bps(m['m'], m['K'], m['t']) / 1000:.3f} kbps")
         print(f"\n[{point}] {frame_rate(m['t']):.1f} Hz, {rate}")
-        print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --bundle ...)")
+        print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode IN.spr OUT.wav --model ...)")
         for f in made.get(point, []):
             what = "z float16" if f["codebooks"] is None else f"{f['codebooks']} codebooks"
             print(f"  .spr         {f['spr']}  ({what}, {f['bytes']} B, {f['kbps']} kbps)")
