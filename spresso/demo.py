@@ -152,7 +152,7 @@ def summarize(cfg, result, bundles: dict, reports: dict, made: dict, seconds: fl
         rate = ("continuous float16 z" if m["mode"] == "continuous" else
                 f"K={m['K']} M={m['M']} m={m['m']}: {bitrate_bps(m['m'], m['K'], m['t']) / 1000:.3f} kbps")
         print(f"\n[{point}] {frame_rate(m['t']):.1f} Hz, {rate}")
-        print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode --model ...)")
+        print(f"  bundle       {bundle}   (spresso.load(...) / spresso decode IN.spr OUT.wav --model ...)")
         if cfg.pipeline.registered_model:
             aliases = [point] + (["champion"] if point == cfg.pipeline.champion_point() else [])
             print(f"  registered   {'  '.join(f'models:/{cfg.pipeline.registered_model}@{a}' for a in aliases)}")

@@ -9,8 +9,10 @@ import soundfile as sf
 
 from spresso.audio.io import (
     AudioError,
+    file_truncation,
     load_mono,
     read_audio,
+    read_audio_partial,
     resample,
     to_mono,
     write_audio,
@@ -99,3 +101,20 @@ def test_load_mono_downmixes_and_resamples():
     assert np.allclose(to_mono(stereo), stereo.mean(0))
     assert resample(stereo, SR, SR) is not None and resample(stereo, SR, SR).shape == stereo.shape
     assert resample(stereo, SR, 48000).shape == (2, 48000)
+
+
+def test_an_ogg_cut_short_is_named_as_such(tmp_path):
+    """libsndfile reads the readable part of a cut Ogg without complaint: the framing says it was cut."""
+    wave = (np.random.default_rng(0).standard_normal((SR * 3, 2)) * 0.1).astype(np.float32)
+    sf.write(str(tmp_path / "full.ogg"), wave, SR)
+    data = (tmp_path / "full.ogg").read_bytes()
+    assert read_audio_partial(data)[2] is None and file_truncation(tmp_path / "full.ogg") is None
+    last_page = data.rfind(b"OggS")
+    for cut, says in ((data[:last_page], "ends without its last page"), (data[: last_page + 40], "cut short"),
+                      (data[: len(data) // 2], "truncated")):
+        (tmp_path / "cut.ogg").write_bytes(cut)
+        assert says in (file_truncation(tmp_path / "cut.ogg") or "")
+        got, sr, reason = read_audio_partial(cut)
+        assert says in reason and 0 < got.shape[1] < wave.shape[0]
+        with pytest.raises(AudioError, match="truncated"):
+            read_audio(cut)

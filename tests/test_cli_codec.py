@@ -63,5 +63,18 @@ def test_bad_files(spr, tmp_path, capsys):
     _bad(["inspect", str(tmp_path / "missing.spr")], capsys, "no such file")
     _bad(["inspect", str(tmp_path)], capsys, "is a directory")
     _bad(["peel", str(spr), str(tmp_path / "x.spr"), "--codebooks", "9"], capsys, "the stream has 8")
-    _bad(["peel", str(spr), str(tmp_path / "nodir" / "x.spr"), "--codebooks", "2"], capsys, "cannot write")
+    _bad(["peel", str(spr), str(spr / "x.spr"), "--codebooks", "2"], capsys, "is a file, not a folder")
+    _bad(["peel", str(spr), str(spr), "--codebooks", "2"], capsys, "the output is the input")
+    _bad(["peel", str(spr), str(tmp_path / "x.txt"), "--codebooks", "2"], capsys, "writes .spr files")
     assert not (tmp_path / "x.spr").exists()
+    assert main(["peel", str(spr), str(tmp_path / "new" / "x.spr"), "--codebooks", "2"]) == 0  # folders are made
+
+
+def test_peel_keeps_an_existing_output_unless_overwrite(spr, tmp_path, capsys):
+    out = tmp_path / "o.spr"
+    out.write_bytes(b"keep me")
+    _bad(["peel", str(spr), str(out), "-m", "2"], capsys, "already exists (pass --overwrite")
+    assert out.read_bytes() == b"keep me"
+    assert main(["peel", str(spr), str(out), "-m", "2", "--overwrite"]) == 0
+    assert decode_stream(out.read_bytes()).m == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left

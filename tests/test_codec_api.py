@@ -68,8 +68,11 @@ def test_variations_differ_and_are_reproducible_by_seed(codec):
 def test_kbps_picks_the_nearest_codebook_count(codec):
     wave = noise(48000)
     # t = 100 (1 Hz), K = 16 (4 bits): m codebooks = 4 m bps
-    for kbps, m in ((0.004, 1), (0.0085, 2), (0.011, 3), (1.0, 4), (0.0001, 1)):
+    for kbps, m in ((0.004, 1), (0.0085, 2), (0.011, 3), (0.017, 4), (0.0021, 1)):
         assert bs.decode_stream(codec.encode(wave, 48000, kbps=kbps)).m == m
+    for beyond in (1.0, 0.0001, 1e20):  # refused with the range, never clamped
+        with pytest.raises(Exception, match=r"range 0.004..0.016 kbps"):
+            codec.encode(wave, 48000, kbps=beyond)
     assert bs.decode_stream(codec.encode(wave, 48000, codebooks=2)).m == 2
     with pytest.raises(Exception, match="--codebooks must be 1..4"):
         codec.encode(wave, 48000, codebooks=5)

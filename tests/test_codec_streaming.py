@@ -36,7 +36,8 @@ def write_noise(path: Path, seconds: float, sr: int, channels: int, seed: int = 
 def test_windows_from_blocks_equal_cut(monkeypatch, tmp_path, seconds, sr, ch):
     monkeypatch.setattr(streaming, "BLOCK_SECONDS", 0.7)  # many blocks, none aligned with a window
     wave = write_noise(tmp_path / "a.wav", seconds, sr, ch)
-    frames, rate, blocks = streaming.mono_blocks(tmp_path / "a.wav", 48000)
+    scan, _ = streaming.scan_file(tmp_path / "a.wav")
+    frames, rate, blocks = scan.frames, scan.sample_rate, streaming.mono_blocks(tmp_path / "a.wav", 48000, scan)
     n = win.model_length(frames, rate)
     plan = win.plan_windows(n)
     mono = wave.mean(axis=0, dtype=np.float32) if ch > 1 else wave[0]

@@ -80,10 +80,11 @@ def test_codebooks_for_kbps_edges():
     assert codebooks_for_kbps(0.015, 1024, 100, 3) == 1  # tie between 10 and 20 bps: the smaller m
     assert codebooks_for_kbps(0.0151, 1024, 100, 3) == 2
     assert codebooks_for_kbps(0.0149, 1024, 100, 3) == 1
-    assert codebooks_for_kbps(1e-300, 1024, 100, 3) == 1  # (a normal float: another test may flush denormals)
-    for bad in (True, None, -0.0):
-        with pytest.raises(SpressoError, match=exactly(f"--kbps must be a positive number, got {bad!r}")):
-            codebooks_for_kbps(bad, 4096, 100, 8)
+    assert codebooks_for_kbps(0.005, 1024, 100, 3) == 1  # half a step below the lowest point: still the lowest
+    for bad in (True, None, -0.0, 1e-300, 0.0049, 0.0351):
+        with pytest.raises(SpressoError, match=exactly(f"--kbps must be within this model's range 0.01..0.03 kbps "
+                                                        f"(1..3 codebooks of 0.01 kbps each), got {bad!r}")):
+            codebooks_for_kbps(bad, 1024, 100, 3)
 
 
 def test_resolve_codebooks_messages_and_bounds():

@@ -121,9 +121,11 @@ def test_stream_files_round_trip_and_fail_in_one_line(tmp_path):
         read_stream_file(tmp_path / "b.spr")
     with pytest.raises(SpressoError, match=r": is a directory, expected a \.spr file$"):
         read_stream_file(tmp_path)
-    with pytest.raises(SpressoError, match=r"missing/c\.spr: cannot write \(No such file or directory\)$"):
-        write_stream_file(tmp_path / "missing" / "c.spr", b"x")
+    write_stream_file(tmp_path / "missing" / "c.spr", b"x")  # folders are made; the write is whole or nothing
+    assert read_stream_file(tmp_path / "missing" / "c.spr") == b"x"
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
+    with pytest.raises(SpressoError, match=r"file/c\.spr: cannot write there, .*file is a file, not a folder$"):
+        write_stream_file(blocker / "c.spr", b"x")
     with pytest.raises(SpressoError, match=r"file/d\.spr: cannot read \(Not a directory\)$"):
         read_stream_file(blocker / "d.spr")

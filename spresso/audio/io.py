@@ -66,38 +66,85 @@ def _clean_reason(err: Exception) -> str:
     return re.sub(r"^Error opening <[^>]*>: ", "", text).strip() or type(err).__name__
 
 
-def _truncation(data: bytes) -> str | None:
-    """A short reason when a WAV/AIFF header promises more sample data than the file holds.
+OGG_PAGE_HEADER = 27  # "OggS", version, flags, granule (8), serial (4), sequence (4), CRC (4), segment count
+OGG_EOS = 0x04
+PROBE_BYTES = 1 << 16  # head and tail read to check a file's framing
 
-    libsndfile reads such files without complaint (it returns what is there); a cut-off file is
-    damaged input and must be refused, not silently shortened.
-    """
-    if len(data) < 12:
+
+def _riff_truncation(head: bytes, size: int) -> str | None:
+    if len(head) < 12:
         return None
-    riff, form = data[:4], data[8:12]
+    riff, form = head[:4], head[8:12]
     if riff in (b"RIFF", b"RIFX") and form == b"WAVE":
         fmt, want, pos = ("<I" if riff == b"RIFF" else ">I"), b"data", 12
     elif riff == b"FORM" and form in (b"AIFF", b"AIFC"):
         fmt, want, pos = ">I", b"SSND", 12
     else:
         return None
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack_from(fmt, data, pos + 4)[0]
+    while pos + 8 <= len(head):
+        cid, chunk = head[pos : pos + 4], struct.unpack_from(fmt, head, pos + 4)[0]
         if cid == want:
-            have = len(data) - (pos + 8)
+            have = size - (pos + 8)
             # 0 and 0xFFFFFFFF mean "length unknown" (streamed writers): nothing to check.
-            if size not in (0, 0xFFFFFFFF) and have < size:
-                return f"truncated: {have} of {size} bytes of sample data"
+            if chunk not in (0, 0xFFFFFFFF) and have < chunk:
+                return f"truncated: {have} of {chunk} bytes of sample data"
             return None
-        pos += 8 + size + (size & 1)
+        pos += 8 + chunk + (chunk & 1)
     return None
+
+
+def _ogg_truncation(head: bytes, tail: bytes) -> str | None:
+    """An Ogg file must end with a whole page that carries the end-of-stream flag; a cut file does not."""
+    if not head.startswith(b"OggS"):
+        return None
+    at = tail.rfind(b"OggS")
+    while at >= 0:
+        page = tail[at:]
+        if len(page) >= OGG_PAGE_HEADER and page[4] == 0:
+            nseg = page[26]
+            if len(page) >= OGG_PAGE_HEADER + nseg:
+                length = OGG_PAGE_HEADER + nseg + sum(page[OGG_PAGE_HEADER : OGG_PAGE_HEADER + nseg])
+                if length == len(page):
+                    return None if page[5] & OGG_EOS else "truncated: the Ogg stream ends without its last page"
+                if length > len(page):
+                    return "truncated: the Ogg stream's last page is cut short"
+        at = tail.rfind(b"OggS", 0, at)  # "OggS" inside a packet's data: look further back
+    return "truncated: no complete Ogg page at the end of the file"
+
+
+def truncation(head: bytes, size: int, tail: bytes) -> str | None:
+    """A short reason when a file's framing says it was cut short, from its first and last bytes and its size.
+
+    libsndfile reads such files without complaint (it returns what is there): a WAV/AIFF whose
+    header promises more sample data than the file holds, an Ogg file without its final page.
+    """
+    return _riff_truncation(head, size) or _ogg_truncation(head, tail)
+
+
+def file_truncation(path: str | Path) -> str | None:
+    """:func:`truncation` of a local file, reading only its head and tail."""
+    with open(path, "rb") as f:
+        size = f.seek(0, io.SEEK_END)
+        f.seek(0)
+        head = f.read(PROBE_BYTES)
+        f.seek(max(0, size - PROBE_BYTES))
+        return truncation(head, size, f.read())
 
 
 def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     """Decode audio to ``(wave [channels, samples] float32, sample_rate)``.
 
-    Raises :class:`AudioError` with a short reason for anything unusable.
+    Raises :class:`AudioError` with a short reason for anything unusable, a file cut short included.
     """
+    wave, sr, cut = read_audio_partial(source)
+    if cut:
+        raise AudioError(cut)
+    return wave, sr
+
+
+def read_audio_partial(source: str | Path | bytes) -> tuple[np.ndarray, int, str | None]:
+    """:func:`read_audio` that also decodes a file cut short: ``(wave, sample_rate, reason)``, where
+    ``reason`` says how it was cut (None for a whole file); the caller decides whether that will do."""
     try:
         data = _read_bytes(source)
     except FileNotFoundError:
@@ -110,9 +157,7 @@ def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
         raise AudioError(f"unreadable: {err.strerror or err}") from None
     if not data:
         raise AudioError("empty file")
-    truncated = _truncation(data)
-    if truncated:
-        raise AudioError(truncated)
+    cut = truncation(data[:PROBE_BYTES], len(data), data[-PROBE_BYTES:])
     try:
         wave, sr = _decode_soundfile(data)
     except Exception as sf_err:  # libsndfile refused it: try FFmpeg before giving up
@@ -121,14 +166,14 @@ def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
         except AudioError:
             raise
         except Exception:
-            raise AudioError(f"not decodable audio ({_clean_reason(sf_err)})") from None
+            raise AudioError(cut or f"not decodable audio ({_clean_reason(sf_err)})") from None
     if wave.shape[1] == 0:
-        raise AudioError("zero-length audio")
+        raise AudioError(cut or "zero-length audio")
     if sr <= 0:
         raise AudioError(f"invalid sample rate {sr}")
     if not np.isfinite(wave).all():
         raise AudioError("NaN or Inf samples")
-    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+    return np.ascontiguousarray(wave, dtype=np.float32), int(sr), cut
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:

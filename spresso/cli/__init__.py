@@ -2,7 +2,8 @@
 
 Each capability registers its subcommands in its own module (``spresso/cli/<name>.py`` with a
 ``register(commands, train)`` function); a new module is added to ``COMMAND_MODULES``.
-A :class:`~spresso.core.errors.SpressoError` becomes one line on stderr and exit status 2.
+A :class:`~spresso.core.errors.SpressoError` (or an OS error: a file name too long, a disk full)
+becomes one line on stderr and exit status 2; a closed stdout (``spresso ... | head``) ends quietly.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import os
 import sys
 
+import spresso
 from spresso.cli import (
     audioae,
     codec,
@@ -33,6 +35,7 @@ COMMAND_MODULES = [config, data, audioae, latents, dit, quant, stages, codec, ev
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spresso", description="S-PRESSO sound-effect codec and its training workflow")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"spresso {spresso.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train_parser = commands.add_parser("train", help="train a model stage")
     train = train_parser.add_subparsers(dest="train_command", metavar="STAGE")
@@ -43,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:  # also after --help/--version (SystemExit): a closed pipe shows here
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -67,7 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # an OS refusal the command did not foresee: still one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`| head`): stop quietly; point stdout at /dev/null so the
+    interpreter's final flush does not raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover

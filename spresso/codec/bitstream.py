@@ -26,6 +26,7 @@ from spresso.codec import bitpack
 from spresso.codec.errors import BitstreamError
 from spresso.core import rates
 from spresso.core.errors import SpressoError
+from spresso.core.outputs import write_file
 
 MAGIC = b"SPR"
 FORMAT_VERSION = 2  # what this build writes
@@ -465,8 +466,5 @@ def read_stream_file(path: str | Path) -> bytes:
 
 
 def write_stream_file(path: str | Path, data: bytes) -> None:
-    """Write `.spr` bytes; a one-line error naming the path otherwise."""
-    try:
-        Path(path).write_bytes(data)
-    except OSError as err:
-        raise SpressoError(f"{path}: cannot write ({err.strerror or err})") from None
+    """Write `.spr` bytes whole (a temporary name renamed into place); a one-line error naming the path otherwise."""
+    write_file(path, data)

@@ -1,11 +1,11 @@
 """The codec people use: ``codec.encode(wave, sr) -> bytes`` and ``codec.decode(data) -> (wave, sr)``.
 
     codec = spresso.load("work/demo/bundles/d96")       # or "models:/spresso@champion"
-    data = codec.encode(wave, 44100, kbps=0.1)          # any rate, any channel count
+    data = codec.encode(wave, 44100, kbps=0.1)          # any layout: [n], [ch, n], soundfile's [n, ch]
     wave48, sr = codec.decode(data, steps=16, seed=3)   # 48 kHz; original_rate=True restores 44.1 kHz
     takes, sr = codec.decode(data, variations=4)        # 4 different renditions [4, n] (footsteps)
 
-Encoding: downmix to mono, soxr to 48 kHz, cut into 5 s windows overlapping by 0.5 s
+Encoding: downmix to mono (the mid; the loudest channel when the channels cancel), soxr to 48 kHz, cut into 5 s windows overlapping by 0.5 s
 (:mod:`.windowing`), then per window AudioAE -> normalised x0 -> g_psi -> z -> QINCo2 codes with
 the first m codebooks (or z as float16 for a continuous bundle), windows batched on the device.
 Decoding: codes -> z_q -> diffusion (DPM-Solver++(2M) by default, :mod:`spresso.diffusion.sampler`,
@@ -18,8 +18,11 @@ The window-level steps both paths share are public methods of :class:`Codec` (``
 ``encode_windows``, ``stream_bytes``, ``sampler_settings``, ``window_z``, ``window_noise``,
 ``decode_windows``): :mod:`.streaming` and the benchmarks build on them.
 
-Empty input, NaN/Inf, and digital silence (peak below -120 dBFS) are refused with one line:
-a silent file carries nothing to code, and a generative decoder would not give silence back.
+What counts as audio (layouts, dtypes, rates, the stereo rule) is :mod:`.inputs`. Empty input,
+NaN/Inf, digital silence (every channel's peak below -120 dBFS: a silent file carries nothing to
+code, and a generative decoder would not give silence back), an ambiguous shape and a rate the
+decoder cannot restore are refused with one line; every stream is parsed once more after encoding,
+so an encode never yields a stream its own bundle refuses.
 Noise for window k of variation v comes from its own generator seeded by (seed, v, k), so a
 decode is reproducible whatever the batch size or device batching.
 """
@@ -38,8 +41,9 @@ from spresso.codec import bitstream as bs
 from spresso.codec import streaming
 from spresso.codec import windowing as win
 from spresso.codec.bundle import BundleParts, load_bundle
-from spresso.codec.errors import CodecError, refuse_silence
+from spresso.codec.errors import CodecError
 from spresso.codec.fast_decode import CachedDenoiser
+from spresso.codec.inputs import Downmix, as_channels, check_int, check_rate, downmix
 from spresso.codec.variable_rate import resolve_codebooks
 from spresso.config.dit import RHO, SIGMA_MAX, SIGMA_MIN
 from spresso.core.rates import frame_rate
@@ -65,7 +69,7 @@ class Codec:
                  compile: bool = False, bf16: bool | None = None):
         self.parts = parts
         self.manifest = parts.manifest
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         if self.device.type == "cpu":
             # Late sampler steps drive activations into denormal floats, which x86 CPUs handle
             # in microcode: flushing them to zero roughly halves CPU decode time (measured) and
@@ -76,7 +80,7 @@ class Codec:
         self.quantizer = parts.quantizer.to(self.device).eval() if parts.quantizer is not None else None
         self.normalizer = parts.normalizer
         self._silence_z: torch.Tensor | None = None  # computed on first use (silence_z)
-        self.batch_size = int(batch_size or (16 if self.device.type == "cuda" else 4))
+        self.batch_size = (16 if self.device.type == "cuda" else 4) if batch_size is None else check_int(batch_size, "batch size", 1, 4096)
         # bf16 for the DiT on a GPU (the AudioAE and quantizer stay in float32: cheap, and phase-sensitive).
         self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
         if compile:
@@ -144,26 +148,19 @@ class Codec:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # --------------------------------------------------------------------------- encode
-    def prepare(self, wave, sr) -> np.ndarray:
-        """One signal ([n] or [channels, n], any rate) checked, downmixed and resampled: mono float32 at 48 kHz.
+    def prepare(self, wave, sr, *, channels_last: bool | None = None) -> np.ndarray:
+        """One signal checked, downmixed and resampled: mono float32 at 48 kHz (:meth:`prepare_described`)."""
+        return self.prepare_described(wave, sr, channels_last=channels_last)[0]
 
-        One-line :class:`CodecError` for what cannot be coded (empty, NaN/Inf, digital silence).
-        """
-        if not isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr < 1:
-            raise CodecError(f"sample rate must be a positive integer, got {sr!r}")
-        w = np.asarray(wave.detach().cpu().numpy() if torch.is_tensor(wave) else wave)
-        if w.ndim not in (1, 2):
-            raise CodecError(f"audio must be [samples] or [channels, samples], got shape {w.shape}")
-        if w.size == 0 or w.shape[-1] == 0:
-            raise CodecError("empty audio: nothing to encode")
-        if not np.issubdtype(w.dtype, np.number):
-            raise CodecError(f"audio must be numeric, got dtype {w.dtype}")
-        w = w.astype(np.float32, copy=False)
-        if not np.isfinite(w).all():
-            raise CodecError("audio holds NaN or Inf samples")
-        mono = w.mean(axis=0) if w.ndim == 2 else w
-        refuse_silence(float(np.abs(mono).max()))
-        return resample(mono, int(sr), self.sample_rate)
+    def prepare_described(self, wave, sr, *, channels_last: bool | None = None) -> tuple[np.ndarray, Downmix, int]:
+        """(mono float32 at 48 kHz, the downmix rule used, the source's sample count) for one signal in any layout, dtype and rate that
+        :mod:`.inputs` accepts; one-line :class:`CodecError` for the rest (empty, NaN/Inf, digital silence,
+        an ambiguous shape, a rate the decoder cannot restore). Exactly :func:`.windowing.model_length` samples,
+        the length the decoder plans its windows for."""
+        rate = check_rate(sr)
+        w = as_channels(wave, channels_last)
+        mono, rule = downmix(w)
+        return _fit(resample(mono, rate, self.sample_rate), win.model_length(w.shape[1], rate)), rule, w.shape[1]
 
     @torch.no_grad()
     def encode_windows(self, windows: np.ndarray, m: int | None) -> np.ndarray:
@@ -176,19 +173,29 @@ class Codec:
             return z.float().cpu().numpy()
         return self.quantizer.encode(z.float().transpose(1, 2), m).cpu().numpy()
 
-    def encode(self, wave, sr: int, kbps: float | None = None, codebooks: int | None = None, *, progress: bool = False) -> bytes:
-        """One signal ([n] or [channels, n], any rate) -> `.spr` bytes."""
-        return self.encode_batch([(wave, sr)], kbps=kbps, codebooks=codebooks, progress=progress)[0]
+    def encode(self, wave, sr: int, kbps: float | None = None, codebooks: int | None = None, *,
+               channels_last: bool | None = None, progress: bool = False) -> bytes:
+        """One signal -> `.spr` bytes. ``wave``: [n], [channels, n] or [n, channels] (soundfile's layout;
+        ``channels_last`` says which when the shape does not, see :mod:`.inputs`), float or integer PCM."""
+        return self.encode_batch([(wave, sr)], kbps=kbps, codebooks=codebooks, channels_last=channels_last,
+                                 progress=progress)[0]
 
     def encode_batch(self, items: Sequence[tuple], kbps: float | None = None, codebooks: int | None = None, *,
-                     progress: bool = False) -> list[bytes]:
+                     channels_last: bool | None = None, progress: bool = False) -> list[bytes]:
         """Several (wave, sr) at once; their windows share device batches."""
+        return self.encode_batch_described(items, kbps, codebooks, channels_last=channels_last, progress=progress)[0]
+
+    def encode_batch_described(self, items: Sequence[tuple], kbps: float | None = None, codebooks: int | None = None, *,
+                               channels_last: bool | None = None, progress: bool = False) -> tuple[list[bytes], list[Downmix]]:
+        """:meth:`encode_batch` plus how each item's channels became mono (what the command line prints)."""
         m = self.codebooks_for(kbps, codebooks)
-        prepared, plans = [], []
+        prepared, plans, rules, counts = [], [], [], []
         for wave, sr in items:
-            mono = self.prepare(wave, sr)
+            mono, rule, count = self.prepare_described(wave, sr, channels_last=channels_last)
             plans.append(win.plan_for_signal(mono.shape[0]))
             prepared.append(mono)
+            rules.append(rule)
+            counts.append(count)
         T = self.frames_per_window
         outs = [np.empty((p.n_windows, T, m), np.int64) if m is not None else np.empty((p.n_windows, 0, T), np.float32)
                 for p in plans]
@@ -200,8 +207,7 @@ class Codec:
                 if m is None and outs[i].shape[1] == 0:
                     outs[i] = np.empty((plans[i].n_windows,) + r.shape, np.float32)
                 outs[i][k] = r
-        return [self.stream_bytes(out, plan, int(np.asarray(wave).shape[-1]), int(sr), m)
-                for (wave, sr), plan, out in zip(items, plans, outs)]
+        return [self.stream_bytes(out, plan, n, int(sr), m) for (_, sr), plan, out, n in zip(items, plans, outs, counts)], rules
 
     def stream_bytes(self, out: np.ndarray, plan: win.WindowPlan, sample_count: int, sample_rate: int, m: int | None) -> bytes:
         """Per-window codes [n_win, T', m] (or z [n_win, C, T']) of one signal -> `.spr` bytes (the current format).
@@ -215,12 +221,15 @@ class Codec:
             stream = bs.Stream.continuous(np.concatenate(list(out), axis=1)[:, :keep], **common)
         else:
             stream = bs.Stream.discrete(out.reshape(-1, m)[:keep], int(self.K), **common)
-        return bs.encode_stream(stream)
+        data = bs.encode_stream(stream)
+        self.parse(data)  # a stream this bundle cannot decode is an encoder bug: say so now, not at decode time
+        return data
 
     def encode_file(self, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
-                    progress: bool = False) -> bytes:
-        """An audio file of any length -> `.spr` bytes, read block by block (bounded memory)."""
-        return streaming.encode_file(self, path, kbps, codebooks, progress=progress)
+                    allow_partial: bool = False, progress: bool = False) -> bytes:
+        """An audio file of any length -> `.spr` bytes, read block by block (bounded memory). A file cut short
+        (a WAV missing sample data, an Ogg without its last page) is refused unless ``allow_partial``."""
+        return streaming.encode_file(self, path, kbps, codebooks, allow_partial=allow_partial, progress=progress)
 
     # --------------------------------------------------------------------------- decode
     def parse(self, data) -> bs.Stream:
@@ -285,11 +294,9 @@ class Codec:
     def sampler_settings(self, steps: int | None, solver: str | None, rho: float | None) -> tuple[int, str, float]:
         """Steps, solver and rho: the caller's, else the bundle's, validated."""
         sampler = self.manifest.get("sampler", {})
-        steps = int(steps if steps is not None else sampler.get("steps", 32))
+        steps = check_int(steps if steps is not None else int(sampler.get("steps", 32)), "steps", 1, 1000)
         solver = solver or sampler.get("solver", "dpmpp2m")
         rho = float(rho if rho is not None else sampler.get("rho", RHO))
-        if steps < 1 or steps > 1000:
-            raise CodecError(f"steps must be 1..1000, got {steps}")
         if solver not in SOLVERS:
             raise CodecError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
         return steps, solver, rho
@@ -343,6 +350,27 @@ class Codec:
         return results
 
 
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for (default: cuda when available), or a one-line error when this machine has no such device."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CodecError(f"unknown device {str(device)!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CodecError(f"device {str(device)!r}: no CUDA GPU is available here (use cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise CodecError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CodecError(f"device {str(device)!r}: MPS is not available here (use cpu)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise CodecError(f"unsupported device {str(device)!r} (use cpu, cuda or cuda:N)")
+    return dev
+
+
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:
     """Exactly n samples (soxr may be a sample short or long after a round trip)."""
     return wave[:n] if wave.shape[0] >= n else np.pad(wave, (0, n - wave.shape[0]))
@@ -355,6 +383,7 @@ def _chunks(items: Sequence, size: int) -> Iterator[list]:
 
 def load(path: str | Path, **kw) -> Codec:
     """A :class:`Codec` from a bundle folder (``spresso.load`` also resolves MLflow model URIs)."""
+    kw["device"] = pick_device(kw.get("device"))  # before the weights are read: a wrong device fails at once
     return Codec.from_path(path, **kw)
 
 

@@ -15,6 +15,7 @@ calls it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -24,10 +25,13 @@ import soxr
 import torch
 from tqdm.auto import tqdm
 
+from spresso.audio.io import file_truncation
 from spresso.codec import bitstream as bs
 from spresso.codec import windowing as win
-from spresso.codec.errors import CodecError, refuse_silence
+from spresso.codec.errors import CodecError
+from spresso.codec.inputs import Downmix, check_rate, choose_downmix
 from spresso.core.errors import SpressoError
+from spresso.core.outputs import replacing
 
 BLOCK_SECONDS = 10.0  # input read per block
 
@@ -65,32 +69,85 @@ def duration_seconds(path: str | Path) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
 
 
-def mono_blocks(path: str | Path, sample_rate: int) -> tuple[int, int, Iterator[np.ndarray]]:
-    """(source frames, source rate, iterator of mono float32 blocks at ``sample_rate``)."""
+@dataclass(frozen=True)
+class FileScan:
+    """What one read-through of an audio file found: its rate, readable length, downmix rule and any cut."""
+
+    sample_rate: int
+    frames: int  # readable frames (fewer than the header's when the file is cut short)
+    rule: Downmix
+    cut: str | None  # how the file was cut short, or None
+
+    def partial_note(self, header_frames: int) -> str | None:
+        if self.cut is None:
+            return None
+        whole = f" of {header_frames / self.sample_rate:.2f} s" if header_frames > self.frames else ""
+        return f"{self.cut}: kept the readable {self.frames / self.sample_rate:.2f} s{whole}"
+
+
+def _read_blocks(f: sf.SoundFile, sr: int) -> Iterator[np.ndarray]:
+    """[n, channels] float32 blocks; a decoding error mid-file is a one-line error saying where."""
+    block = max(1, int(BLOCK_SECONDS * sr))
+    while True:
+        try:
+            data = f.read(block, dtype="float32", always_2d=True)
+        except Exception as err:
+            raise CodecError(f"audio is corrupt after {f.tell() / sr:.1f} s ({str(err).splitlines()[0]})") from None
+        if data.shape[0]:
+            if not np.isfinite(data).all():
+                raise CodecError("audio holds NaN or Inf samples")
+            yield data
+        if data.shape[0] < block:
+            return
+
+
+def _open(path: str | Path) -> sf.SoundFile:
     try:
-        f = sf.SoundFile(str(path))
+        return sf.SoundFile(str(path))
     except Exception as err:
         raise CodecError(f"cannot read audio ({str(err).splitlines()[0]})") from None
-    frames, sr = f.frames, f.samplerate
 
-    def blocks() -> Iterator[np.ndarray]:
-        rs = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ") if sr != sample_rate else None
-        block = max(1, int(BLOCK_SECONDS * sr))
-        with f:
-            while True:
-                try:
-                    data = f.read(block, dtype="float32", always_2d=True)
-                except Exception as err:
-                    raise CodecError(f"audio is corrupt after {f.tell() / sr:.1f} s ({str(err).splitlines()[0]})") from None
-                last = data.shape[0] < block
-                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-                if not np.isfinite(mono).all():
-                    raise CodecError("audio holds NaN or Inf samples")
-                yield rs.resample_chunk(mono, last=last) if rs is not None else mono
-                if last:
-                    return
 
-    return frames, sr, blocks()
+def scan_file(path: str | Path, *, allow_partial: bool = False) -> tuple[FileScan, int]:
+    """(:class:`FileScan`, the header's frame count) from one pass in bounded memory: per-channel energy and peaks
+    for the downmix rule (:func:`.inputs.choose_downmix`), and the readable length. A file cut short is an
+    error unless ``allow_partial``."""
+    cut = file_truncation(path)
+    with _open(path) as f:
+        header_frames, sr, channels = f.frames, f.samplerate, f.channels
+        check_rate(sr)
+        energy, peak, mid_energy, frames = np.zeros(channels), np.zeros(channels), 0.0, 0
+        for data in _read_blocks(f, sr):
+            frames += data.shape[0]
+            energy += np.einsum("nc,nc->c", data, data, dtype=np.float64)
+            peak = np.maximum(peak, np.abs(data).max(axis=0))
+            mid = data.mean(axis=1, dtype=np.float32)
+            mid_energy += float(np.dot(mid.astype(np.float64), mid))
+    if frames < header_frames:
+        cut = cut or "truncated"
+    if frames == 0:
+        raise CodecError(cut or "zero-length audio")
+    scan = FileScan(sr, frames, choose_downmix(energy, mid_energy, peak), cut)
+    if cut and not allow_partial:
+        raise CodecError(f"{scan.partial_note(header_frames)}; pass --allow-partial (allow_partial=True) to encode that")
+    return scan, header_frames
+
+
+def mono_blocks(path: str | Path, sample_rate: int, scan: FileScan) -> Iterator[np.ndarray]:
+    """Mono float32 blocks at ``sample_rate`` by ``scan``'s downmix rule, ``scan.frames`` source frames in all."""
+    rs = soxr.ResampleStream(scan.sample_rate, sample_rate, 1, dtype="float32", quality="HQ") if scan.sample_rate != sample_rate else None
+    with _open(path) as f:
+        left = scan.frames
+        for data in _read_blocks(f, scan.sample_rate):
+            data = data[:left]
+            left -= data.shape[0]
+            mono = scan.rule.apply(np.ascontiguousarray(data.T))
+            last = left <= 0
+            yield rs.resample_chunk(mono, last=last) if rs is not None else mono
+            if last:
+                return
+        if rs is not None:  # fewer frames than the scan found (the file changed): flush the resampler
+            yield rs.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def block_windows(blocks: Iterator[np.ndarray], plan: win.WindowPlan) -> Iterator[np.ndarray]:
@@ -118,25 +175,22 @@ def block_windows(blocks: Iterator[np.ndarray], plan: win.WindowPlan) -> Iterato
 
 
 def encode_file(codec: WindowCoder, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
-                progress: bool = False) -> bytes:
-    """An audio file -> `.spr` bytes, reading it block by block."""
+                allow_partial: bool = False, progress: bool = False) -> bytes:
+    """An audio file -> `.spr` bytes, reading it block by block (:func:`encode_file_described`)."""
+    return encode_file_described(codec, path, kbps, codebooks, allow_partial=allow_partial, progress=progress)[0]
+
+
+def encode_file_described(codec: WindowCoder, path: str | Path, kbps: float | None = None, codebooks: int | None = None, *,
+                          allow_partial: bool = False, progress: bool = False) -> tuple[bytes, Downmix, str | None]:
+    """(`.spr` bytes, the downmix rule, what was kept of a file cut short or None), in two passes over the file:
+    one for the downmix rule and the readable length, one to code it."""
     m = codec.codebooks_for(kbps, codebooks)
-    frames, sr, blocks = mono_blocks(path, codec.sample_rate)
-    n = win.model_length(frames, sr)
-    plan = win.plan_for_signal(n)
-    peak = 0.0
-
-    def tracked() -> Iterator[np.ndarray]:
-        nonlocal peak
-        for b in blocks:
-            if b.size:
-                peak = max(peak, float(np.abs(b).max()))
-            yield b
-
+    scan, header_frames = scan_file(path, allow_partial=allow_partial)
+    plan = win.plan_for_signal(win.model_length(scan.frames, scan.sample_rate))
     outs: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     bar = tqdm(total=plan.n_windows, desc="encode", unit="window", disable=not progress, leave=False)
-    for w in block_windows(tracked(), plan):
+    for w in block_windows(mono_blocks(path, codec.sample_rate, scan), plan):
         batch.append(w)
         if len(batch) == codec.batch_size:
             outs.extend(codec.encode_windows(np.stack(batch), m))
@@ -146,8 +200,8 @@ def encode_file(codec: WindowCoder, path: str | Path, kbps: float | None = None,
         outs.extend(codec.encode_windows(np.stack(batch), m))
         bar.update(len(batch))
     bar.close()
-    refuse_silence(peak)
-    return codec.stream_bytes(np.stack(outs), plan, frames, sr, m)
+    data = codec.stream_bytes(np.stack(outs), plan, scan.frames, scan.sample_rate, m)
+    return data, scan.rule, scan.partial_note(header_frames)
 
 
 def decode_to_file(codec: WindowCoder, data, path: str | Path, steps: int | None = None, seed: int = 0, variation: int = 0, *,
@@ -160,10 +214,18 @@ def decode_to_file(codec: WindowCoder, data, path: str | Path, steps: int | None
     out_sr = stream.sample_rate if original_rate else codec.sample_rate
     target = stream.sample_count if original_rate else plan.n_samples
     rs = soxr.ResampleStream(codec.sample_rate, out_sr, 1, dtype="float32", quality="HQ") if out_sr != codec.sample_rate else None
+    with replacing(path) as tmp:  # written under a temporary name: an interrupted decode leaves no partial file
+        return _decode_into(codec, stream, plan, tmp, path, out_sr, target, rs, steps, solver, rho, seed, variation,
+                            subtype, progress)
+
+
+def _decode_into(codec: WindowCoder, stream: bs.Stream, plan: win.WindowPlan, tmp: Path, path: str | Path, out_sr: int,
+                 target: int, rs, steps: int, solver: str, rho: float, seed: int, variation: int, subtype: str | None,
+                 progress: bool) -> tuple[int, int]:
     acc = np.zeros(plan.window, np.float32)  # samples from `done` on, still open to later windows
     done = written = 0
     try:
-        out = sf.SoundFile(str(path), "w", out_sr, 1, subtype)
+        out = sf.SoundFile(str(tmp), "w", out_sr, 1, subtype)
     except Exception as err:
         raise SpressoError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
 

@@ -2,12 +2,15 @@
 
 A model with M codebooks of size K at pooling t offers M operating points,
 m x log2 K x frame rate for m = 1..M (``spresso.rates``). ``--kbps`` picks the nearest one; on a
-tie the smaller m (never spend more than asked when two points are equally close). Targets beyond
-the ends clamp to m = 1 or m = M.
+tie the smaller m (never spend more than asked when two points are equally close). A target must
+lie within half a step (one codebook's bitrate) of the model's range; beyond that it is refused
+with the range, never clamped (``--kbps 1000`` on a 0.1 kbps model is a mistake, not a wish).
 """
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from spresso.core import rates
 from spresso.core.errors import SpressoError
@@ -22,11 +25,15 @@ def operating_points(K: int, t: int, max_m: int) -> list[tuple[int, float]]:
 
 def codebooks_for_kbps(kbps: float, K: int, t: int, max_m: int) -> int:
     """The m whose bitrate is nearest to ``kbps`` (ties: the smaller m)."""
-    if not isinstance(kbps, (int, float)) or isinstance(kbps, bool) or not math.isfinite(kbps) or kbps <= 0:
-        raise SpressoError(f"--kbps must be a positive number, got {kbps!r}")
     points = operating_points(K, t, max_m)
+    lo, hi = points[0][1], points[-1][1]
+    step = lo  # every codebook adds the same bitrate
+    if (not isinstance(kbps, (int, float, np.integer, np.floating)) or isinstance(kbps, bool) or not math.isfinite(kbps)
+            or not lo - step / 2 <= kbps <= hi + step / 2):
+        raise SpressoError(f"--kbps must be within this model's range {lo:.4g}..{hi:.4g} kbps (1..{max_m} codebooks of "
+                           f"{step:.4g} kbps each), got {kbps!r}")
     # distances in bps rounded to micro-bits, so 0.035 kbps is an exact tie between 30 and 40 bps
-    return min(points, key=lambda p: (round(abs(p[1] - kbps) * 1000, 6), p[0]))[0]
+    return min(points, key=lambda p: (round(abs(p[1] - float(kbps)) * 1000, 6), p[0]))[0]
 
 
 def resolve_codebooks(K: int, t: int, max_m: int, kbps: float | None = None, codebooks: int | None = None) -> int:
@@ -34,6 +41,9 @@ def resolve_codebooks(K: int, t: int, max_m: int, kbps: float | None = None, cod
     if kbps is not None and codebooks is not None:
         raise SpressoError("give --kbps or --codebooks, not both")
     if codebooks is not None:
+        if isinstance(codebooks, bool) or not isinstance(codebooks, (int, np.integer)):
+            raise SpressoError(f"--codebooks must be an integer 1..{max_m}, got {codebooks!r} ({type(codebooks).__name__})")
+        codebooks = int(codebooks)
         if not 1 <= codebooks <= max_m:
             lo, hi = operating_points(K, t, max_m)[0][1], operating_points(K, t, max_m)[-1][1]
             raise SpressoError(f"--codebooks must be 1..{max_m} for this model ({lo:.4g}..{hi:.4g} kbps), got {codebooks}")

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save_file
+from safetensors.torch import save as tensors_bytes
 
 from spresso.core import storage
 from spresso.core.errors import BundleError
+from spresso.core.outputs import write_file
 
 FORMAT = "spresso-bundle"
 FORMAT_VERSION = 1
@@ -49,7 +50,9 @@ def compute_model_id(manifest: dict, file_digests: dict[str, str]) -> str:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+    """Weights to a safetensors file, written whole under a temporary name, with the usual file mode (safetensors'
+    own ``save_file`` makes it 0600, which other users of a shared bundle cannot read)."""
+    write_file(path, tensors_bytes({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}))
 
 
 def read_bundle_manifest(path: str | Path) -> dict:
@@ -79,9 +82,12 @@ def read_bundle_manifest(path: str | Path) -> dict:
 
 def load_bundle_weights(root: str | Path, name: str, manifest: dict, verify: bool) -> dict[str, torch.Tensor]:
     path = storage.join(root, name)
-    if not storage.is_file(path):
-        raise BundleError(f"{root}: bundle is missing {name}")
-    data = storage.read_bytes(path)  # one read: verified and parsed from the same bytes
+    try:
+        if not storage.is_file(path):
+            raise BundleError(f"{root}: bundle is missing {name}")
+        data = storage.read_bytes(path)  # one read: verified and parsed from the same bytes
+    except OSError as err:  # a weight file this user may not read, an unreachable store
+        raise BundleError(f"{path}: cannot read the bundle file ({storage.describe_error(err)})") from None
     want = manifest.get("files", {}).get(name)
     if verify and want is not None and hashlib.sha256(data).hexdigest() != want:
         raise BundleError(f"{path}: corrupt bundle file (digest does not match {MANIFEST})")

@@ -147,8 +147,8 @@ def _t975(df: int) -> float:
 def _load_result(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise SpressoError(f"cannot read listening-test result {path}: {err}") from None
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8 or not JSON (a binary file)
+        raise SpressoError(f"cannot read listening-test result {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("trials"), list):
         raise SpressoError(f"{path} is not a {FORMAT} result file")
     return data
