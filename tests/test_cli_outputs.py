@@ -220,3 +220,38 @@ def test_export_keeps_an_existing_bundle_unless_overwrite(tmp_path, capsys):
     err = one_error(capsys, ["export", "--config", "demo", "--set", f"workdir={tmp_path}", "--out", "bundles/x"])
     assert "a bundle is already there (pass --overwrite" in err
     assert (there / bundle_io.MANIFEST).read_text() == "{}"
+
+
+def test_a_local_folder_replaced_by_staged_is_swapped_in_whole_or_not_at_all(tmp_path):
+    dest = tmp_path / "bundles" / "d1"
+    dest.mkdir(parents=True)
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt):  # an interrupted export: the old bundle stays, nothing half-new
+        with storage.staged(dest, replace=True) as out:
+            (out / "bundle.json").write_text("half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in dest.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["d1"]  # no temporary folder left
+    with storage.staged(dest, replace=True) as out:
+        assert out != dest and not any(out.iterdir())
+        (out / "bundle.json").write_text("new")
+    assert sorted(p.name for p in dest.iterdir()) == ["bundle.json"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["d1"]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_listening_summary_json_is_kept_unless_overwrite(tmp_path, capsys):
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    report = tmp_path / "summary.json"
+    report.write_text("keep me")
+    line = one_error(capsys, ["listening-test", "summarize", str(results), "--json", str(report)])
+    assert "already exists" in line and report.read_text() == "keep me"
+    line = one_error(capsys, ["listening-test", "summarize", str(results), "--json", str(results)])
+    assert "is the input" in line and results.read_text() == "{}"

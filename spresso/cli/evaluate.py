@@ -11,6 +11,7 @@ from pathlib import Path
 
 from spresso.cli.common import add_config_args, config_from_args
 from spresso.core.errors import SpressoError
+from spresso.core.outputs import check_output, write_file
 
 
 def register(commands, train) -> None:
@@ -48,6 +49,7 @@ def register(commands, train) -> None:
     sm = sub.add_parser("summarize", help="per-condition means with 95%% intervals after listener post-screening")
     sm.add_argument("files", nargs="+", metavar="FILE", help="result JSON files downloaded from the page")
     sm.add_argument("--json", dest="json_out", metavar="PATH", help="also write the summary as JSON")
+    sm.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     sm.set_defaults(func=_summarize)
 
 
@@ -70,10 +72,12 @@ def _summarize(args: argparse.Namespace) -> int:
     # lazy: pulls torch/scipy; keeps `spresso --help` fast
     from spresso.eval.listening import summarize
 
+    if args.json_out:  # before the work: an existing report is kept unless --overwrite
+        check_output(args.json_out, args.files, overwrite=args.overwrite)
     summary = summarize(args.files)
     print(summary.table())
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(summary.to_dict(), indent=1), encoding="utf-8")
+        write_file(args.json_out, json.dumps(summary.to_dict(), indent=1).encode("utf-8"), overwrite=args.overwrite)
     return 0
 
 

@@ -189,12 +189,18 @@ def replace_tree(local_dir: str | Path, dest: str | Path) -> str:
 def staged(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """A local folder standing for ``dest``, for writers that need real files (audio, plots, NumPy).
 
-    A local ``dest`` is used as it is. For a URL, a temporary folder holding ``dest``'s files
-    (none when ``replace``) is yielded; when the block ends without error, ``replace`` makes
-    ``dest`` hold exactly that folder, otherwise the new and changed files are uploaded. On an
-    error nothing is uploaded, so a failed writer never leaves half its output in the bucket.
+    Without ``replace`` a local ``dest`` is used as it is. With ``replace``, an empty temporary
+    sibling of a local ``dest`` is yielded and swapped into place by renames when the block ends
+    without error, so a failed or interrupted writer leaves the old folder (or none), never half a
+    new one. For a URL, a temporary folder holding ``dest``'s files (none when ``replace``) is
+    yielded; when the block ends without error, ``replace`` makes ``dest`` hold exactly that folder,
+    otherwise the new and changed files are uploaded. On an error nothing is uploaded.
     """
     if not is_url(dest):
+        if replace:
+            with _swapped_in(Path(dest)) as local:
+                yield local
+            return
         Path(dest).mkdir(parents=True, exist_ok=True)
         yield Path(dest)
         return
@@ -212,6 +218,30 @@ def staged(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
         for rel, stamp in sorted(_stamps(local).items()):
             if before.get(rel) != stamp:
                 fs.put_file(str(local / rel), f"{root}/{rel}")
+
+
+@contextlib.contextmanager
+def _swapped_in(dest: Path) -> Iterator[Path]:
+    """A new sibling folder that replaces ``dest`` (two renames) only if the block succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield new
+    except BaseException:  # KeyboardInterrupt too: nothing half-written stays behind
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    new.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a published folder gets the usual mode
+    old = dest.with_name(f".{dest.name}.old-{new.name.rsplit('-', 1)[-1]}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
