@@ -33,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,6 +85,7 @@ SMOKE_OVERRIDES = [
     "dit.train.batch_size=2", "dae.stage1.batch_size=16", "dae.stage3.batch_size=16",
     "dae.encoder={z_channels: 8, depth: 1, heads: 2}", "dae.lora={rank: 4, alpha: 4}",
     "qinco2={d: 8, M: 3, L: 1, de: 16, dh: 16, batch_size: 256, beam: 4, candidates: 2}",
+    "audioae.disc.periods=[2, 3]", "audioae.disc.bands=[0.0, 0.5, 1.0]",
 ]
 # What the suite changes in every run: the loss check needs the learning rate from step 1.
 COMMON_OVERRIDES = ["dit.train.warmup_steps=0", "dae.stage1.warmup_steps=0", "dae.stage3.warmup_steps=0",
@@ -335,21 +337,50 @@ def table(result: dict) -> str:
     checks = {c["stage"]: c for c in result["loss_checks"]}
     for name, r in result["stages"].items():
         c = checks.get(name, {})
+        if "error" in r:
+            lines.append(f"{name:<14} ERROR: {r['error']}")
+            continue
         lines.append(f"{name:<14}{r['batch_per_gpu']:>6}{fmt(r['steps_per_s']):>10}{fmt(r['samples_per_s']):>11}"
                      f"{fmt(r['peak_memory_GiB']):>10}  {fmt(c.get('loss_first'), '.5g')} -> {fmt(c.get('loss_last'), '.5g')}"
                      f" {'ok' if c.get('falls') else 'DID NOT FALL'}")
     d = result["stages"]["train_dit"]
     lines.append(f"DiT ({d.get('strategy')}): {fmt(d.get('TFLOP_per_s'))} TFLOP/s = {fmt(d.get('share_of_bf16_peak'), '.1%')} of "
                  f"bf16 peak {fmt(result.get('bf16_peak_TFLOP_per_s'))} (target >= 40%)")
-    q = result["quantizer_encode"]
-    lines.append(f"QINCo2 encode (K={q['K']}, beam {q['beam']}): {q['qinco2_encode_vectors_per_s']:,.0f} vectors/s (target >= 16,000); "
-                 f"faiss RQ [{q['faiss_backend']}]: {q['faiss_rq_encode_vectors_per_s']:,.0f} vectors/s")
-    p = result["precompute"]
-    lines.append(f"x0 precompute: {p['clips_per_s']:.3g} clips/s ({p['device']}, batch {p['batch']})")
-    lines.append(f"decode 5 s at 1 Hz: solver steps  ms/clip  rel-L2 to the first row (Heun {result['decode'][0]['steps']})")
-    for r in result["decode"]:
-        lines.append(f"  {r['solver']:<8}{r['steps']:>6}{r['ms_per_clip']:>9.1f}{r['rel_l2_to_reference']:>10.4f}")
+    q, p, dec = result["quantizer_encode"], result["precompute"], result["decode"]
+    if "error" in q:
+        lines.append(f"QINCo2 encode / faiss RQ: ERROR: {q['error']}")
+    else:
+        lines.append(f"QINCo2 encode (K={q['K']}, beam {q['beam']}): {q['qinco2_encode_vectors_per_s']:,.0f} vectors/s (target >= 16,000); "
+                     f"faiss RQ [{q['faiss_backend']}]: {q['faiss_rq_encode_vectors_per_s']:,.0f} vectors/s")
+    lines.append(f"x0 precompute: ERROR: {p['error']}" if "error" in p else
+                 f"x0 precompute: {p['clips_per_s']:.3g} clips/s ({p['device']}, batch {p['batch']})")
+    if isinstance(dec, dict):
+        lines.append(f"decode 5 s at 1 Hz: ERROR: {dec['error']}")
+    else:
+        lines.append(f"decode 5 s at 1 Hz: solver steps  ms/clip  rel-L2 to the first row ({dec[0]['reference']})")
+        for r in dec:
+            lines.append(f"  {r['solver']:<8}{r['steps']:>6}{r['ms_per_clip']:>9.1f}{r['rel_l2_to_reference']:>10.4f}")
     return "\n".join(lines)
+
+
+def attempt(what: str, fn, device: torch.device):
+    """``fn()``, or {"error": one line} with the traceback on stderr: one broken part must not hide the others."""
+    try:
+        return fn()
+    except Exception as err:
+        traceback.print_exc()
+        print(f"  {what}: ERROR {type(err).__name__}", file=sys.stderr, flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+
+
+def failures(result: dict) -> list[str]:
+    """What makes the run fail: errors anywhere, and losses that did not fall."""
+    out = [f"{c['stage']}: the loss did not fall" for c in result["loss_checks"] if not c["falls"] and "error" not in c]
+    parts = {**{f"stage {k}": v for k, v in result["stages"].items()}, "quantizer_encode": result["quantizer_encode"],
+             "precompute": result["precompute"], "decode": result["decode"]}
+    return out + [f"{k}: {v['error']}" for k, v in parts.items() if isinstance(v, dict) and "error" in v]
 
 
 def run_suite(smoke: bool) -> dict:
@@ -375,15 +406,16 @@ def run_suite(smoke: bool) -> dict:
                      ("stage1", lambda: bench_dae("stage1", cfg, sizes, device, autocast)),
                      ("stage3", lambda: bench_dae("stage3", cfg, sizes, device, autocast)),
                      ("qinco2", lambda: bench_qinco2(cfg, sizes, device, autocast))):
-        row, check = fn()
+        out = attempt(name, fn, device)
+        row, check = (out if isinstance(out, tuple) else ({"stage": name, **out}, {"stage": name, "falls": False, **out}))
         stages[name], checks = row, checks + [check]
-        print(f"  {name}: {row['steps_per_s']:.3g} steps/s ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        print(f"  {name}: {fmt(row.get('steps_per_s'))} steps/s ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
-    quant = bench_quantizer_encode(cfg, sizes, device)
+    quant = attempt("quantizer encode", lambda: bench_quantizer_encode(cfg, sizes, device), device)
     with tempfile.TemporaryDirectory() as tmp:
-        pre = bench_precompute(cfg, sizes, device, Path(tmp))
-    decode = bench_decode(cfg, sizes, device, compile_blocks=cuda)
+        pre = attempt("precompute", lambda: bench_precompute(cfg, sizes, device, Path(tmp)), device)
+    decode = attempt("decode", lambda: bench_decode(cfg, sizes, device, compile_blocks=cuda), device)
     return {"suite": "gpu_suite", "version": 1, "smoke": smoke, "gpu": gpu, "device": str(device),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "host": platform.node(),
@@ -402,11 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA device (use --smoke for the CPU check of the code paths)", file=sys.stderr)
         return 2
     result = run_suite(args.smoke)
+    failed = result["failures"] = failures(result)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
-    failed = [c["stage"] for c in result["loss_checks"] if not c["falls"]]
     if failed:
-        print(f"FAILED: the loss did not fall in {', '.join(failed)} (a wrong GPU path must not pass as fast)", file=sys.stderr)
+        print("FAILED (a wrong GPU path must not pass as fast):\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     print(f"wrote {args.out}")
     return 0
