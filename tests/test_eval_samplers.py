@@ -14,6 +14,7 @@ from spresso.core.checkpoint import (
 )
 from spresso.eval.baselines import build_adapter, bundle_rows
 from spresso.eval.baselines.bundle import BundleAdapter
+from spresso.eval.harness import HarnessSettings, codec_id
 from spresso.train.export import export_bundle
 
 
@@ -44,6 +45,18 @@ def test_the_chosen_sampler_reaches_the_decode():
         adapter._codec = FakeCodec()
         adapter.decode(b"", 480)
         assert calls[-1] == want
+
+
+def test_paper_eval_defaults_to_heun_64_for_specs_that_name_no_sampler():
+    paper = HarnessSettings.from_config(load_config("paper"))
+    assert (paper.diffusion_steps, paper.diffusion_solver) == (64, "heun")
+    adapter = build_adapter("spresso:/nowhere", paper.adapter_defaults())
+    assert (adapter.steps, adapter.solver) == (64, "heun")
+    demo = HarnessSettings.from_config(load_config("demo"))
+    assert demo.diffusion_solver is None and build_adapter("spresso:/nowhere", demo.adapter_defaults()).solver is None
+    # The demo's cache ids are what they were (no solver part); the paper's differ by their solver.
+    assert codec_id("x", None, demo) == codec_id("x", None, HarnessSettings(diffusion_steps=demo.diffusion_steps))
+    assert codec_id("x", None, paper) != codec_id("x", None, HarnessSettings(diffusion_steps=64))
 
 
 def test_export_writes_the_configured_sampler_into_the_bundle(tmp_path):

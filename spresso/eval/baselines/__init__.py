@@ -77,7 +77,7 @@ def _spresso(arg, o, defaults):
     kbps = o.pop("kbps", None)
     codebooks = o.pop("codebooks", None)
     return BundleAdapter(arg, kbps=float(kbps) if kbps else None, codebooks=int(codebooks) if codebooks else None,
-                         steps=int(o.pop("steps", defaults.get("steps", 32))), solver=o.pop("solver", None))
+                         steps=int(o.pop("steps", defaults.get("steps", 32))), solver=o.pop("solver", defaults.get("solver")))
 
 
 KINDS: dict[str, Callable] = {"opus": _opus, "audioae": _audioae, "stage1": _stage1, "rq": _rq, "dac": _dac,
