@@ -12,7 +12,7 @@ Random weights (no checkpoints), no network. For the `paper` preset (configs/pap
   torch's FlopCounterMode) as a share of the GPU's dense bf16 peak (BF16_PEAK, with sources);
 - QINCo2 encode vectors/s (beam 32, 16 candidates; target >= 16 000) and faiss RQ encoding of the same
   vectors at the same K, M and beam (faiss's ResidualQuantizer encodes on the CPU in every faiss build);
-- x0 precompute clips/s (the cache actor, EncodeLatents, on 5 s clips);
+- x0 and z precompute clips/s (the cache actors EncodeLatents on 5 s clips and EncodeZ on their x0);
 - decoding 5 s at 1 Hz (t = 100) with the codec (Codec.decode_windows, blocks compiled with torch.compile
   on CUDA): ms per clip for Heun 64 and DPM-Solver++(2M) 8/16/32, each with its relative L2 distance to
   the Heun-64 audio (random weights: solver convergence, not audio quality);
@@ -52,7 +52,9 @@ from spresso.config.dit import RHO  # noqa: E402
 from spresso.core.checkpoint import save_checkpoint  # noqa: E402
 from spresso.data.latents import EncodeLatents  # noqa: E402
 from spresso.data.precompute import ROW  # noqa: E402
+from spresso.data.z_latents import EncodeZ  # noqa: E402
 from spresso.diffusion.autoencoder import build_dae, build_denoiser  # noqa: E402
+from spresso.diffusion.checkpoints import CHECKPOINT_KIND as DAE_KIND  # noqa: E402
 from spresso.diffusion.normalize import LatentNormalizer  # noqa: E402
 from spresso.models.audioae import AudioAE  # noqa: E402
 from spresso.quant import FaissRQ, QINCo2  # noqa: E402
@@ -80,7 +82,7 @@ QINCO2_K = 4096
 SMOKE_OVERRIDES = [
     "audioae.model={latent_dim: 16, width: 16, blocks: 1, intermediate: 32}",
     "audioae.disc={mpd_channels: [4, 4, 8, 8, 8], stft_channels: 4, stft_windows: [512]}",
-    "audioae.train.batch_size=2", "audioae.train.segment_seconds=0.1", "audioae.cache.batch_size=2",
+    "audioae.train.batch_size=2", "audioae.train.segment_seconds=0.1", "audioae.cache.batch_size=2", "dae.zcache.batch_size=2",
     "dit.model={in_channels: 16, width: 32, heads: 4, joint_blocks: 1, single_blocks: 1, patch: 4}",
     "dit.train.batch_size=2", "dae.stage1.batch_size=16", "dae.stage3.batch_size=16",
     "dae.encoder={z_channels: 8, depth: 1, heads: 2}", "dae.lora={rank: 4, alpha: 4}",
@@ -293,6 +295,21 @@ def bench_precompute(cfg: SpressoConfig, sizes: Sizes, device, tmp: Path) -> dic
     return {"batch": b, "device": str(mapper.device), "batch_seconds": s, "clips_per_s": b / s}
 
 
+def bench_precompute_z(cfg: SpressoConfig, sizes: Sizes, tmp: Path) -> dict:
+    """The z cache actor (EncodeZ: g_psi on normalised x0) on a batch of x0 rows, from a saved random stage-1 model."""
+    C = cfg.dit.model.in_channels
+    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    meta = {**norm.to_meta(), "stage": "stage1", "t": cfg.dae.t, "text_dims": list(TEXT_DIMS),
+            "dit_config": cfg.dit.model_dump(mode="json")}
+    save_checkpoint(tmp / "stage1", dae_model(cfg, "cpu").state_dict(), kind=DAE_KIND, config=cfg.to_dict(), meta=meta)
+    mapper = EncodeZ(str(tmp / "stage1"))
+    b = cfg.dae.zcache.batch_size
+    batch = {ROW: np.arange(b), "x0": np.random.default_rng(0).standard_normal((b, C, CLIP_FRAMES)).astype(np.float16),
+             "valid_frames": np.full(b, CLIP_FRAMES), "split": np.array(["train"] * b)}
+    s = timed(lambda: mapper(batch), iters=sizes.precompute_iters, warmup=min(1, sizes.warmup), device=mapper.device)
+    return {"batch": b, "device": str(mapper.device), "batch_seconds": s, "clips_per_s": b / s, "t": cfg.dae.t}
+
+
 def decode_codec(cfg: SpressoConfig, device, compile_blocks: bool, batch: int) -> Codec:
     """A continuous 1 Hz codec with random weights, built as a bundle's parts would be."""
     dit = {k: v for k, v in cfg.dit.model_dump(mode="json").items() if k != "train"}
@@ -352,8 +369,9 @@ def table(result: dict) -> str:
     else:
         lines.append(f"QINCo2 encode (K={q['K']}, beam {q['beam']}): {q['qinco2_encode_vectors_per_s']:,.0f} vectors/s (target >= 16,000); "
                      f"faiss RQ [{q['faiss_backend']}]: {q['faiss_rq_encode_vectors_per_s']:,.0f} vectors/s")
-    lines.append(f"x0 precompute: ERROR: {p['error']}" if "error" in p else
-                 f"x0 precompute: {p['clips_per_s']:.3g} clips/s ({p['device']}, batch {p['batch']})")
+    for what, p in (("x0 precompute", p), ("z precompute", result["precompute_z"])):
+        lines.append(f"{what}: ERROR: {p['error']}" if "error" in p else
+                     f"{what}: {p['clips_per_s']:.3g} clips/s ({p['device']}, batch {p['batch']})")
     if isinstance(dec, dict):
         lines.append(f"decode 5 s at 1 Hz: ERROR: {dec['error']}")
     else:
@@ -379,7 +397,7 @@ def failures(result: dict) -> list[str]:
     """What makes the run fail: errors anywhere, and losses that did not fall."""
     out = [f"{c['stage']}: the loss did not fall" for c in result["loss_checks"] if not c["falls"] and "error" not in c]
     parts = {**{f"stage {k}": v for k, v in result["stages"].items()}, "quantizer_encode": result["quantizer_encode"],
-             "precompute": result["precompute"], "decode": result["decode"]}
+             "precompute": result["precompute"], "precompute_z": result["precompute_z"], "decode": result["decode"]}
     return out + [f"{k}: {v['error']}" for k, v in parts.items() if isinstance(v, dict) and "error" in v]
 
 
@@ -415,13 +433,15 @@ def run_suite(smoke: bool) -> dict:
     quant = attempt("quantizer encode", lambda: bench_quantizer_encode(cfg, sizes, device), device)
     with tempfile.TemporaryDirectory() as tmp:
         pre = attempt("precompute", lambda: bench_precompute(cfg, sizes, device, Path(tmp)), device)
+        pre_z = attempt("precompute_z", lambda: bench_precompute_z(cfg, sizes, Path(tmp)), device)
     decode = attempt("decode", lambda: bench_decode(cfg, sizes, device, compile_blocks=cuda), device)
     return {"suite": "gpu_suite", "version": 1, "smoke": smoke, "gpu": gpu, "device": str(device),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "host": platform.node(),
             "config": "paper" + (" (smoke overrides)" if smoke else ""), "dtype": "bf16 autocast" if cuda else "float32",
             "bf16_peak_TFLOP_per_s": peak, "bf16_peak_source": peak_source,
-            "stages": stages, "loss_checks": checks, "quantizer_encode": quant, "precompute": pre, "decode": decode,
+            "stages": stages, "loss_checks": checks, "quantizer_encode": quant, "precompute": pre, "precompute_z": pre_z,
+            "decode": decode,
             "seconds": time.time() - t0}
 
 

@@ -57,6 +57,7 @@ def test_assumed_figures_are_flagged_and_a_gpu_suite_json_replaces_them(tmp_path
     assert est["stage1@c11"].cost.assumed and not est["precompute_latents"].cost.assumed
     assert main(["pipeline", "run", "paper", "--dry-run", "--cost-table", str(path)]) == 0
     out = capsys.readouterr().out
+    assert "the total mixes two GPU types" in out
     assert "s/unit measured (gpu_suite suite.json (2026-11-29T00:00:00+00:00, NVIDIA H200)): precompute_latents, train_dit" in out
     path.write_text(json.dumps({**suite, "smoke": True}))
     with pytest.raises(SpressoError, match="--smoke"):

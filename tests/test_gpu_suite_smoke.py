@@ -35,7 +35,7 @@ def test_gpu_suite_smoke_writes_every_row(tmp_path):
     assert {c["stage"] for c in r["loss_checks"]} == STAGES and all(c["falls"] for c in r["loss_checks"])
     q = r["quantizer_encode"]
     assert q["qinco2_encode_vectors_per_s"] > 0 and q["faiss_rq_encode_vectors_per_s"] > 0 and q["faiss_backend"]
-    assert r["precompute"]["clips_per_s"] > 0
+    assert r["precompute"]["clips_per_s"] > 0 and r["precompute_z"]["clips_per_s"] > 0
     rows = [(d["solver"], d["steps"]) for d in r["decode"]]
     assert [s for s, _ in rows] == ["heun", "dpmpp2m", "dpmpp2m", "dpmpp2m"] and len(set(rows)) == 4
     assert r["decode"][0]["rel_l2_to_reference"] == 0 and all(d["ms_per_clip"] > 0 for d in r["decode"])
@@ -47,7 +47,7 @@ def test_a_loss_that_does_not_fall_or_a_broken_part_fails_the_run():
     assert not gpu_suite.loss_check("x", [1.0, 1.0, 1.1, 1.2])["falls"]
     assert not gpu_suite.loss_check("x", [1.0, float("nan"), 0.5, 0.4])["falls"]
     result = {"loss_checks": [gpu_suite.loss_check("stage1", [1.0, 1.0, 1.0, 1.0])],
-              "stages": {"train_dit": {"error": "RuntimeError: boom"}}, "quantizer_encode": {}, "precompute": {}, "decode": []}
+              "stages": {"train_dit": {"error": "RuntimeError: boom"}}, "quantizer_encode": {}, "precompute": {}, "precompute_z": {}, "decode": []}
     assert gpu_suite.failures(result) == ["stage1: the loss did not fall", "stage train_dit: RuntimeError: boom"]
     assert gpu_suite.gpu_peak("NVIDIA H100 80GB HBM3")[0] == 989 and gpu_suite.gpu_peak("NVIDIA H100 PCIe")[0] == 756
     assert gpu_suite.gpu_peak("NVIDIA H200")[0] == 989 and gpu_suite.gpu_peak("NVIDIA A100-SXM4-40GB")[0] == 312

@@ -39,6 +39,9 @@ def _run(args) -> int:
         if args.cost_table:
             gpu, measured = load_cost_table(args.cost_table)
             print(f"cost table {args.cost_table}: seconds per step measured on {gpu} for {', '.join(measured)}")
+            if cfg.pipeline.gpu_type.split("-")[0] not in gpu:
+                print(f"note: the other stages use assumed {cfg.pipeline.gpu_type} figures (pipeline.gpu_type): "
+                      f"the total mixes two GPU types")
         graph = build_graph(cfg, registry())
         selected = graph.select(args.from_, args.until, args.only) | {n for s in args.force for n in graph.match(s)}
         print(describe(graph, selected, measured))

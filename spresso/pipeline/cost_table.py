@@ -56,9 +56,9 @@ def load_cost_table(path: str | Path) -> tuple[str, dict[str, StepCost]]:
         raise SpressoError(f"--cost-table {p}: a --smoke run (toy sizes on a CPU) measures nothing")
     source = f"gpu_suite {p.name} ({r.get('date')}, {r.get('gpu')})"
     costs = {name: StepCost(float(r["stages"][name]["step_seconds"]), source) for name in _SUITE_STAGES if name in r.get("stages", {})}
-    pre = r.get("precompute")
-    if pre and pre.get("batch_seconds"):
-        costs["precompute_latents"] = StepCost(float(pre["batch_seconds"]), source)
+    for stage, key in (("precompute_latents", "precompute"), ("precompute_z", "precompute_z")):
+        if (r.get(key) or {}).get("batch_seconds"):
+            costs[stage] = StepCost(float(r[key]["batch_seconds"]), source)
     return str(r.get("gpu")), costs
 
 
