@@ -130,11 +130,11 @@ def loss_check(name: str, losses: list[float]) -> dict:
     return {"stage": name, "loss_first": first, "loss_last": last, "falls": ok}
 
 
-def run_stage(name: str, step, batch: int, sizes: Sizes, device: torch.device) -> tuple[dict, dict]:
-    """Warm-up then timed steps of ``step() -> loss``: (figures row, loss check)."""
+def run_stage(name: str, step, batch: int, sizes: Sizes, device: torch.device, steps: int | None = None) -> tuple[dict, dict]:
+    """Warm-up then timed steps (``steps``, default ``sizes.steps``) of ``step() -> loss``: (figures row, loss check)."""
     losses: list[float] = []
     reset_peak_memory(device)
-    step_s = timed(lambda: losses.append(step()), iters=sizes.steps, warmup=sizes.warmup, device=device)
+    step_s = timed(lambda: losses.append(step()), iters=steps or sizes.steps, warmup=sizes.warmup, device=device)
     row = {"stage": name, "batch_per_gpu": batch, "step_seconds": step_s, "steps_per_s": 1 / step_s,
            "samples_per_s": batch / step_s, "peak_memory_GiB": peak_memory_gib(device)}
     return row, loss_check(name, losses)
@@ -252,13 +252,11 @@ def bench_qinco2(cfg: SpressoConfig, sizes: Sizes, device, autocast) -> tuple[di
     s = settings(q.model_copy(update={"K": sizes.qinco2_K}), sizes.warmup + sizes.qinco2_steps)
     opt, sched = make_optimizer(model, s)
     batch = xn[: q.batch_size]
-    run = Sizes(sizes.smoke)
-    run.steps = sizes.qinco2_steps
 
     def step() -> float:
         return train_step(model, opt, sched, batch, s, autocast=autocast())[0]["loss_recon"]
 
-    row, check = run_stage("qinco2", step, q.batch_size, run, device)
+    row, check = run_stage("qinco2", step, q.batch_size, sizes, device, steps=sizes.qinco2_steps)
     row.update(K=sizes.qinco2_K, M=q.M, beam=s.beam, candidates=s.candidates)
     return row, check
 
