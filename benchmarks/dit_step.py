@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from timing import sync  # noqa: E402  (benchmarks/timing.py: this script's folder is on sys.path)
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from spresso.config import load_config  # noqa: E402
@@ -37,11 +38,6 @@ def gpu_peak(name: str) -> float | None:
         if key in name:
             return peak
     return None
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_batch(batch: int, frames: int, channels: int, text_dims, device, tokens: int = 32):

@@ -15,6 +15,7 @@ import time
 import faiss
 import numpy as np
 import torch
+from timing import timed  # benchmarks/timing.py (this script's folder is on sys.path)
 
 from spresso.core.rates import bits_per_frame
 from spresso.quant import FaissRQ, QINCo2, QINCo2Spec, residual_kmeans_init
@@ -28,10 +29,9 @@ from spresso.quant.training import (
 )
 
 
-def rate(fn, n: int) -> float:
-    t = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - t)
+def rate(fn, n: int, device: str = "cpu") -> float:
+    """Items per second of ``fn`` (``n`` items per call), after a warm-up call, synchronised on CUDA."""
+    return n / timed(fn, iters=1, warmup=1, device=device)
 
 
 def main() -> None:
@@ -111,10 +111,10 @@ def main() -> None:
         n = 500 if dev == "cpu" else 200000
         x = torch.from_numpy(np.resize(held, (n, args.d))).to(dev)
         for B, A in ((args.beam, args.candidates), (32, 16)):
-            enc = rate(lambda: mdl.encode(x, beam=B, candidates=A), n)
+            enc = rate(lambda: mdl.encode(x, beam=B, candidates=A), n, dev)
             print(f"  {dev} QINCo2 encode B={B} A={A}: {enc:,.0f}")
         codes = mdl.encode(x[:2000])
-        dec = rate(lambda: mdl.decode(codes.repeat(max(1, n // 2000), 1)), max(1, n // 2000) * 2000)
+        dec = rate(lambda: mdl.decode(codes.repeat(max(1, n // 2000), 1)), max(1, n // 2000) * 2000, dev)
         print(f"  {dev} QINCo2 decode: {dec:,.0f}")
     xs = np.resize(held, (20000, args.d))
     print(f"  cpu faiss RQ encode B={args.rq_beam}: {rate(lambda: rq.encode(xs), len(xs)):,.0f}")

@@ -82,16 +82,17 @@ def test_paper_dry_run_lists_every_branch_and_gpu_hours(capsys):
     g = build_graph(cfg, registry())
     assert len(g) == 4 + 4 * 4 + 3 * 6  # shared + continuous branches + discrete branches
     assert "qinco2@d96" in out and "qinco2@c11" not in out and "stage3@d300" in out
-    # By hand from configs/paper.yaml (steps x s/step x GPUs x workers / 3600), not through the code's sum:
-    # shared 400000*.5*8 + 7000*.25*8 + 200000*.6*16 = 3 534 000 GPU-s; each of the 7 branches has
-    # stage1 100000*.5*8 + precompute_z 7000*.25*8 + evaluate 500*10 = 419 000; the 3 discrete ones also
-    # qinco2 50000*.1 + stage3 20000*.5*8 = 85 000. (3 534 000 + 7*419 000 + 3*85 000) / 3600 = 1867.22.
-    assert "estimated GPU time: 1867 A100-40GB GPU-hours" in out
-    assert "about $7,656 at $4.1/GPU-hour" in out
+    # By hand from configs/paper.yaml (units x s/unit x GPUs x workers / 3600; s/unit: the assumed A100 table),
+    # corpus 4860 h = 3 499 200 clips, 3 429 216 in train. Shared: audioae 400000*.5*8 + precompute_latents
+    # ceil(3499200/64/8)=6835*.25*8 + dit 400000*.6*16 = 5 453 670 GPU-s. Each of the 7 branches: stage1
+    # 200000*.5*8 + precompute_z 6835*.25*8 + evaluate 500 clips*3 samplers*10*1 = 828 670. Discrete: qinco2
+    # 10 epochs of 3429216*ceil(500/t) frames // 8000 (t=9: 240040 steps, t=100: 21430 twice)*.1 = 28 290, stage3
+    # 3 x 40*(3429216//32)=4286520*.5*8 = 51 438 240. Sum / 3600 = 17422.5.
+    assert "estimated GPU time: 17422 A100-40GB GPU-hours" in out
     assert "0.096 kbps" in out and "1.33 kbps" in out and "dry run: nothing started" in out
-    # Doubling stage 3's steps adds 3 discrete branches x 20000 steps x 0.5 s x 8 GPUs = 66.7 GPU-hours.
-    assert main(["pipeline", "run", "paper", "--dry-run", "--set", "pipeline.resources.stage3.steps=40000"]) == 0
-    assert gpu_time_line(capsys.readouterr().out) == 1934
+    # Doubling stage 1's steps adds 7 branches x 200000 steps x 0.5 s x 8 GPUs = 1555.6 GPU-hours.
+    assert main(["pipeline", "run", "paper", "--dry-run", "--set", "dae.stage1.steps=400000"]) == 0
+    assert gpu_time_line(capsys.readouterr().out) == 18978
 
 
 def test_picture_without_graphviz(tmp_path):

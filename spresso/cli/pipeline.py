@@ -32,13 +32,21 @@ def _run(args) -> int:
         cfg.pipeline.max_parallel = args.max_parallel
     if args.dry_run:
         # lazy: imports Ray and MLflow; keeps `spresso --help` fast
-        from spresso.pipeline.graph import build_graph
+        from spresso.pipeline.cost_table import load_cost_table  # lazy: as above
+        from spresso.pipeline.graph import build_graph  # lazy: as above
         from spresso.pipeline.plan import describe  # lazy: as above
         from spresso.pipeline.registry import registry  # lazy: as above
 
+        measured = None
+        if args.cost_table:
+            gpu, measured = load_cost_table(args.cost_table)
+            print(f"cost table {args.cost_table}: seconds per step measured on {gpu} for {', '.join(measured)}")
+            if cfg.pipeline.gpu_type.split("-")[0] not in gpu:
+                print(f"note: the other stages use assumed {cfg.pipeline.gpu_type} figures (pipeline.gpu_type): "
+                      f"the total mixes two GPU types")
         graph = build_graph(cfg, registry())
         selected = graph.select(args.from_, args.until, args.only) | {n for s in args.force for n in graph.match(s)}
-        print(describe(graph, selected))
+        print(describe(graph, selected, measured))
         print("dry run: nothing started")
         return 0
     # lazy: imports Ray and MLflow; keeps `spresso --help` fast
@@ -127,6 +135,8 @@ def register(commands, train) -> None:
     run.add_argument("--input", action="append", default=[], metavar="DIR", help="more raw audio folders for the shard stage")
     run.add_argument("--max-parallel", type=int, default=None, help="stages at once on the local executor")
     run.add_argument("--dry-run", action="store_true", help="validate, print the DAG, resources and GPU-hours; start nothing")
+    run.add_argument("--cost-table", default=None, metavar="JSON",
+                     help="with --dry-run: a benchmarks/gpu_suite.py result; its measured seconds per step replace the assumed ones")
     run.set_defaults(func=_run)
 
     st = sub.add_parser("status", help="each stage: done, reused, running, failed, stale or pending, with its MLflow run")

@@ -107,7 +107,10 @@ class DAEConfig(Section):
     stage1: DAETrainConfig = DAETrainConfig()
     stage3: Stage3Config = Stage3Config()
     zcache: ZCacheConfig = ZCacheConfig()
-    decode_steps: int = Field(32, ge=1)  # an exported bundle's default solver steps (DPM-Solver++(2M); the paper: 64 Heun)
+    # An exported bundle's default sampler (the codec decodes with it unless told otherwise): the paper
+    # decodes with Heun at 64 steps (127 network evaluations); DPM-Solver++(2M) is our faster addition.
+    decode_steps: int = Field(32, ge=1)
+    decode_solver: Literal["dpmpp2m", "heun"] = "dpmpp2m"
     # Inputs (null: the DiT / QINCo2 stages' final checkpoints) and outputs, relative to the workdir.
     dit_dir: Optional[str] = None
     quantizer_dir: Optional[str] = None

@@ -1,11 +1,22 @@
 """Evaluation settings: metrics, embedding backend, the evaluation set and the harness."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
+from spresso.config.base import Section
 from spresso.config.scaling import Placement
+
+
+class SamplerRow(Section):
+    """One way of decoding our codec bundles in the evaluation: a solver and its step count."""
+
+    name: Literal["heun", "dpmpp2m"]
+    steps: int = Field(..., ge=1)
+
+    def label(self) -> str:
+        return f"{self.name}{self.steps}"
 
 
 class EvalConfig(Placement):
@@ -22,7 +33,10 @@ class EvalConfig(Placement):
     level: float = Field(0.95, gt=0, lt=1)
     example_clips: int = Field(4, ge=0)  # clips with audio players and spectrograms in the report
     variations: int = Field(2, ge=0)  # extra decodings (other seeds) of stochastic codecs for the examples
-    diffusion_steps: int = Field(32, ge=1)  # solver steps for our codec bundles (their solver, DPM-Solver++(2M) by default; the paper: 64 Heun)
+    diffusion_steps: int = Field(32, ge=1)  # solver steps for our codec bundles (with the bundle's solver) when samplers is empty
+    # Samplers our codec bundles are evaluated with: the first is the point's primary row, each other one an
+    # extra row of the table (e.g. the paper's Heun 64 first, then the fast DPM-Solver++(2M) at 32 and 16 steps).
+    samplers: list[SamplerRow] = Field(default_factory=list)
     # What each Ray task (a chunk of clips) asks of the cluster. GPUs are asked for only when set here
     # (an autoscaler then starts GPU nodes); null CPUs: runtime.actor_cpus.
     cpus_per_task: Optional[float] = Field(None, gt=0)

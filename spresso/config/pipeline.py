@@ -8,7 +8,7 @@
         - {name: d1k32, t: 9, K: 1024, m: 12}
       driver_label: driver
       resources:
-        train_dit: {gpus: 1, workers: 8, label: a100, accelerator: A100, steps: 200000, step_seconds: 0.35}
+        train_dit: {gpus: 1, workers: 8, label: a100, accelerator: A100}
 
 A continuous point has no quantizer: its branch leaves out the stages marked discrete-only
 (qinco2, stage3). Settings of one branch (sizes, depths) go in ``overrides`` as dotted config
@@ -80,15 +80,10 @@ class StageResources(Section):
     # Accelerator type per worker (e.g. A100): asks for the Ray resource accelerator_type:A100, so an
     # autoscaler starts that node type.
     accelerator: Optional[str] = None
-    # The GPU-hours estimate of --dry-run: steps x step_seconds x GPUs in use (stated assumptions).
+    # The dry run's estimate: step_seconds (> 0) replaces the cost table's figure for this stage (flagged
+    # as assumed); steps is used only by stages the cost model cannot count (spresso.pipeline.cost).
     steps: int = Field(0, ge=0)
     step_seconds: float = Field(0.0, ge=0)
-
-    def gpus_in_use(self) -> float:
-        return self.gpus * max(self.workers, 1)
-
-    def gpu_hours(self) -> float:
-        return self.steps * self.step_seconds * self.gpus_in_use() / 3600.0
 
 
 class PipelineConfig(Section):
@@ -110,7 +105,10 @@ class PipelineConfig(Section):
     executor: Literal["auto", "local", "ray"] = "auto"
     # Stages running at once on the local executor (each may use Ray inside).
     max_parallel: int = Field(2, ge=1)
-    # Stated model for the dry run's cost line.
+    # The dry run's cost estimate (spresso.pipeline.cost): the raw corpus's length in hours (cut into
+    # data.clip_seconds clips; 0: unknown, the epoch-based stages and caches are then not estimated),
+    # the GPU type whose seconds per step are used (spresso.pipeline.cost_table) and its price.
+    corpus_hours: float = Field(0.0, ge=0)
     gpu_type: str = "A100-40GB"
     gpu_hour_usd: float = Field(4.1, ge=0)
     # Registered MLflow model whose versions the export stages' bundles become (null: none). Each

@@ -79,13 +79,22 @@ class HarnessSettings:
     max_tasks: int | None = None  # tasks at once (None: as many as the cluster's CPUs hold at the start)
     label: str | None = None  # node label (spresso-node) the tasks need
     accelerator: str | None = None  # accelerator type each task needs (accelerator_type:X)
+    # Solver for bundle specs that name none (None: the bundle's own); with diffusion_steps, the
+    # primary row of eval.samplers when the config lists samplers.
+    diffusion_solver: str | None = None
 
     @classmethod
     def from_config(cls, cfg) -> "HarnessSettings":
         e = cfg.eval
+        primary = e.samplers[0] if e.samplers else None
         return cls(e.embedding, e.embedding_checkpoint, e.n_boot, e.level, e.seed, e.example_clips, e.variations,
-                   e.diffusion_steps, e.cpus_per_task or cfg.runtime.actor_cpus, e.gpus_per_task,
-                   max_tasks=e.max_tasks, label=e.label, accelerator=e.accelerator)
+                   primary.steps if primary else e.diffusion_steps, e.cpus_per_task or cfg.runtime.actor_cpus, e.gpus_per_task,
+                   max_tasks=e.max_tasks, label=e.label, accelerator=e.accelerator,
+                   diffusion_solver=primary.name if primary else None)
+
+    def adapter_defaults(self) -> dict:
+        """What a codec spec leaves unsaid: steps, and the solver for bundles."""
+        return {"steps": self.diffusion_steps, **({"solver": self.diffusion_solver} if self.diffusion_solver else {})}
 
     def embedding_id(self) -> str:
         return f"{self.embedding}:{self.embedding_checkpoint or ''}"
@@ -134,7 +143,7 @@ def evaluate_chunk(spec: str | None, clips: list[EvalClip], audio_keys: set[str]
     """
 
     torch.set_num_threads(max(1, settings.threads_per_task))
-    adapter = build_adapter(spec, {"steps": settings.diffusion_steps}) if spec else None
+    adapter = build_adapter(spec, settings.adapter_defaults()) if spec else None
     embedder = _embedder(settings)
     out = []
     for clip in clips:
@@ -198,6 +207,8 @@ class ResultCache:
 
 def codec_id(name: str, spec: str | None, settings: HarnessSettings) -> str:
     parts = [settings.embedding_id(), spec_fingerprint(spec) if spec else "original", settings.diffusion_steps]
+    if settings.diffusion_solver:  # only then: the ids of earlier caches stay valid
+        parts.append(settings.diffusion_solver)
     return f"{name}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]}"
 
 
@@ -299,7 +310,7 @@ class Harness:
         jobs = [(REFERENCE, None, ref_cache, self._missing(ref_cache))]
         adapters, caches, notes = {}, {}, {}
         for name, spec in self.codecs.items():
-            adapter = build_adapter(spec, {"steps": s.diffusion_steps})  # bad specs fail here, before any work
+            adapter = build_adapter(spec, s.adapter_defaults())  # bad specs fail here, before any work
             ok, why = adapter.available()
             adapters[name] = adapter
             if not ok:

@@ -121,10 +121,12 @@ def export_stage(cfg, ctx: StageContext) -> StageResult:
 
 def evaluate_stage(cfg, ctx: StageContext) -> StageResult:
     # lazy: declaring the DAG imports no torch
-    from spresso.eval.harness import run_evaluation
+    from spresso.eval.baselines import bundle_rows  # lazy: as above
+    from spresso.eval.harness import run_evaluation  # lazy: as above
 
-    # The point's bundle next to the AudioAE alone (its upper bound), on the shards' eval split.
-    codecs = {ctx.point.name: f"spresso:{ctx.inputs['bundle'].uri},steps={cfg.eval.diffusion_steps}",
+    # The point's bundle (a row per eval.samplers entry, the first primary) next to the AudioAE alone
+    # (its upper bound), on the shards' eval split.
+    codecs = {**bundle_rows(ctx.point.name, ctx.inputs["bundle"].uri, cfg.eval),
               "audioae": f"audioae:{ctx.inputs['audioae'].uri}"}
     _, run_id = run_evaluation(cfg, codecs, out_dir=ctx.outputs["report"], parent_run_id=ctx.parent_run_id,
                                progress=False)

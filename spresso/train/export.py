@@ -174,7 +174,7 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
         },
         "normalizer": {"x0_mean": [float(v) for v in meta["x0_mean"]], "x0_std": [float(v) for v in meta["x0_std"]],
                        "sigma_data": float(dae.denoiser.sigma_data)},
-        "sampler": {"steps": int(cfg["dae"].get("decode_steps", 32)), "solver": "dpmpp2m", "rho": RHO,
+        "sampler": {"steps": int(cfg["dae"].get("decode_steps", 32)), "solver": cfg["dae"].get("decode_solver", "dpmpp2m"), "rho": RHO,
                     "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX},
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,13 @@ def build_spec(q: QINCo2Config, d: int) -> QINCo2Spec:
     return QINCo2Spec.from_preset(q.preset, d=d, K=q.K, M=q.M, L=q.L, de=q.de, dh=q.dh, A=q.candidates, B=q.beam)
 
 
+def epoch_steps(q: QINCo2Config, n_train: int, world_size: int) -> tuple[int, int]:
+    """(steps per epoch, total steps): ``epochs`` passes of ``batch_size`` per worker, capped by ``max_steps``."""
+    per_epoch = n_train // (q.batch_size * world_size)
+    total = q.epochs * per_epoch
+    return per_epoch, total if q.max_steps is None else min(q.max_steps, total)
+
+
 def settings(q: QINCo2Config, total_steps: int) -> TrainSettings:
     return TrainSettings(lr=q.lr, weight_decay=q.weight_decay, grad_clip=q.grad_clip,
                          warmup_steps=min(q.warmup_steps, max(0, total_steps // 5)), total_steps=total_steps,
@@ -101,10 +108,9 @@ def train_loop(config: dict) -> None:
     train_rows, val_rows = src.split(q.val_fraction, q.seed)
     x_val = src.sample(val_rows, q.max_val_vectors, seed=q.seed + 1)
     n_train = src.count(train_rows)
-    steps_per_epoch = n_train // (q.batch_size * ctx.world_size)
+    steps_per_epoch, total = epoch_steps(q, n_train, ctx.world_size)
     if steps_per_epoch < 1:
         raise SpressoError(f"{src.path}: {n_train} training vectors, fewer than one batch of {q.batch_size} per worker")
-    total = q.epochs * steps_per_epoch if q.max_steps is None else min(q.max_steps, q.epochs * steps_per_epoch)
     s = settings(q, total)
 
     model = QINCo2(build_spec(q, src.d)).to(ctx.device)

@@ -9,7 +9,7 @@ stage1     ``stage1:DAE_DIR,audioae=AE_DIR[,steps=32]``     continuous z through
 rq         ``rq:DAE_DIR,audioae=AE_DIR,rq=RQ_DIR,m=4``      faiss RQ codes instead of QINCo2 (ablation)
 dac        ``dac:WEIGHTS.pth[,codebooks=2]``                Descript Audio Codec, local weights
 sqcodec    ``sqcodec:MODEL_DIR,config=0k75bps``             SQCodec, local weights
-spresso    ``spresso:BUNDLE[,kbps=0.3][,steps=32]``         an S-PRESSO codec bundle
+spresso    ``spresso:BUNDLE[,kbps=0.3][,steps=32][,solver=heun]``  an S-PRESSO codec bundle (solver: the bundle's)
 =========  ===============================================  =========================================
 
 Constructing an adapter is cheap (no weights are read); ``available()`` says whether its
@@ -77,7 +77,7 @@ def _spresso(arg, o, defaults):
     kbps = o.pop("kbps", None)
     codebooks = o.pop("codebooks", None)
     return BundleAdapter(arg, kbps=float(kbps) if kbps else None, codebooks=int(codebooks) if codebooks else None,
-                         steps=int(o.pop("steps", defaults.get("steps", 32))))
+                         steps=int(o.pop("steps", defaults.get("steps", 32))), solver=o.pop("solver", defaults.get("solver")))
 
 
 KINDS: dict[str, Callable] = {"opus": _opus, "audioae": _audioae, "stage1": _stage1, "rq": _rq, "dac": _dac,
@@ -103,6 +103,18 @@ def build_adapter(spec: str, defaults: dict | None = None) -> CodecAdapter:
     if left:
         raise SpressoError(f"codec spec {spec!r}: unknown option(s) {', '.join(sorted(left))} for kind {kind!r}")
     return adapter
+
+
+def bundle_rows(name: str, bundle: str, eval_cfg) -> dict[str, str]:
+    """Codec specs of one bundle, a row per ``eval.samplers`` entry: the first (the primary row) under
+    ``name``, the others as ``<name>-<solver><steps>``. No samplers: one row, the bundle's solver at
+    ``eval.diffusion_steps`` steps."""
+    if not eval_cfg.samplers:
+        return {name: f"spresso:{bundle},steps={eval_cfg.diffusion_steps}"}
+    rows = {}
+    for i, s in enumerate(eval_cfg.samplers):
+        rows[name if i == 0 else f"{name}-{s.label()}"] = f"spresso:{bundle},steps={s.steps},solver={s.name}"
+    return rows
 
 
 def spec_fingerprint(spec: str) -> str:

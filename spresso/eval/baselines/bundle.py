@@ -24,8 +24,10 @@ from spresso.eval.adapter import CodecAdapter, CodecInfo
 class BundleAdapter(CodecAdapter):
     stochastic = True
 
-    def __init__(self, path: str, kbps: float | None = None, codebooks: int | None = None, steps: int = 32):
+    def __init__(self, path: str, kbps: float | None = None, codebooks: int | None = None, steps: int = 32,
+                 solver: str | None = None):
         self.path, self.kbps, self.codebooks, self.steps = str(path), kbps, codebooks, int(steps)
+        self.solver = solver  # None: the bundle's own (the codec checks the name)
         self.bundle_name = self.path.rstrip("/").rsplit("/", 1)[-1]  # the bundle folder's name, local or URL
         self._codec = None
         variant = f"{kbps:g} kbps" if kbps else (f"{codebooks} codebooks" if codebooks else "full rate")
@@ -61,6 +63,8 @@ class BundleAdapter(CodecAdapter):
         else:
             nominal = continuous_bitrate_bps(channels, t)
             variant = f"{self.bundle_name} t={t} continuous float16"
+        if self.solver is not None:  # a sampler row of the table: say which
+            variant = f"{variant} {self.solver} {self.steps} steps"
         self.info = CodecInfo("S-PRESSO", variant, 48000, frame_rate_hz=frame_rate(t), nominal_bitrate_bps=nominal,
                               compression=compression_ratio(t, channels))
 
@@ -68,7 +72,7 @@ class BundleAdapter(CodecAdapter):
         return self.codec.encode(np.asarray(wave, np.float32), 48000, kbps=self.kbps, codebooks=self.codebooks)
 
     def decode_variation(self, data: bytes, num_samples: int, seed: int) -> np.ndarray:
-        wave, sr = self.codec.decode(data, steps=self.steps, seed=seed)
+        wave, sr = self.codec.decode(data, steps=self.steps, seed=seed, solver=self.solver)
         y = resample(np.asarray(wave, np.float32).reshape(-1), int(sr), 48000)
         return y[:num_samples] if y.size >= num_samples else np.pad(y, (0, num_samples - y.size))
 
