@@ -186,7 +186,7 @@ def test_audioae_gan_steps_on_the_accelerator():
 
 # -- the codec -----------------------------------------------------------------------------------
 def test_codec_encode_and_decode_on_the_accelerator():
-    codec = Codec.from_path(shared_bundle(), device=ACCEL)
+    codec = Codec.from_path(shared_bundle(), device=torch.device(ACCEL))  # a device object: the API accepts meta
     wave = np.random.default_rng(0).standard_normal(48000 * 6).astype(np.float32) * 0.1
     with OnAccelerator() as check:
         data = codec.encode(wave, 48000)

@@ -198,3 +198,13 @@ def test_the_whole_dag_runs_on_a_bucket_and_writes_nothing_locally(s3_bucket, tm
     codec = spresso.load(first.outcomes["export@d1"].outputs["bundle"].uri)
     wave, rate = codec.decode(codec.encode(np.zeros(48000, np.float32) + 0.01 * np.sin(np.arange(48000)), 48000), steps=2)
     assert rate == 48000 and wave.shape[-1] == 48000
+
+
+def test_a_store_refusal_outside_a_stage_check_is_one_cli_line(s3_bucket, monkeypatch, capsys):
+    from spresso.cli import main
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID"), monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"), monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    assert main(["export", "--set", f"workdir={s3_bucket}/w", "--out", "bundles/d1", "--stage", "/nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: access refused") and "\n" not in err and "Traceback" not in err, err

@@ -26,6 +26,7 @@ from spresso.cli import (
     stages,
 )
 from spresso.cli.jobpaths import check_job_paths
+from spresso.core import storage
 from spresso.core.errors import SpressoError
 
 # Modules that add subcommands, in help order; each has register(commands, train).
@@ -80,11 +81,15 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        raise
     except OSError as err:  # an OS refusal the command did not foresee: still one line
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not storage.is_store_error(err):
+            raise
+        # object storage refusing (no credentials, no bucket, no endpoint) where no stage checked first
+        print(f"error: {storage.describe_error(err)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -366,6 +366,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
             raise CodecError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise CodecError(f"device {str(device)!r}: MPS is not available here (use cpu)")
+    elif dev.type == "meta" and isinstance(device, torch.device):
+        pass  # the CPU-only device checks stand the accelerator in with meta; a typed "--device meta" is refused
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise CodecError(f"unsupported device {str(device)!r} (use cpu, cuda or cuda:N)")
     return dev

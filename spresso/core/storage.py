@@ -29,6 +29,7 @@ fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", S3_CLIENT_CO
 _MISSING_BUCKET = ("NoSuchBucket", "bucket does not exist", "The specified bucket")
 _REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403", "ExpiredToken",
             "Unable to locate credentials", "NoCredentialsError")
+_STORE_CLIENTS = {"botocore", "aiobotocore", "s3fs", "gcsfs", "boto3"}
 _UNREACHABLE = ("Could not connect", "ConnectTimeout", "EndpointConnectionError", "Connect timeout", "Cannot connect",
                 "Connection refused", "Name or service not known", "nodename nor servname")
 
@@ -45,6 +46,11 @@ def describe_error(err: BaseException) -> str:
         return f"cannot reach {endpoint} (AWS_ENDPOINT_URL)"
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     return f"{type(err).__name__}: {first[:200]}"
+
+
+def is_store_error(err: BaseException) -> bool:
+    """An exception raised by an object-store client (botocore, s3fs, gcsfs), whatever its class."""
+    return any(type(e).__module__.split(".")[0] in _STORE_CLIENTS for e in (err, err.__cause__, err.__context__) if e)
 
 
 def check_store(path: str | Path) -> None:
