@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.core import storage
 from spresso.core.errors import SpressoError
 from spresso.core.outputs import check_output, write_file
 
@@ -91,7 +92,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise SpressoError("--clips must be at least 2")
     result, run_id = run_evaluation(cfg, codecs, split=args.set_split, folder=args.folder, num_clips=args.clips,
                                     out_dir=args.out, use_ray=not args.no_ray)
-    print((result.out_dir / "table.md").read_text(), end="")
+    print(storage.read_text(storage.join(result.out_dir, "table.md")), end="")
     print(f"report: {result.files['index']}\nMLflow run: {run_id}")
     return 0
 

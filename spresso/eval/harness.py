@@ -226,8 +226,17 @@ class CodecResult:
 class EvalResult:
     set: EvalSet
     codecs: dict[str, CodecResult]
-    out_dir: Path | None = None
-    files: dict[str, Path] = field(default_factory=dict)
+    out_dir: Path | str | None = None  # a URL when the report was published to object storage
+    files: dict[str, Path | str] = field(default_factory=dict)
+
+    def published_to(self, dest: str | Path) -> None:
+        """Point out_dir and files at ``dest``, where the folder they were written in now lives."""
+        old = Path(self.out_dir)
+        self.files = {k: storage.join(dest, Path(v).relative_to(old).as_posix()) for k, v in self.files.items()}
+        self.out_dir = dest
+        if not storage.is_url(dest):
+            self.files = {k: Path(v) for k, v in self.files.items()}
+            self.out_dir = Path(dest)
 
     @property
     def rows(self) -> list[ResultRow]:
@@ -449,4 +458,5 @@ def run_evaluation(cfg, codecs: dict[str, str], *, split: str | None = None, fol
         run.log_metrics(metrics)
         run.client.log_artifacts(run.run_id, str(out), "report")
         run.log_output("report", out_dir, digest_json(json.loads((out / "results.json").read_text())))
+    result.published_to(out_dir)  # the staged folder is gone: name the files where they were published
     return result, run.run_id
