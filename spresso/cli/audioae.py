@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 from spresso.cli.stages import add_run_args
 
 
@@ -18,6 +19,7 @@ def register(commands, train) -> None:
     p = train.add_parser(
         "audioae", help="train the AudioAE; rerunning resumes an unfinished run, an unchanged finished one is reused",
     )
+    add_examples(p, "train audioae")
     add_config_args(p)
     add_run_args(p)
     p.set_defaults(func=_train)

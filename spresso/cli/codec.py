@@ -55,7 +55,7 @@ EXPORT_HELP = """examples:
 """
 PEEL_HELP = """examples:
   spresso peel boom.spr boom_low.spr --codebooks 4
-  spresso inspect boom_low.spr
+  spresso peel boom.spr boom_1.spr -m 1 --overwrite     # then: spresso inspect boom_1.spr
 """
 INSPECT_HELP = """examples:
   spresso inspect boom.spr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 
 
 def _show(args) -> int:
@@ -12,5 +13,6 @@ def _show(args) -> int:
 
 def register(commands, train) -> None:
     p = commands.add_parser("config", help="validate and print the resolved config (preset + --set overrides)")
+    add_examples(p, "config")
     add_config_args(p)
     p.set_defaults(func=_show)

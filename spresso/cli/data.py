@@ -5,17 +5,20 @@ import argparse
 import json
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 from spresso.core.errors import SpressoError
 
 
 def register(commands, train) -> None:
     p = commands.add_parser("synth-corpus", help="write a procedural sound-effect corpus with captions")
+    add_examples(p, "synth-corpus")
     p.add_argument("--output", "-o", required=True, help="folder to write")
     p.add_argument("--minutes", type=float, default=5.0, help="about how many minutes of audio [5]")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes [0]")
     p.set_defaults(func=synth_corpus_cmd)
 
     p = commands.add_parser("shard", help="cut audio into 5 s clips and write WebDataset shards (Ray Data)")
+    add_examples(p, "shard")
     p.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="folders, globs or fsspec URLs")
     p.add_argument("--output", "-o", default=None, help="output folder [workdir/data.shards_dir]")
     p.add_argument("--captions", default=None, metavar="CSV", help="CSV of path,caption (used when no sidecar .txt/.json)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 from spresso.cli.stages import add_run_args
 from spresso.core.errors import SpressoError
 
@@ -43,17 +44,20 @@ def _generate(args) -> int:
 
 def register(commands, train) -> None:
     p = train.add_parser("dit", help="pretrain the text-to-audio DiT (EDM2) on the x0 cache; reruns resume or reuse")
+    add_examples(p, "train dit")
     add_config_args(p)
     add_run_args(p)
     p.set_defaults(func=_train)
 
     e = commands.add_parser("embed-captions", help="fill the caption-embedding cache (row-aligned with the x0 cache; "
                                                    "`train dit` builds it too when missing)")
+    add_examples(e, "embed-captions")
     add_config_args(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed_captions)
 
     g = commands.add_parser("generate", help="generate a sound effect from a text prompt with the trained DiT")
+    add_examples(g, "generate")
     add_config_args(g)
     g.add_argument("--prompt", required=True, help='what to generate, e.g. "metal door slam"')
     g.add_argument("--out", required=True, help="output audio file (.wav/.flac)")

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 from spresso.core import storage
 from spresso.core.errors import SpressoError
 from spresso.core.outputs import check_output, write_file
@@ -23,6 +24,7 @@ def register(commands, train) -> None:
         "so adding a codec computes only that codec. Codec specs: opus:6, audioae:DIR, stage1:DAE_DIR,audioae=DIR, "
         "rq:DAE_DIR,audioae=DIR,rq=RQ_DIR,m=4, dac:WEIGHTS.pth, sqcodec:DIR,config=0k75bps, spresso:BUNDLE[,kbps=0.3].",
     )
+    add_examples(ev, "eval")
     add_config_args(ev)
     ev.add_argument("--codec", action="append", default=[], metavar="NAME=SPEC", help="a codec to evaluate (repeatable)")
     where = ev.add_mutually_exclusive_group()
@@ -38,6 +40,7 @@ def register(commands, train) -> None:
         description="Build a self-contained MUSHRA-style page (hidden reference, 3.5 kHz anchor, 0-100 sliders) "
         "from <clip>/reference.wav + <clip>/<condition>.wav, or summarise result JSON files.",
     )
+    add_examples(lt, "listening-test")
     lt.add_argument("--eval", dest="eval_source", metavar="DIR_OR_RUN",
                     help="a `spresso eval` output folder or MLflow run id, or a folder laid out as "
                     "<clip>/reference.wav and <clip>/<condition>.wav")
@@ -48,6 +51,7 @@ def register(commands, train) -> None:
     lt.set_defaults(func=_build)
     sub = lt.add_subparsers(dest="lt_command", metavar="summarize")
     sm = sub.add_parser("summarize", help="per-condition means with 95%% intervals after listener post-screening")
+    add_examples(sm, "listening-test summarize")
     sm.add_argument("files", nargs="+", metavar="FILE", help="result JSON files downloaded from the page")
     sm.add_argument("--json", dest="json_out", metavar="PATH", help="also write the summary as JSON")
     sm.add_argument("--overwrite", action="store_true", help="replace an existing --json file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 
 
 def add_latents_args(parser: argparse.ArgumentParser) -> None:
@@ -36,5 +37,6 @@ def _precompute(args: argparse.Namespace) -> int:
 
 def register(commands, train) -> None:
     p = commands.add_parser("precompute-latents", help="encode the shards with the AudioAE into the x0 Zarr cache (resumable)")
+    add_examples(p, "precompute-latents")
     add_latents_args(p)
     p.set_defaults(func=_precompute)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spresso.cli.examples import add_examples
 from spresso.config import load_config
 
 
@@ -126,6 +127,7 @@ def register(commands, train) -> None:
     pipe.set_defaults(func=lambda args: pipe.print_help() or 2)
 
     run = sub.add_parser("run", help="run (or resume) the pipeline: finished stages with unchanged inputs are reused")
+    add_examples(run, "pipeline run")
     _pipeline_args(run)
     sel = "a stage (train_dit), a branch instance (stage1@c11), a stage kind (every branch) or @point"
     run.add_argument("--from", dest="from_", action="append", default=[], metavar="S", help=f"start at S and its downstream; {sel}")
@@ -140,11 +142,13 @@ def register(commands, train) -> None:
     run.set_defaults(func=_run)
 
     st = sub.add_parser("status", help="each stage: done, reused, running, failed, stale or pending, with its MLflow run")
+    add_examples(st, "pipeline status")
     _pipeline_args(st)
     st.add_argument("--tracking-uri", default=None, help="MLflow store to read (overrides the config's and MLFLOW_TRACKING_URI)")
     st.set_defaults(func=_status)
 
     gr = sub.add_parser("graph", help="write the DAG as a picture (png/svg/pdf, or .dot source)")
+    add_examples(gr, "pipeline graph")
     _pipeline_args(gr)
     gr.add_argument("--out", "-o", default="dag.png")
     gr.add_argument("--engine", default="auto", choices=["auto", "dot", "matplotlib"])
@@ -156,6 +160,7 @@ def register(commands, train) -> None:
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION")
     runs.set_defaults(func=lambda args: runs.print_help() or 2)
     cmp = runs_sub.add_parser("compare", help="a table of runs and metrics, and the MLflow UI compare link")
+    add_examples(cmp, "runs compare")
     _tracking_args(cmp)
     cmp.add_argument("--experiment", "-e", default=None)
     cmp.add_argument("--metric", "-m", action="append", default=[],
@@ -168,6 +173,7 @@ def register(commands, train) -> None:
     cmp.set_defaults(func=_compare)
 
     lin = commands.add_parser("lineage", help="upstream runs and dataset digests of a run or output path; runs that used a digest")
+    add_examples(lin, "lineage")
     lin.add_argument("target", metavar="RUN_OR_PATH_OR_DIGEST",
                      help="a run id (or a unique prefix, e.g. the 12 digits `runs compare` prints), an output path, "
                           "or a dataset digest (8+ hex digits)")

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def register(commands, train) -> None:
     p = train.add_parser("qinco2", help="train the QINCo2 quantizer on vector frames (stage 2) against faiss RQ")
+    add_examples(p, "train qinco2")
     add_config_args(p)
     p.add_argument("--vectors", help="Zarr group/array of vectors [default: qinco2.vectors_path in the workdir]")
     p.add_argument("--array", help="array name inside the group [default: qinco2.vectors_array]")
@@ -47,6 +49,7 @@ def register(commands, train) -> None:
     p.set_defaults(func=_train)
 
     q = commands.add_parser("quantize", help="write QINCo2 codes (uint16 [N, T', M]) of a vector cache to Zarr")
+    add_examples(q, "quantize")
     add_config_args(q)
     q.add_argument("--input", required=True, help="Zarr cache of vectors (e.g. z.zarr)")
     q.add_argument("--output", required=True, help="Zarr group to write the codes to")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from spresso.cli.common import add_config_args, config_from_args
+from spresso.cli.examples import add_examples
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +57,15 @@ def run_precompute_z(args: argparse.Namespace) -> int:
 
 def register(commands, train) -> None:
     p = train.add_parser("stage1", help="stage 1: train g_psi, f_phi, audio-down streams and LoRA on the pretrained DiT")
+    add_examples(p, "train stage1")
     add_stage_args(p)
     p.set_defaults(func=run_stage1)
     p = train.add_parser("stage3", help="stage 3: finetune f_phi and LoRA on quantized z (z_q from the frozen QINCo2)")
+    add_examples(p, "train stage3")
     add_stage_args(p)
     p.set_defaults(func=run_stage3)
     p = commands.add_parser("precompute-z", help="encode the x0 cache with the stage-1 encoder into the z Zarr cache (resumable)")
+    add_examples(p, "precompute-z")
     add_stage_args(p)
     p.add_argument("--stage1", default=None, metavar="DIR", help="stage-1 checkpoint [<workdir>/<dae.checkpoint_dir>/t<t>/stage1/final]")
     p.add_argument("--overwrite", action="store_true", help="replace a z cache made by another encoder")
