@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from timing import sync  # noqa: E402  (benchmarks/timing.py: this script's folder is on sys.path)
+from gpu_reference import dit_batch, gpu_peak  # noqa: E402  (this script's folder is on sys.path)
+from timing import sync, timed  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from spresso.config import load_config  # noqa: E402
@@ -28,25 +29,6 @@ from spresso.diffusion.normalize import LatentNormalizer  # noqa: E402
 from spresso.models.dit import count_parameters  # noqa: E402
 from spresso.models.text_encoder import TextEmbedding  # noqa: E402
 from spresso.train.dit import DiTTrainer  # noqa: E402
-
-# Dense bf16 tensor-core peaks (TFLOP/s) of common training GPUs.
-BF16_PEAK = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "A10G": 125.0, "L4": 121.0, "L40S": 362.0, "B200": 2250.0}
-
-
-def gpu_peak(name: str) -> float | None:
-    for key, peak in BF16_PEAK.items():
-        if key in name:
-            return peak
-    return None
-
-
-def make_batch(batch: int, frames: int, channels: int, text_dims, device, tokens: int = 32):
-    g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(batch, tokens, dtype=torch.bool)
-    mask[:, :12] = True
-    return {"x0": torch.randn(batch, channels, frames, generator=g).to(device),
-            "text": torch.randn(batch, tokens, text_dims[0], generator=g).to(device), "text_mask": mask.to(device),
-            "pooled": torch.randn(batch, text_dims[1], generator=g).to(device)}
 
 
 def bench_preset(preset: str, batch: int, steps: int, device: torch.device, compile_model: bool, sample: bool) -> dict:
@@ -57,7 +39,7 @@ def bench_preset(preset: str, batch: int, steps: int, device: torch.device, comp
     trainer = DiTTrainer(cfg, text_dims, norm, device, autocast=autocast)
     if compile_model:
         trainer.model = torch.compile(trainer.model)
-    data = make_batch(batch, frames, C, text_dims, device)
+    data = dit_batch(batch, C, frames, text_dims, device)
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):  # warm-up (allocator, kernels, compile)
         trainer.train_step(data, gen)
@@ -65,18 +47,13 @@ def bench_preset(preset: str, batch: int, steps: int, device: torch.device, comp
     with FlopCounterMode(display=False) as fc:
         trainer.train_step(data, gen)
     flops = fc.get_total_flops()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(data, gen)
-    sync(device)
-    step_s = (time.perf_counter() - t0) / steps
+    step_s = timed(lambda: trainer.train_step(data, gen), iters=steps, warmup=0, device=device)  # warmed up above
     out = {"preset": preset, "device": str(device), "params_M": count_parameters(trainer.denoiser) / 1e6, "batch": batch,
            "tokens_per_sample": frames // cfg.model.patch + 32, "step_s": step_s, "samples_per_s": batch / step_s,
            "audio_s_per_s": batch * 5.0 / step_s, "step_TFLOP": flops / 1e12, "TFLOP_per_s": flops / step_s / 1e12}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peak = gpu_peak(name)
+        peak, _ = gpu_peak(name)
         out["gpu"] = name
         if peak:
             out["bf16_peak_TFLOP_per_s"] = peak

@@ -9,7 +9,7 @@ Random weights (no checkpoints), no network. For the `paper` preset (configs/pap
   stages 1 and 3, quant.training.train_step for QINCo2 at K = 4096 with 8000-vector batches) at the
   per-GPU batch the stage runs with: steps/s, samples/s, peak CUDA memory; for the DiT (FSDP2 when
   torch.distributed can start a process group, over this one GPU) the achieved TFLOP/s (FLOPs counted by
-  torch's FlopCounterMode) as a share of the GPU's dense bf16 peak (BF16_PEAK, with sources);
+  torch's FlopCounterMode) as a share of the GPU's dense bf16 peak (gpu_reference.BF16_PEAK, with sources);
 - QINCo2 encode vectors/s (beam 32, 16 candidates; target >= 16 000) and faiss RQ encoding of the same
   vectors at the same K, M and beam (faiss's ResidualQuantizer encodes on the CPU in every faiss build);
 - x0 and z precompute clips/s (the cache actors EncodeLatents on 5 s clips and EncodeZ on their x0);
@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from gpu_reference import dit_batch, gpu_peak  # noqa: E402
 from timing import peak_memory_gib, reset_peak_memory, timed  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -64,15 +65,7 @@ from spresso.train.dit import DiTTrainer  # noqa: E402
 from spresso.train.qinco2 import build_spec, settings  # noqa: E402
 from spresso.train.stage1 import DAETrainer, per_worker_batch  # noqa: E402
 
-# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, with where the figure comes from. Longer names first.
-BF16_PEAK = {
-    "H100 PCIe": (756.0, "NVIDIA H100 datasheet: H100 PCIe BF16 1513 TFLOPS with sparsity, /2 dense"),
-    "H100": (989.0, "NVIDIA H100 datasheet: H100 SXM BF16 1979 TFLOPS with sparsity, /2 dense"),
-    "H200": (989.0, "NVIDIA H200 datasheet: H200 SXM BF16 1979 TFLOPS with sparsity, /2 dense"),
-    "A100": (312.0, "NVIDIA A100 datasheet: BF16 312 TFLOPS dense (624 with sparsity)"),
-}
 TEXT_DIMS = (384, 384)  # MiniLM token and pooled widths (the paper preset's text encoder)
-TEXT_TOKENS = 32
 CLIP_FRAMES = 500  # x0 frames of a 5 s clip (100 Hz)
 DECODE_T = 100  # 1 Hz z: the lowest rate
 DECODE_ROWS = [("heun", 64), ("dpmpp2m", 8), ("dpmpp2m", 16), ("dpmpp2m", 32)]
@@ -110,13 +103,6 @@ class Sizes:
         self.precompute_iters = 1 if smoke else 3
 
 
-def gpu_peak(name: str) -> tuple[float | None, str | None]:
-    for key, (peak, source) in BF16_PEAK.items():
-        if key in name:
-            return peak, source
-    return None, None
-
-
 def seeded() -> torch.Generator:
     """The same noise, sigma and dropout draw every step: the loss then falls on the fixed batch."""
     return torch.Generator().manual_seed(0)
@@ -138,15 +124,6 @@ def run_stage(name: str, step, batch: int, sizes: Sizes, device: torch.device, s
     row = {"stage": name, "batch_per_gpu": batch, "step_seconds": step_s, "steps_per_s": 1 / step_s,
            "samples_per_s": batch / step_s, "peak_memory_GiB": peak_memory_gib(device)}
     return row, loss_check(name, losses)
-
-
-def text_batch(batch: int, device: torch.device, channels: int, frames: int = CLIP_FRAMES) -> dict:
-    g = torch.Generator().manual_seed(1)
-    mask = torch.zeros(batch, TEXT_TOKENS, dtype=torch.bool)
-    mask[:, :12] = True
-    return {"x0": torch.randn(batch, channels, frames, generator=g).to(device),
-            "text": torch.randn(batch, TEXT_TOKENS, TEXT_DIMS[0], generator=g).to(device), "text_mask": mask.to(device),
-            "pooled": torch.randn(batch, TEXT_DIMS[1], generator=g).to(device)}
 
 
 def free_port() -> int:
@@ -193,7 +170,7 @@ def bench_dit(cfg: SpressoConfig, sizes: Sizes, device, autocast, peak: float | 
             why = str(err).splitlines()[0]
     if trainer is None:
         trainer = DiTTrainer(dc, TEXT_DIMS, norm, device, autocast=autocast)
-    batch = text_batch(dc.train.batch_size, device, C)
+    batch = dit_batch(dc.train.batch_size, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
 
     def step() -> float:
         return trainer.train_step(batch, seeded())[0]["loss"]
@@ -228,7 +205,7 @@ def bench_dae(stage: str, cfg: SpressoConfig, sizes: Sizes, device, autocast) ->
     norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
     trainer = DAETrainer(dae_model(cfg, device), cfg, stage, norm, device, autocast=autocast)
     b = per_worker_batch(tc.batch_size, max(1, tc.scaling.workers))  # what each of the stage's workers runs
-    batch = text_batch(b, device, C)
+    batch = dit_batch(b, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
     z = None
     if stage == "stage3":
         frames = -(-CLIP_FRAMES // cfg.dae.t)
