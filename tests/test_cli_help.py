@@ -9,8 +9,7 @@ import pytest
 from spresso.cli import build_parser, main
 from spresso.cli.examples import EXAMPLES
 
-CODEC_COMMANDS = ["encode", "decode", "export", "peel", "inspect"]
-ALL = sorted(EXAMPLES) + CODEC_COMMANDS
+ALL = sorted(EXAMPLES)
 
 
 def help_text(command: str, capsys) -> str:

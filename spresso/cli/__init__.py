@@ -71,10 +71,8 @@ def _run(argv: list[str] | None) -> int:
         check_job_paths(args)  # inside `ray job submit`: relative paths would name Ray's temporary copy
         result = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit
-    except BrokenPipeError:
-        # `spresso pipeline status demo | head`: the reader left; stop quietly, as other Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError:  # before OSError below: `spresso pipeline status demo | head` is no error
+        return _closed_stdout()
     except SpressoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import spresso
 from spresso.cli.common import add_config_args
+from spresso.cli.examples import add_examples
 from spresso.cli.stages import stage_config
 from spresso.codec import paths
 from spresso.codec.bitstream import (
@@ -34,33 +35,11 @@ from spresso.core import storage
 from spresso.core.errors import SpressoError
 from spresso.core.outputs import check_outputs, write_file
 
-ENCODE_HELP = """Stereo and multichannel input becomes mono: the mid (mean of the channels); when the channels cancel
-in the mid (e.g. L = -R, mid more than 20 dB below the loudest channel) the loudest channel is kept
-instead. Each output line says which, and the codebooks and bitrate chosen.
+ENCODE_DESCRIPTION = """audio -> .spr with a codec bundle
 
-examples:
-  spresso encode boom.wav boom.spr --model work/demo/bundles/d96
-  spresso encode sfx/ codes/ --model models:/spresso@champion --kbps 0.1
-  spresso encode 'takes/*.ogg' codes/ --model work/demo/bundles/d96 --codebooks 4 --overwrite
-"""
-DECODE_HELP = """examples:
-  spresso decode boom.spr boom.wav --model work/demo/bundles/d96
-  spresso decode codes/ decoded/ --model work/demo/bundles/d96 --steps 16 --original-rate
-  spresso decode boom.spr boom.flac --model work/demo/bundles/d96 --variations 3 --seed 7
-"""
-EXPORT_HELP = """examples:
-  spresso export --config demo
-  spresso export --config demo --t 100 --out bundles/d96 --register spresso --alias champion
-  spresso export --config paper --continuous --overwrite
-"""
-PEEL_HELP = """examples:
-  spresso peel boom.spr boom_low.spr --codebooks 4
-  spresso peel boom.spr boom_1.spr -m 1 --overwrite     # then: spresso inspect boom_1.spr
-"""
-INSPECT_HELP = """examples:
-  spresso inspect boom.spr
-  spresso inspect boom.spr --json
-"""
+Stereo and multichannel input becomes mono: the mid (mean of the channels); when the channels cancel
+in the mid (e.g. L = -R, mid more than 20 dB below the loudest channel) the loudest channel is kept
+instead. Each output line says which, and the codebooks and bitrate chosen."""
 OVERWRITE_HELP = "replace existing outputs (default: refuse, and keep them)"
 
 
@@ -204,13 +183,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
 
 
-def _parser(commands, name: str, help: str, epilog: str, description: str | None = None) -> argparse.ArgumentParser:
-    return commands.add_parser(name, help=help, description=description or help, epilog=epilog,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser(commands, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    return add_examples(commands.add_parser(name, help=help, description=description or help), name)
 
 
 def register(commands, train) -> None:
-    p = _parser(commands, "encode", "audio -> .spr with a codec bundle", ENCODE_HELP)
+    p = _parser(commands, "encode", "audio -> .spr with a codec bundle", ENCODE_DESCRIPTION)
     p.add_argument("input", metavar="IN", nargs="+", help="audio file(s), folder(s) or quoted glob(s)")
     p.add_argument("output", metavar="OUT", help="OUT.spr, or a folder (several inputs, a name ending in /, or an existing folder)")
     g = p.add_mutually_exclusive_group()
@@ -221,7 +199,7 @@ def register(commands, train) -> None:
     _model_args(p)
     p.set_defaults(func=cmd_encode)
 
-    p = _parser(commands, "decode", ".spr -> audio with a codec bundle", DECODE_HELP)
+    p = _parser(commands, "decode", ".spr -> audio with a codec bundle")
     p.add_argument("input", metavar="IN.spr", nargs="+", help=".spr file(s), folder(s) or quoted glob(s)")
     p.add_argument("output", metavar="OUT", help="OUT.wav (.flac, .ogg, .aiff), or a folder (several inputs, a name ending in /, "
                                                  "or an existing folder)")
@@ -233,7 +211,7 @@ def register(commands, train) -> None:
     _model_args(p)
     p.set_defaults(func=cmd_decode)
 
-    p = _parser(commands, "export", "trained checkpoints -> codec bundle, logged to MLflow", EXPORT_HELP)
+    p = _parser(commands, "export", "trained checkpoints -> codec bundle, logged to MLflow")
     add_config_args(p)
     p.add_argument("--t", type=int, default=None, help="pooling factor of the operating point [dae.t]")
     p.add_argument("--out", default=None, help="bundle folder, relative to the workdir (default bundles/t<t>d|c)")
@@ -248,14 +226,14 @@ def register(commands, train) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a bundle already at --out (default: refuse)")
     p.set_defaults(func=cmd_export)
 
-    p = _parser(commands, "peel", "drop codebooks from a .spr stream (lower bitrate, no re-encoding)", PEEL_HELP)
+    p = _parser(commands, "peel", "drop codebooks from a .spr stream (lower bitrate, no re-encoding)")
     p.add_argument("input", metavar="IN.spr")
     p.add_argument("output", metavar="OUT.spr")
     p.add_argument("--codebooks", "-m", type=int, required=True, metavar="M", help="codebooks to keep (1..the stream's m)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_peel)
 
-    p = _parser(commands, "inspect", "print the header fields and bitrate of a .spr stream", INSPECT_HELP)
+    p = _parser(commands, "inspect", "print the header fields and bitrate of a .spr stream")
     p.add_argument("file", metavar="FILE.spr")
     p.add_argument("--json", action="store_true", help="print the fields as JSON")
     p.set_defaults(func=cmd_inspect)

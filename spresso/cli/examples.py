@@ -1,7 +1,5 @@
-"""Two or three real examples at the end of each command's --help (tests/test_cli_help.py parses every one).
-
-The codec commands (encode, decode, export, peel, inspect) carry their own, next to their options in
-spresso/cli/codec.py; this table holds the others, keyed by the command's words after `spresso`.
+"""Two or three real examples at the end of each command's --help (tests/test_cli_help.py parses every one),
+keyed by the command's words after `spresso`.
 """
 from __future__ import annotations
 
@@ -89,6 +87,29 @@ EXAMPLES: dict[str, list[str]] = {
     "runs compare": [
         "spresso runs compare --config demo",
         "spresso runs compare --config demo -m fad --stage evaluate",
+    ],
+    "encode": [
+        "spresso encode boom.wav boom.spr --model work/demo/bundles/d96",
+        "spresso encode sfx/ codes/ --model models:/spresso@champion --kbps 0.1",
+        "spresso encode 'takes/*.ogg' codes/ --model work/demo/bundles/d96 --codebooks 4 --overwrite",
+    ],
+    "decode": [
+        "spresso decode boom.spr boom.wav --model work/demo/bundles/d96",
+        "spresso decode codes/ decoded/ --model work/demo/bundles/d96 --steps 16 --original-rate",
+        "spresso decode boom.spr boom.flac --model work/demo/bundles/d96 --variations 3 --seed 7",
+    ],
+    "export": [
+        "spresso export --config demo",
+        "spresso export --config demo --t 100 --out bundles/d96 --register spresso --alias champion",
+        "spresso export --config paper --continuous --overwrite",
+    ],
+    "peel": [
+        "spresso peel boom.spr boom_low.spr --codebooks 4",
+        "spresso peel boom.spr boom_1.spr -m 1 --overwrite     # then: spresso inspect boom_1.spr",
+    ],
+    "inspect": [
+        "spresso inspect boom.spr",
+        "spresso inspect boom.spr --json",
     ],
     "lineage": [
         "spresso lineage 3f9c2a1b --config demo",

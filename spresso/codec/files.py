@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from spresso.audio.io import AUDIO_EXTENSIONS, read_audio_partial, write_audio
+from spresso.audio.io import read_audio_partial, write_audio
 from spresso.codec import bitstream as bs
 from spresso.codec.codec import Codec
 from spresso.codec.inputs import Downmix
-from spresso.codec.paths import STREAM_SUFFIX, expand_inputs, output_paths, take_path
+from spresso.codec.paths import take_path
 from spresso.codec.streaming import duration_seconds, encode_file_described
 from spresso.core.errors import SpressoError
 from spresso.core.outputs import replacing, write_file
@@ -211,5 +211,4 @@ def _decode_long(codec: Codec, dst: Path, data: bytes, steps, seed, variations, 
             on_written(path, n, sr)
 
 
-__all__ = ("AUDIO_EXTENSIONS", "GROUP", "LONG_SECONDS", "STREAM_SUFFIX", "Encoded", "decode_files", "encode_files",
-           "expand_inputs", "output_paths", "take_path", "write_audio_file")
+__all__ = ("GROUP", "LONG_SECONDS", "Encoded", "decode_files", "encode_files", "take_path", "write_audio_file")

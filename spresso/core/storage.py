@@ -174,13 +174,9 @@ def replace_tree(local_dir: str | Path, dest: str | Path) -> str:
     """
     src = Path(local_dir)
     if not is_url(dest):
-        target = Path(dest)
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        return str(target)
+        with _swapped_in(Path(dest)) as new:
+            shutil.copytree(src, new, dirs_exist_ok=True)
+        return str(Path(dest))
     fs, root = filesystem(dest)
     if fs.exists(root):
         fs.rm(root, recursive=True)
