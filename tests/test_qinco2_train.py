@@ -116,5 +116,5 @@ def test_stage_trains_logs_and_quantizes(real_vectors, tmp_path, mlflow_env, ray
     assert run.info.status == "FINISHED"
 
     codes_path = quantize_cache(out["checkpoint"], str(tmp_path / "z.zarr"), str(tmp_path / "codes.zarr"), array="z")
-    codes = zarr.open_group(codes_path, mode="r")["codes"][:]
+    codes = zarr.open_group(codes_path, mode="r")["codes_m3"][:]
     assert codes.shape == (n, T, 3) and codes.dtype == np.uint16 and codes.max() < 16

@@ -53,7 +53,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "quantize": [
         "spresso quantize --config demo --input work/demo/dae/d96/z --output codes.zarr",
-        "spresso quantize --config demo --input z.zarr --output codes.zarr --beam 16",
+        "spresso quantize --config demo --input z.zarr --output codes.zarr --beam 16 --m 3,6,12",
     ],
     "precompute-z": [
         "spresso precompute-z --config demo --t 100",

@@ -32,7 +32,7 @@ def _quantize(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     ckpt = args.checkpoint or cfg.path(cfg.qinco2.checkpoint_dir) + "/final"
     path = quantize_cache(ckpt, args.input, args.output, array=args.array or cfg.qinco2.vectors_array,
-                          layout=cfg.qinco2.layout, beam=args.beam)
+                          layout=cfg.qinco2.layout, beam=args.beam, ms=args.m)
     print(json.dumps({"codes": path, "checkpoint": ckpt}))
     return 0
 
@@ -48,7 +48,7 @@ def register(commands, train) -> None:
     p.add_argument("--parent-run-id", default=None, help="MLflow run id of the pipeline run (lineage)")
     p.set_defaults(func=_train)
 
-    q = commands.add_parser("quantize", help="write QINCo2 codes (uint16 [N, T', M]) of a vector cache to Zarr")
+    q = commands.add_parser("quantize", help="write QINCo2 codes (uint16 [N, T', m] per m) of a vector cache to Zarr")
     add_examples(q, "quantize")
     add_config_args(q)
     q.add_argument("--input", required=True, help="Zarr cache of vectors (e.g. z.zarr)")
@@ -56,4 +56,7 @@ def register(commands, train) -> None:
     q.add_argument("--array", help="vector array name [default: qinco2.vectors_array]")
     q.add_argument("--checkpoint", help="QINCo2 checkpoint folder [default: <workdir>/<qinco2.checkpoint_dir>/final]")
     q.add_argument("--beam", type=int, help="beam width [default: the model's]")
+    q.add_argument("--m", type=lambda v: [int(i) for i in v.split(",")], default=None,
+                   help="codebook counts to store, comma-separated (array codes_m<m> each, the truncated encode) "
+                        "[default: every m from 1 to M]")
     q.set_defaults(func=_quantize)

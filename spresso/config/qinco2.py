@@ -40,6 +40,27 @@ class QINCo2Config(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(0.1, gt=0)
     warmup_steps: int = Field(200, ge=0)
+
+    # The QINCo2 paper's recipe where it differs from ours, each a choice (the ablation:
+    # benchmarks/qinco2_recipe.py; the defaults are what measured better there, see docs in the fields).
+    # "norm": global gradient norm <= grad_clip (ours); "value": each gradient element clipped to +-grad_clip (paper).
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    # A bias on the concat layer (paper: yes). Part of the model (checkpoint spec).
+    concat_bias: bool = False
+    # "out_proj": out-projection at zero, f_m = c at start, exactly RQ after k-means (ours);
+    # "concat_down": concat layer and each block's down-projection at zero, projections Kaiming (paper).
+    net_init: Literal["out_proj", "concat_down"] = "out_proj"
+    # "steps": warm-up over warmup_steps then a half cosine to 1% (ours);
+    # "epochs": warm-up over warmup_epochs epochs, then a quarter cosine over the run's epochs (paper).
+    schedule: Literal["steps", "epochs"] = "steps"
+    warmup_epochs: float = Field(1.0, ge=0)
+    # Dead codewords at each epoch end: residuals of the last batch (ours), or draws from
+    # running per-step residual mean/std over all batches (paper).
+    reseed_from: Literal["last_batch", "running_stats"] = "last_batch"
+    # lr is tuned for lr_reference_batch vectors per step (the paper: 8e-4 at 1024); the step's
+    # batch (batch_size x workers) scales it by nothing, the square root or the ratio of the two.
+    lr_batch_scaling: Literal["none", "sqrt", "linear"] = "none"
+    lr_reference_batch: int = Field(1024, ge=1)
     valid_every: int = Field(500, ge=1)  # steps between validations (and at each epoch end)
     kmeans_vectors: int = Field(200000, ge=2)
     kmeans_iters: int = Field(20, ge=1)

@@ -6,6 +6,11 @@ partial reconstructions survive. The last step keeps one. Encoding with the mode
 m steps optimises the m-step error, which is why ``encode(x, m)`` beats the m-prefix of a longer
 code.
 
+The search truncated to m steps differs from the M-step one only in keeping one hypothesis (not B)
+after step m; both rank the same candidates, so the truncated encode is the best hypothesis of the
+M-step beam after step m. :func:`encode_all_normalized` therefore returns every truncated encode
+1..M from one M-step search, at the cost of one encode.
+
 Work is batched by a memory budget (the B x A x max(de, dh) activations of a chunk of vectors),
 not by a fixed small chunk: on a GPU a chunk is as large as free memory allows.
 
@@ -46,7 +51,9 @@ def _sqdist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (x * x).sum(-1, keepdim=True) - 2 * x @ c.T + (c * c).sum(-1)
 
 
-def _search(model, x: torch.Tensor, m: int, beam: int, candidates: int, amp: bool) -> torch.Tensor:
+def _search(model, x: torch.Tensor, m: int, beam: int, candidates: int, amp: bool,
+            every_m: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    """Best m-step path [N, m]; with ``every_m`` the best k-step path after every step k (module docstring)."""
     N, d = x.shape
     K = model.spec.K
     B0 = min(beam, K)
@@ -59,6 +66,7 @@ def _search(model, x: torch.Tensor, m: int, beam: int, candidates: int, amp: boo
     dist, idx = dist0.topk(keep, dim=1, largest=False)  # [N, b]
     codes = idx[:, :, None]  # [N, b, steps]
     x_hat = model.codebook0[idx]  # [N, b, d]
+    best = [codes[:, 0, :]]  # topk is sorted: hypothesis 0 is the best path so far
 
     for s in range(1, m):
         step = model.steps[s - 1]
@@ -78,17 +86,35 @@ def _search(model, x: torch.Tensor, m: int, beam: int, candidates: int, amp: boo
         chosen = cand.reshape(N, b * A).gather(1, flat)
         codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, codes.shape[2])), chosen[:, :, None]], dim=2)
         x_hat = new_hat.reshape(N, b * A, d).gather(1, flat[:, :, None].expand(-1, -1, d))
-    return codes[:, 0, :]  # best path [N, m]
+        best.append(codes[:, 0, :])
+    return best if every_m else best[-1]
+
+
+def _checked(model, xn: torch.Tensor, m: int) -> None:
+    if not 1 <= m <= model.M:
+        raise ValueError(f"m must be in [1, {model.M}], got {m}")
+    if xn.shape[-1] != model.spec.d:
+        raise ValueError(f"vectors have {xn.shape[-1]} dims, the quantizer expects {model.spec.d}")
+
+
+@torch.no_grad()
+def encode_all_normalized(model, xn: torch.Tensor, m: int, *, beam: int, candidates: int) -> list[torch.Tensor]:
+    """Normalised vectors [N, d] -> ``[codes [N, 1], ..., codes [N, m]]``, entry k equal to the
+    k-step truncated encode (module docstring), from one m-step search (fp32)."""
+    _checked(model, xn, m)
+    rows = chunk_rows(model, beam, candidates, xn.device)
+    parts = [_search(model, xn[i : i + rows], m, beam, candidates, False, every_m=True)
+             for i in range(0, xn.shape[0], rows)]
+    if not parts:
+        return [xn.new_zeros((0, k), dtype=torch.long) for k in range(1, m + 1)]
+    return [torch.cat([p[k] for p in parts]) for k in range(m)]
 
 
 @torch.no_grad()
 def encode_normalized(model, xn: torch.Tensor, m: int, *, beam: int, candidates: int, amp: bool | None = None,
                       progress: bool = False) -> torch.Tensor:
     """Normalised vectors [N, d] -> codes [N, m] (int64) with the model truncated to m steps (fp32; ``amp``: module docstring)."""
-    if not 1 <= m <= model.M:
-        raise ValueError(f"m must be in [1, {model.M}], got {m}")
-    if xn.shape[-1] != model.spec.d:
-        raise ValueError(f"vectors have {xn.shape[-1]} dims, the quantizer expects {model.spec.d}")
+    _checked(model, xn, m)
     amp = bool(amp)  # fp32 unless asked: encode must rank candidates with decode's network (module docstring)
     rows = chunk_rows(model, beam, candidates, xn.device)
     out = []

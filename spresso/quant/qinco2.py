@@ -11,6 +11,14 @@ x_hat_m = x_hat_{m-1} + f_m(C_m[i_m], x_hat_{m-1}).
 
 ``out_proj`` starts at zero, so an untrained model is exactly residual quantization with its
 codebooks: k-means initialisation gives an RQ-quality starting point that training improves on.
+:func:`init_networks` offers the QINCo2 paper's alternative (``"concat_down"``): the concat layer
+(with its bias when ``concat_bias``) and every block's down-projection start at zero, the
+projections at Kaiming-uniform, so f_m starts as c + out_proj(in_proj(c)), not as c.
+
+Decoding and beam search reuse each step's codeword table (:meth:`QINCoStep.code_table`, K x de)
+between calls while the weights it depends on are unchanged (keyed on their storage and version
+counters, which every in-place update, optimiser step and ``load_state_dict`` bumps); with
+gradients enabled it is always rebuilt so training back-propagates through it.
 
 The concat linear is split as W_cat [e; x] = W_e e + W_x x: the first term depends on the
 codeword only (a K x de table computed once per step), the second on the hypothesis only, so
@@ -23,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from spresso.quant.beam import encode_normalized
+from spresso.quant.beam import encode_all_normalized, encode_normalized
 from spresso.quant.normalize import Normalizer
 
 # (L blocks, embedding dim de, hidden dim dh) of the paper's presets.
@@ -42,6 +50,7 @@ class QINCo2Spec:
     dh: int = 256
     A: int = 16  # pre-selected candidates per hypothesis
     B: int = 32  # beam width
+    concat_bias: bool = False  # a bias on the concat layer (the paper's; part of the codeword table)
 
     @classmethod
     def from_preset(cls, preset: str, d: int, **kw) -> "QINCo2Spec":
@@ -83,16 +92,37 @@ class QINCoStep(nn.Module):
         self.codebook = nn.Parameter(torch.randn(spec.K, d) * 0.1)
         self.preselect = nn.Parameter(torch.randn(spec.K, d) * 0.1)
         self.in_proj = nn.Linear(d, de, bias=False)
-        self.cat_code = nn.Linear(de, de, bias=False)  # W_e of the concat block
+        self.cat_code = nn.Linear(de, de, bias=spec.concat_bias)  # W_e (and the bias) of the concat block
         self.cat_ctx = nn.Linear(d, de, bias=False)  # W_x of the concat block
         self.blocks = nn.Sequential(*[ResidualBlock(de, spec.dh) for _ in range(spec.L)])
         self.out_proj = nn.Linear(de, d, bias=False)
         nn.init.zeros_(self.out_proj.weight)  # f_m(c, x_hat) = c at initialisation
+        self.table_cache: tuple[tuple, torch.Tensor] | None = None
 
-    def code_table(self) -> torch.Tensor:
-        """[K, de]: e + W_e e with e = in_proj(c) for every codeword (the x_hat-free part)."""
+    def table_key(self) -> tuple:
+        """Identity of the weights the codeword table depends on: storage, version, dtype, device."""
+        ws = [self.codebook, self.in_proj.weight, self.cat_code.weight]
+        if self.cat_code.bias is not None:
+            ws.append(self.cat_code.bias)
+        return tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in ws)
+
+    def fresh_code_table(self) -> torch.Tensor:
         e = self.in_proj(self.codebook)
         return e + self.cat_code(e)
+
+    def code_table(self) -> torch.Tensor:
+        """[K, de]: e + W_e e (+ b) with e = in_proj(c) for every codeword (the x_hat-free part).
+
+        Cached without gradients (module docstring): at K = 4096 it is ~10^8 multiply-adds per
+        step, which every small decode would otherwise pay. In-place edits through ``.data``
+        bypass version counters: call :meth:`QINCo2.clear_tables` after such an edit.
+        """
+        if torch.is_grad_enabled():
+            return self.fresh_code_table()
+        key = self.table_key()
+        if self.table_cache is None or self.table_cache[0] != key:
+            self.table_cache = (key, self.fresh_code_table())
+        return self.table_cache[1]
 
     def context(self, x_hat: torch.Tensor) -> torch.Tensor:
         """[..., de]: W_x x_hat (the codeword-free part of the concat block)."""
@@ -118,6 +148,11 @@ class QINCo2(nn.Module):
     @property
     def M(self) -> int:
         return self.spec.M
+
+    def clear_tables(self) -> None:
+        """Drop every cached codeword table (only needed after edits that bypass version counters)."""
+        for step in self.steps:
+            step.table_cache = None
 
     def codebook(self, m: int) -> torch.Tensor:
         return self.codebook0 if m == 0 else self.steps[m - 1].codebook
@@ -164,6 +199,22 @@ class QINCo2(nn.Module):
 
     # -- encoding --------------------------------------------------------------------------
     @torch.no_grad()
+    def encode_all(self, x: torch.Tensor, m: int | None = None, *, beam: int | None = None,
+                   candidates: int | None = None) -> list[torch.Tensor]:
+        """Vectors [..., d] -> ``[encode(x, 1), ..., encode(x, m)]`` from one m-step beam search.
+
+        The k-th entry equals ``encode(x, k)`` (a truncated encode, not a prefix of the longest
+        code): see :func:`spresso.quant.beam.encode_all_normalized`.
+        """
+        if x.shape[-1] != self.spec.d:
+            raise ValueError(f"vectors have {x.shape[-1]} dims, the quantizer expects {self.spec.d}")
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1]).to(device=self.codebook0.device, dtype=torch.float32)
+        per_m = encode_all_normalized(self, self.norm(flat), m or self.M, beam=beam or self.spec.B,
+                                      candidates=candidates or self.spec.A)
+        return [c.reshape(*lead, c.shape[-1]) for c in per_m]
+
+    @torch.no_grad()
     def encode(self, x: torch.Tensor, m: int | None = None, *, beam: int | None = None, candidates: int | None = None,
                amp: bool | None = None) -> torch.Tensor:
         """Vectors [..., d] -> codes [..., m] (int64), beam search with the model truncated to m steps."""
@@ -174,3 +225,26 @@ class QINCo2(nn.Module):
         codes = encode_normalized(self, self.norm(flat), m or self.M, beam=beam or self.spec.B,
                                   candidates=candidates or self.spec.A, amp=amp)
         return codes.reshape(*lead, codes.shape[-1])
+
+
+def init_networks(model: QINCo2, scheme: str = "out_proj") -> QINCo2:
+    """Initialise every step's network: ``"out_proj"`` (ours: f_m = c at start, exactly RQ after
+    k-means) or ``"concat_down"`` (the paper's: concat layer and each block's down-projection at
+    zero, projections and up-projections Kaiming-uniform). Codebooks are untouched."""
+    if scheme not in ("out_proj", "concat_down"):
+        raise ValueError(f"unknown QINCo2 init scheme {scheme!r}")
+    with torch.no_grad():
+        for step in model.steps:
+            if scheme == "out_proj":
+                nn.init.zeros_(step.out_proj.weight)
+                continue
+            for lin in (step.cat_code, step.cat_ctx):
+                nn.init.zeros_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+            for block in step.blocks:
+                nn.init.kaiming_uniform_(block.up.weight, nonlinearity="relu")
+                nn.init.zeros_(block.down.weight)
+            nn.init.kaiming_uniform_(step.in_proj.weight, nonlinearity="relu")
+            nn.init.kaiming_uniform_(step.out_proj.weight, nonlinearity="relu")
+    return model

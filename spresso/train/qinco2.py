@@ -38,6 +38,7 @@ from spresso.quant import (
     FaissRQ,
     QINCo2,
     QINCo2Spec,
+    init_networks,
     load_qinco2,
     residual_kmeans_init,
     save_qinco2,
@@ -45,10 +46,12 @@ from spresso.quant import (
 from spresso.quant.beam import encode_normalized
 from spresso.quant.checkpoint import KIND
 from spresso.quant.training import (
+    ResidualStats,
     TrainSettings,
     make_optimizer,
     relative_mse,
     reseed_unused,
+    scaled_lr,
     train_step,
     usage_entropy,
 )
@@ -63,7 +66,8 @@ STAGE = "qinco2"
 def build_spec(q: QINCo2Config, d: int) -> QINCo2Spec:
     if q.d is not None and q.d != d:
         raise SpressoError(f"the vectors have {d} dims but qinco2.d is {q.d} (set qinco2.d={d} or null)")
-    return QINCo2Spec.from_preset(q.preset, d=d, K=q.K, M=q.M, L=q.L, de=q.de, dh=q.dh, A=q.candidates, B=q.beam)
+    return QINCo2Spec.from_preset(q.preset, d=d, K=q.K, M=q.M, L=q.L, de=q.de, dh=q.dh, A=q.candidates, B=q.beam,
+                                  concat_bias=q.concat_bias)
 
 
 def epoch_steps(q: QINCo2Config, n_train: int, world_size: int) -> tuple[int, int]:
@@ -73,10 +77,12 @@ def epoch_steps(q: QINCo2Config, n_train: int, world_size: int) -> tuple[int, in
     return per_epoch, total if q.max_steps is None else min(q.max_steps, total)
 
 
-def settings(q: QINCo2Config, total_steps: int) -> TrainSettings:
-    return TrainSettings(lr=q.lr, weight_decay=q.weight_decay, grad_clip=q.grad_clip,
+def settings(q: QINCo2Config, total_steps: int, steps_per_epoch: int = 1, world_size: int = 1) -> TrainSettings:
+    return TrainSettings(lr=scaled_lr(q.lr, q.batch_size * world_size, q.lr_reference_batch, q.lr_batch_scaling),
+                         weight_decay=q.weight_decay, grad_clip=q.grad_clip, clip_mode=q.grad_clip_mode,
                          warmup_steps=min(q.warmup_steps, max(0, total_steps // 5)), total_steps=total_steps,
-                         beam=q.train_beam or q.beam, candidates=q.train_candidates or q.candidates)
+                         schedule=q.schedule, warmup_epochs=q.warmup_epochs, steps_per_epoch=steps_per_epoch,
+                         reseed=q.reseed_from, beam=q.train_beam or q.beam, candidates=q.train_candidates or q.candidates)
 
 
 @torch.no_grad()
@@ -111,9 +117,10 @@ def train_loop(config: dict) -> None:
     steps_per_epoch, total = epoch_steps(q, n_train, ctx.world_size)
     if steps_per_epoch < 1:
         raise SpressoError(f"{src.path}: {n_train} training vectors, fewer than one batch of {q.batch_size} per worker")
-    s = settings(q, total)
+    s = settings(q, total, steps_per_epoch, ctx.world_size)
 
-    model = QINCo2(build_spec(q, src.d)).to(ctx.device)
+    model = init_networks(QINCo2(build_spec(q, src.d)), q.net_init).to(ctx.device)
+    stats = ResidualStats(model.M, src.d, device=ctx.device) if s.reseed == "running_stats" else None
     step, epoch, best = 0, 0, {"val_mse": math.inf, "step": -1}
     best_weights = None
     with ctx.latest_checkpoint() as ckpt:
@@ -161,7 +168,7 @@ def train_loop(config: dict) -> None:
         for batch in src.epoch_batches(train_rows, q.batch_size, steps_per_epoch, seed=q.seed + epoch, rank=ctx.rank,
                                        world_size=ctx.world_size):
             xn = x_dev(batch)
-            info, codes = train_step(model, opt, sched, xn, s, autocast=ctx.autocast(), usage=usage)
+            info, codes = train_step(model, opt, sched, xn, s, autocast=ctx.autocast(), usage=usage, stats=stats)
             last = (xn, codes)
             step += 1
             if step % 10 == 0 or step == 1:
@@ -182,7 +189,7 @@ def train_loop(config: dict) -> None:
                 break
         epoch += 1
         if last is not None:
-            moved = synced_reseed(ctx, core, opt, usage, last, seed=q.seed + epoch)
+            moved = synced_reseed(ctx, core, opt, usage, last, seed=q.seed + epoch, stats=stats)
             ctx.log_metrics({"reseeded_codewords": moved, "epoch": epoch}, step=step)
 
     if not ctx.is_main:
@@ -213,20 +220,22 @@ def train_loop(config: dict) -> None:
     ctx.report({**final, "best_val_mse": best["val_mse"]}, step + 1, save=save)
 
 
-def synced_reseed(ctx: TrainContext, core: QINCo2, opt, usage: torch.Tensor, last: tuple, seed: int) -> int:
+def synced_reseed(ctx: TrainContext, core: QINCo2, opt, usage: torch.Tensor, last: tuple, seed: int,
+                  stats: ResidualStats | None = None) -> int:
     """:func:`reseed_unused` that leaves every DDP replica identical.
 
     Dead codewords are those no rank used (usage summed over ranks), and every rank moves them onto
-    residuals of rank 0's last batch with the same seeded draw, so parameters and optimiser moments
-    change the same way everywhere (DDP never re-syncs parameters after construction).
+    residuals of rank 0's last batch (or draws from rank 0's running residual statistics) with the
+    same seeded draw, so parameters and optimiser moments change the same way everywhere (DDP
+    never re-syncs parameters after construction).
     """
     xn, codes = last[0].detach().contiguous(), last[1].detach().contiguous()
     with torch.no_grad():
         if ctx.world_size > 1:
             torch.distributed.all_reduce(usage)
-            torch.distributed.broadcast(xn, src=0)
-            torch.distributed.broadcast(codes, src=0)
-        return reseed_unused(core, opt, usage, xn, codes, generator=torch.Generator().manual_seed(seed))
+            for t in (xn, codes) + ((stats.mean, stats.std) if stats is not None else ()):
+                torch.distributed.broadcast(t, src=0)
+        return reseed_unused(core, opt, usage, xn, codes, generator=torch.Generator().manual_seed(seed), stats=stats)
 
 
 def find_inputs(cfg: SpressoConfig, *, vectors: str | None = None, array: str | None = None,
@@ -283,24 +292,40 @@ def train_qinco2(cfg: SpressoConfig, vectors: str | None = None, array: str | No
     return {"checkpoint": str(out.final), "run_id": out.run_id, "metrics": out.metrics}
 
 
+def codes_array(m: int) -> str:
+    """Name of the array of m-codebook codes in a :func:`quantize_cache` output."""
+    return f"codes_m{m}"
+
+
 def quantize_cache(checkpoint: str, input_path: str, output_path: str, array: str = "z", layout: str = "NCT",
-                   chunk_rows: int | None = None, beam: int | None = None, device: str | None = None) -> str:
-    """Codes uint16 [N, T', M] of every row of a vector cache, written block by block (resumable)."""
+                   chunk_rows: int | None = None, beam: int | None = None, device: str | None = None,
+                   ms: list[int] | None = None) -> str:
+    """Per-m codes of every row of a vector cache, written block by block (resumable).
+
+    Array ``codes_m<m>`` (:func:`codes_array`) is uint16 [N, T', m], the truncated encode with m
+    codebooks, for each m in ``ms`` (default 1..M; attr ``ms``). A prefix of a longer code is not a
+    truncated encode (a beam keeps paths whose first steps are not the best short code), so the
+    cache stores each operating m's own code; all of them come from one M-step beam search
+    (:meth:`QINCo2.encode_all`), so the cost is one encode.
+    """
     if layout == "NC":
-        raise SpressoError("quantize writes per-clip codes [N, T', M]: the input layout must be NCT or NTC")
+        raise SpressoError("quantize writes per-clip codes [N, T', m]: the input layout must be NCT or NTC")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_qinco2(checkpoint, device)
+    ms = sorted(set(ms or range(1, model.M + 1)))
+    if ms[0] < 1 or ms[-1] > model.M:
+        raise SpressoError(f"codebook counts {ms} must lie in [1, {model.M}] (the quantizer's M)")
     src = VectorSource(input_path, array, layout)
     if src.d != model.spec.d:
         raise SpressoError(f"{input_path}/{array} has {src.d}-dim vectors, the quantizer expects {model.spec.d}")
     keys = [str(k) for k in np.asarray(src.group["keys"][:])] if src.group is not None and "keys" in src.group else [str(i) for i in range(src.n_rows)]
     rows_per_block = chunk_rows or 64
     attrs = {"qinco2_checkpoint_digest": digest_tree(checkpoint), "source": src.uri, "source_array": array,
-             "K": model.spec.K, "M": model.spec.M, "kind": KIND}
-    out = ClipCache.create(output_path, keys, {"codes": ((src.frames, model.spec.M), np.uint16)}, rows_per_block, attrs)
+             "K": model.spec.K, "M": model.spec.M, "ms": ms, "kind": KIND}
+    out = ClipCache.create(output_path, keys, {codes_array(m): ((src.frames, m), np.uint16) for m in ms}, rows_per_block, attrs)
     for start, stop in tqdm(out.missing_blocks(), desc="quantize", unit="block"):
         block = np.asarray(src.array[start:stop], np.float32)
         frames = block.transpose(0, 2, 1) if layout == "NCT" else block  # [n, T, d]
-        codes = model.encode(torch.from_numpy(frames).to(device), beam=beam).cpu().numpy()
-        out.write_block(start, stop, codes=codes.astype(np.uint16))
+        per_m = model.encode_all(torch.from_numpy(frames).to(device), ms[-1], beam=beam)
+        out.write_block(start, stop, **{codes_array(m): per_m[m - 1].cpu().numpy().astype(np.uint16) for m in ms})
     return output_path
