@@ -7,9 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from spresso.data.vectors import VectorSource
 from spresso.data.zarr_cache import ClipCache
+from spresso.pipeline.runner import DONE, PipelineResult, StageOutcome, run_note
 from spresso.quant import (
     QINCo2,
     QINCo2Spec,
@@ -147,3 +149,13 @@ def test_compare_scores_both_at_their_own_beam_on_the_same_vectors():
     assert cmp.ms == [1, 2] and cmp.beam == 2 and cmp.rq_beam == 3 and cmp.held_out_vectors == 300
     assert cmp.rq[2] == pytest.approx(relative_mse(x, rq.decode(rq.encode(torch.from_numpy(x), 2)).numpy()))
     assert set(entropy) == {"entropy_step1", "entropy_step2", "rq_entropy_step1", "rq_entropy_step2"}
+
+
+def test_the_pipeline_summary_shows_a_stage_note(mlflow_env):
+    client = MlflowClient(mlflow_env)
+    run = client.create_run(client.create_experiment("notes"))
+    note = LOSING.note("rq")
+    client.set_tag(run.info.run_id, TAG_NOTE, note)
+    assert run_note(mlflow_env, run.info.run_id) == note and run_note(mlflow_env, None) == ""
+    table = PipelineResult("p", mlflow_env, {"qinco2@d96": StageOutcome("qinco2@d96", DONE, run.info.run_id, reason=note)}).table()
+    assert note in table.splitlines()[1]
