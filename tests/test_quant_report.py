@@ -9,8 +9,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from spresso.data.precompute import ROW
 from spresso.data.vectors import VectorSource
+from spresso.data.z_latents import QuantizeZ
 from spresso.data.zarr_cache import ClipCache
+from spresso.eval.dae_checks import quantize_z
 from spresso.pipeline.runner import DONE, PipelineResult, StageOutcome, run_note
 from spresso.quant import (
     QINCo2,
@@ -159,3 +162,14 @@ def test_the_pipeline_summary_shows_a_stage_note(mlflow_env):
     assert run_note(mlflow_env, run.info.run_id) == note and run_note(mlflow_env, None) == ""
     table = PipelineResult("p", mlflow_env, {"qinco2@d96": StageOutcome("qinco2@d96", DONE, run.info.run_id, reason=note)}).table()
     assert note in table.splitlines()[1]
+
+
+def test_stage3_z_q_and_the_checks_quantize_with_a_shipped_rq(tmp_path):
+    rq = ResidualQuantizer.from_arrays(np.random.default_rng(1).standard_normal((3, 8, 4)), np.ones(4), 2.0, beam=2)
+    save_rq(tmp_path / "final", rq)
+    z = torch.randn(2, 4, 5)  # [B, C, T']
+    want = rq.decode(rq.encode(z.transpose(1, 2), 2)).transpose(1, 2)
+    torch.testing.assert_close(quantize_z(rq, z, 2), want)
+    out = QuantizeZ(str(tmp_path / "final"), 2)({"z": z.numpy(), ROW: np.arange(2)})
+    np.testing.assert_allclose(out["zq"], want.numpy(), rtol=1e-6, atol=1e-6)
+    assert out["codes"].shape == (2, 5, 2)
