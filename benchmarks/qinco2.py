@@ -169,6 +169,8 @@ def main() -> None:
     ap.add_argument("--z-cache", help="z cache (Zarr) of a stage-1 model, for --vectors z")
     ap.add_argument("--array", default="z")
     ap.add_argument("--heldout", type=int, default=2000)
+    ap.add_argument("--max-train", type=int, default=None,
+                    help="subsample the training vectors (seeded) to this many; both quantizers get that same array")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--K", type=int, default=256)
     ap.add_argument("--M", type=int, default=8)
@@ -203,6 +205,8 @@ def main() -> None:
         s.d = train_x.shape[1]
     else:
         train_x, held = logmel_vectors(args.data, args.d, args.heldout)
+    if args.max_train and len(train_x) > args.max_train:
+        train_x = train_x[np.sort(np.random.default_rng(1).permutation(len(train_x))[: args.max_train])]
     print(f"vectors ({args.vectors}): {len(train_x)} train / {len(held)} held-out (by file), d={s.d}; K={s.K}, "
           f"M={s.M} ({bits_per_frame(s.M, s.K):.0f} bits/vector); read in {time.time() - t0:.0f}s", flush=True)
     res = compare(train_x, held, s, log=lambda msg: print(msg, flush=True))
