@@ -23,7 +23,7 @@ from spresso.core.checkpoint import save_checkpoint
 from spresso.diffusion.autoencoder import build_dae, build_denoiser
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import AudioAE
-from spresso.quant import QINCo2, QINCo2Spec, save_qinco2
+from spresso.quant import QINCo2, QINCo2Spec, ResidualQuantizer, save_qinco2, save_rq
 from spresso.train.export import export_bundle
 from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 
@@ -47,7 +47,8 @@ def _jitter(module: torch.nn.Module, scale: float, seed: int) -> None:
 
 def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = None, K: int = 16, M: int = 4,
                      m: int = 3) -> dict[str, Path]:
-    """audioae/, stage3/ (a dae checkpoint), qinco2/ (K codewords, M codebooks, m by default) under ``root``."""
+    """audioae/, stage3/ (a dae checkpoint), qinco2/ (K codewords, M codebooks, m by default) and rq/ (an RQ of
+    the same K and M, the quantizer a qinco2 run may ship instead) under ``root``."""
     torch.manual_seed(seed)
     cfg = config(K=K, M=M, m=m)
     ids = meta_run_ids or {}
@@ -71,7 +72,9 @@ def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = N
     q = QINCo2(QINCo2Spec(d=ZC, K=K, M=M, L=1, de=8, dh=8, A=4, B=1))  # B = 1: greedy, so truncated encodes are prefixes
     _jitter(q, 0.05, seed + 2)
     save_qinco2(root / "qinco2", q)
-    return {"audioae": root / "audioae", "stage": root / "stage3", "qinco2": root / "qinco2"}
+    books = torch.randn(M, K, ZC, generator=torch.Generator().manual_seed(seed + 3)) * torch.tensor([0.5 ** j for j in range(M)])[:, None, None]
+    save_rq(root / "rq", ResidualQuantizer.from_arrays(books.numpy(), torch.zeros(ZC).numpy(), 1.0, beam=4))
+    return {"audioae": root / "audioae", "stage": root / "stage3", "qinco2": root / "qinco2", "rq": root / "rq"}
 
 
 def make_bundle(root: Path, continuous: bool = False, seed: int = 0, **shape) -> Path:

@@ -84,16 +84,16 @@ def test_header_fields_and_size():
     # 5 s at 0.096 kbps: 60 bytes of codes, 21 bytes of header + CRC
     assert s.bitrate_bps == pytest.approx(96.0) and s.payload_nbytes() == 60
     assert header_nbytes(s) == 21 and len(data) == 81
-    assert data[:4] == b"SPR\x02" and data[4:8] == bytes.fromhex(MODEL[:8])
-    assert data[8] == 0x03 and data[9] == 12 and data[10] == 8  # discrete, rate index 3 (t=100); log2K; m
+    assert data[:4] == b"SPR\x03" and data[4:8] == bytes.fromhex(MODEL[:8])
+    assert data[8] == 0x03 and data[9] == 12 and data[10] == 8  # discrete, rate index 3 (t=100); QINCo2 (0) | log2K; m
     assert int.from_bytes(data[-4:], "big") == zlib.crc32(data[:-4])
     info = describe(data)
     assert info["overhead_bytes"] == 21 and info["file_bitrate_bps"] == pytest.approx(81 * 8 / 5)
     d = decode_stream(data)
     assert d.fields() == {
-        "version": 2, "model_id": MODEL[:8], "mode": "discrete", "time_factor": 100, "rate_index": 3,
+        "version": 3, "model_id": MODEL[:8], "mode": "discrete", "time_factor": 100, "rate_index": 3,
         "frame_rate_hz": 1.0, "n_frames": 5, "sample_count": 240000, "sample_rate": 48000, "duration_s": 5.0,
-        "overlap": 0, "log2k": 12, "K": 4096, "m": 8, "bitrate_bps": 96.0,
+        "overlap": 0, "log2k": 12, "K": 4096, "m": 8, "quantizer": "qinco2", "bitrate_bps": 96.0,
     }
 
 
@@ -138,7 +138,7 @@ def _reseal(body: bytes) -> bytes:
     (lambda d: b"RIFF" + d[4:], "wrong magic"),
     (lambda d: b"", "empty"),
     (lambda d: d[:2], "truncated"),
-    (lambda d: d[:3] + b"\x03" + d[4:], "unknown .spr format version 3"),
+    (lambda d: d[:3] + b"\x04" + d[4:], "unknown .spr format version 4"),
     (lambda d: d[:3] + b"\x00" + d[4:], "unknown .spr format version 0"),
     (lambda d: d[:-1], "truncated"),
     (lambda d: d[:12], "truncated"),
@@ -149,6 +149,8 @@ def _reseal(body: bytes) -> bytes:
     (lambda d: _reseal(d[:8] + b"\x05" + d[9:-4]), "unknown frame-rate index"),
     (lambda d: _reseal(d[:8] + b"\x23" + d[9:-4]), "unknown mode"),
     (lambda d: _reseal(d[:9] + b"\x11" + d[10:-4]), "log2 K"),
+    (lambda d: _reseal(d[:9] + bytes([2 << 5 | 10]) + d[10:-4]), "unknown quantizer code 2"),
+    (lambda d: _reseal(d[:3] + b"\x02" + d[4:9] + bytes([1 << 5 | 10]) + d[10:-4]), "log2 K = 42"),  # v2: no quantizer bits
     (lambda d: _reseal(d[:-5] + bytes([d[-5] | 1])), "padding bits"),
 ])
 def test_bad_streams(mutate, message):
@@ -188,11 +190,18 @@ def test_peel_needs_no_unpacking():
 
 # ------------------------------------------------------------ test vectors (catch format changes)
 
-VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.spr")) + sorted(f"v1/{p.stem}" for p in (VECTORS / "v1").glob("*.spr"))
+FROZEN = {"v1/": 1, "v2/": 2}  # older versions' vectors, by folder
+VECTOR_NAMES = sorted(p.stem for p in VECTORS.glob("*.spr")) + sorted(
+    f"{folder}{p.stem}" for folder in FROZEN for p in (VECTORS / folder).glob("*.spr"))
+
+
+def _version_of(name: str) -> int:
+    return next((v for folder, v in FROZEN.items() if name.startswith(folder)), FORMAT_VERSION)
 
 
 def test_vectors_present():
-    assert sum(not n.startswith("v1/") for n in VECTOR_NAMES) >= 6 and sum(n.startswith("v1/") for n in VECTOR_NAMES) >= 6
+    for version in (1, 2, FORMAT_VERSION):
+        assert sum(_version_of(n) == version for n in VECTOR_NAMES) >= 6
 
 
 @pytest.mark.parametrize("name", VECTOR_NAMES)
@@ -202,24 +211,39 @@ def test_vector(name):
     assert data.hex() == want["hex"]
     s = decode_stream(data)
     f = want["fields"]
-    assert s.fields() == f and f["version"] == (1 if name.startswith("v1/") else FORMAT_VERSION)
+    if "codes" in want and f["version"] < 3:
+        f = {**f, "quantizer": "qinco2"}  # implied before version 3 (its vectors were written without the field)
+    assert s.fields() == f and f["version"] == _version_of(name)
     common = dict(model_id=f["model_id"], time_factor=f["time_factor"], sample_count=f["sample_count"],
                   sample_rate=f["sample_rate"], overlap=f["overlap"], version=f["version"])
     if "codes" in want:
         np.testing.assert_array_equal(s.codes, np.array(want["codes"]))
-        rebuilt = Stream.discrete(np.array(want["codes"]), f["K"], **common)
+        rebuilt = Stream.discrete(np.array(want["codes"]), f["K"], quantizer=f["quantizer"], **common)
     else:
         bits = np.array(want["z_float16_bits"], dtype=np.uint16)
         assert np.array_equal(s.z.view(np.uint16), bits)
         np.testing.assert_array_equal(s.z.astype(float), np.array(want["z"]))
         rebuilt = Stream.continuous(bits.view(np.float16), **common)
     assert encode_stream(rebuilt) == data
-    if f["version"] == 2:  # the current vectors are also streams a model of their rate accepts (section 6)
+    if f["version"] >= 2:  # these vectors are also streams a model of their rate accepts (section 6)
         plan = win.plan_for_stream(f["sample_count"], f["sample_rate"], f["overlap"])
-        assert f["n_frames"] == win.stream_frames(plan, f["time_factor"], 2)
+        assert f["n_frames"] == win.stream_frames(plan, f["time_factor"], f["version"])
+
+
+def test_rq_stream_names_its_quantizer_and_needs_version_3():
+    data = (VECTORS / "t100_k4096_m8_5s_rq.spr").read_bytes()
+    s = decode_stream(data)
+    assert s.quantizer == "rq" and data[9] == 1 << 5 | 12 and s.peel(3).quantizer == "rq"
+    assert decode_stream(peel(data, 3)).quantizer == "rq"
+    with pytest.raises(BitstreamError, match="rq codes need format version 3"):
+        Stream.discrete(s.codes, 4096, model_id=MODEL, time_factor=100, sample_count=240000, version=2, quantizer="rq")
+    with pytest.raises(BitstreamError, match="unknown quantizer 'pq'"):
+        Stream.discrete(s.codes, 4096, model_id=MODEL, time_factor=100, sample_count=240000, quantizer="pq")
+    with pytest.raises(BitstreamError, match="another model.*5e1f0c0d with rq codes.*deadbeef"):
+        decode_stream(data, expected_model_id="deadbeef")
 
 
 def test_peeled_vector_is_peel_of_full():
-    for folder in (VECTORS, VECTORS / "v1"):
+    for folder in (VECTORS, VECTORS / "v1", VECTORS / "v2"):
         full = (folder / "t100_k4096_m8_5s.spr").read_bytes()
         assert peel(full, 3) == (folder / "t100_k4096_m3_peeled.spr").read_bytes()  # peeling keeps the version

@@ -31,7 +31,7 @@ def test_export_is_self_contained_with_merged_lora_and_content_hash(bundle, tmp_
     files = sorted(p.name for p in bundle.iterdir())
     assert files == ["audioae.safetensors", "bundle.json", "dae.safetensors", "quantizer.safetensors"]
     m = read_manifest(bundle)
-    assert m["format_version"] == 1 and m["mode"] == "discrete" and (m["K"], m["M"], m["m"], m["t"]) == (16, 4, 3, 100)
+    assert m["format_version"] == 2 and m["mode"] == "discrete" and (m["K"], m["M"], m["m"], m["t"]) == (16, 4, 3, 100)
     assert len(m["normalizer"]["x0_mean"]) == 8 and len(m["model_id"]) == 64
     with safe_open(str(bundle / "dae.safetensors"), "pt") as f:
         keys = list(f.keys())

@@ -133,8 +133,12 @@ def test_varint_errors():
 
 
 def test_stream_validation_messages():
-    with raises("unknown .spr format version 3 (this build reads versions 1 and 2)"):
-        discrete(version=3)
+    with raises("unknown .spr format version 4 (this build reads versions 1, 2 and 3)"):
+        discrete(version=4)
+    with raises("rq codes need format version 3 or later (got 2)"):
+        discrete(version=2, quantizer="rq")
+    with raises("a continuous stream has no codebook size or quantizer"):
+        bitstream.Stream(model_id=MODEL, z=np.ones((1, 1)), time_factor=4, sample_count=1, sample_rate=1, quantizer="qinco2")
     with raises("time factor 5 is not an operating point (one of (4, 9, 20, 100))"):
         discrete(t=5)
     with raises("sample_count must be an integer 1..4294967295, got 0"):
@@ -180,7 +184,7 @@ def test_stream_validation_messages():
         discrete(codes=[[-1], [9]])
     with raises("code 9 out of range for K = 4 (must be 0..3)"):
         discrete(codes=[[0], [9]])
-    with raises("a continuous stream has no codebook size"):
+    with raises("a continuous stream has no codebook size or quantizer"):
         bitstream.Stream(z=np.zeros((1, 1), np.float32), log2k=2, **base)
     with raises("z must be [channels >= 1, frames >= 1], got shape (4,)"):
         bitstream.Stream.continuous(np.zeros(4), model_id=MODEL, time_factor=4, sample_count=480)
@@ -203,15 +207,15 @@ def test_stream_validation_messages():
 def test_fields_sizes_and_bitrates():
     s = discrete(codes=np.arange(12).reshape(4, 3) % 8, K=8, t=9, sample_count=96000, sample_rate=48000, overlap=5)
     assert s.fields() == {
-        "version": 2, "model_id": "00112233", "mode": "discrete", "time_factor": 9, "rate_index": 1,
+        "version": 3, "model_id": "00112233", "mode": "discrete", "time_factor": 9, "rate_index": 1,
         "frame_rate_hz": 100 / 9, "n_frames": 4, "sample_count": 96000, "sample_rate": 48000, "duration_s": 2.0,
-        "overlap": 5, "log2k": 3, "K": 8, "m": 3, "bitrate_bps": 3 * 3 * 100 / 9}
+        "overlap": 5, "log2k": 3, "K": 8, "m": 3, "quantizer": "qinco2", "bitrate_bps": 3 * 3 * 100 / 9}
     assert s.payload_nbytes() == 5  # 4 frames x 3 codebooks x 3 bits = 36 bits
     assert s.channels is None and s.m == 3 and s.K == 8
     z = bitstream.Stream.continuous(np.ones((6, 5)), model_id=MODEL, time_factor=100, sample_count=44100,
                                     sample_rate=44100)
     assert z.fields() == {
-        "version": 2, "model_id": "00112233", "mode": "continuous", "time_factor": 100, "rate_index": 3,
+        "version": 3, "model_id": "00112233", "mode": "continuous", "time_factor": 100, "rate_index": 3,
         "frame_rate_hz": 1.0, "n_frames": 5, "sample_count": 44100, "sample_rate": 44100, "duration_s": 1.0,
         "overlap": 0, "channels": 6, "bitrate_bps": 6 * 16 * 1.0}
     assert z.payload_nbytes() == 6 * 5 * 2 and z.m is None and z.K is None
@@ -237,12 +241,14 @@ def test_stream_peel_keeps_everything_but_the_dropped_codebooks():
 
 def test_exact_bytes_of_a_discrete_and_a_continuous_stream():
     s = discrete(codes=[[1, 3], [2, 0]], K=4, t=9, sample_count=480, overlap=3)
-    body = (b"SPR\x02" + bytes.fromhex("00112233") + bytes([0 << 4 | 1]) + b"\x02" + b"\x02" + b"\x02"
+    body = (b"SPR\x03" + bytes.fromhex("00112233") + bytes([0 << 4 | 1]) + b"\x02" + b"\x02" + b"\x02"
             + b"\xe0\x03" + b"\x00" + b"\x03" + bytes([0b01101100]))  # codebook 0: 1, 2; codebook 1: 3, 0
     assert bitstream.encode_stream(s) == sealed(body)
+    rq = discrete(codes=[[1, 3], [2, 0]], K=4, t=9, sample_count=480, overlap=3, quantizer="rq")
+    assert bitstream.encode_stream(rq) == sealed(body[:9] + bytes([1 << 5 | 2]) + body[10:])  # quantizer 1 | log2 K 2
     z = np.array([[1.0, -2.0]], np.float32)
     c = bitstream.Stream.continuous(z, model_id=MODEL, time_factor=100, sample_count=50000, sample_rate=50000)
-    body = (b"SPR\x02" + bytes.fromhex("00112233") + bytes([1 << 4 | 3]) + b"\x01" + b"\x02"
+    body = (b"SPR\x03" + bytes.fromhex("00112233") + bytes([1 << 4 | 3]) + b"\x01" + b"\x02"
             + bitstream.encode_varint(50000) * 2 + b"\x00" + np.array([1.0, -2.0], "<f2").tobytes())
     assert bitstream.encode_stream(c) == sealed(body)
     back = bitstream.decode_stream(sealed(body))
@@ -251,7 +257,7 @@ def test_exact_bytes_of_a_discrete_and_a_continuous_stream():
     assert bitstream.encode_stream(rate44)[12:15] == b"\xe0\x03\x01"  # sample count 480, then table code 1
 
 
-def header(mode_rate=0x00, rest=b"\x02\x01\x01\x01\x00\x00", version=2) -> bytes:
+def header(mode_rate=0x00, rest=b"\x02\x01\x01\x01\x00\x00", version=3) -> bytes:
     return b"SPR" + bytes([version]) + b"\x00\x11\x22\x33" + bytes([mode_rate]) + rest
 
 
@@ -262,14 +268,16 @@ def header(mode_rate=0x00, rest=b"\x02\x01\x01\x01\x00\x00", version=2) -> bytes
     (b"SPR", "truncated stream: only 3 bytes"),
     (b"XY", "not a .spr stream (wrong magic)"),
     (b"SPX\x02\x00\x00\x00\x00\x00\x00", "not a .spr stream (wrong magic)"),
-    (b"SPR\x09\x00\x00", "unknown .spr format version 9 (this build reads versions 1 and 2)"),
-    (b"SPR\x00\x00\x00", "unknown .spr format version 0 (this build reads versions 1 and 2)"),
+    (b"SPR\x09\x00\x00", "unknown .spr format version 9 (this build reads versions 1, 2 and 3)"),
+    (b"SPR\x00\x00\x00", "unknown .spr format version 0 (this build reads versions 1, 2 and 3)"),
     (b"SPR\x02\x00\x11\x22\x33", "truncated stream: only 8 bytes"),
     (header(0x20), "corrupt header: unknown mode 2"),
     (header(0x04), "corrupt header: unknown frame-rate index 4"),
     (header(0x00, b""), "truncated stream: header ends inside the log2 K field"),
     (header(0x00, b"\x00\x01"), "corrupt header: log2 K = 0 (must be 1..16)"),
     (header(0x00, b"\x11\x01"), "corrupt header: log2 K = 17 (must be 1..16)"),
+    (header(0x00, b"\x51\x01"), "corrupt header: unknown quantizer code 2"),
+    (header(0x00, b"\x22\x01", version=2), "corrupt header: log2 K = 34 (must be 1..16)"),  # no quantizer bits before v3
     (header(0x00, b"\x02"), "truncated stream: header ends inside the codebook count field"),
     (header(0x00, b"\x02\x00\x01\x01\x00\x00"), "corrupt header: 0 codebooks"),
     (header(0x10, b"\x00\x01\x01\x00\x00"), "corrupt header: 0 channels"),
@@ -311,7 +319,7 @@ def test_decode_length_checksum_and_padding_errors():
         bitstream.decode_stream("SPR")
     assert bitstream.decode_stream(bytearray(good)).codes.tolist() == [[1], [2]]
     assert bitstream.decode_stream(memoryview(good), expected_model_id=MODEL).codes.tolist() == [[1], [2]]
-    with raises("stream for another model: it was made by model 00112233, this model is deadbeef"):
+    with raises("stream for another model: it was made by model 00112233 with qinco2 codes, this model is deadbeef"):
         bitstream.decode_stream(good, expected_model_id="deadbeef")
 
 
@@ -331,9 +339,9 @@ def test_byte_peel_errors_and_identity():
     for bad in (0, 4, True, 2.0):
         with raises(f"cannot keep {bad} codebooks: the stream has 3 (choose 1..3)"):
             bitstream.peel(data, bad)
-    with raises("stream for another model: it was made by model 00112233, this model is deadbeef"):
+    with raises("stream for another model: it was made by model 00112233 with qinco2 codes, this model is deadbeef"):
         bitstream.peel(data, 1, expected_model_id="deadbeef")
-    assert bitstream.peel(data, 2, expected_model_id=MODEL)[3] == 2
+    assert bitstream.peel(data, 2, expected_model_id=MODEL)[3] == 3
     z = bitstream.encode_stream(bitstream.Stream.continuous(np.ones((1, 1)), model_id=MODEL, time_factor=4,
                                                             sample_count=480))
     with raises("only a discrete stream can be peeled (this one holds continuous z)"):
@@ -463,15 +471,15 @@ def test_stream_edges_the_mutation_run_found():
     with raises("model id needs at least 4 bytes (8 hex digits), got 'abcd'"):
         bitstream.Stream(model_id="abcd", **base)  # a 4-character str is hex for 2 bytes, not 4 bytes
     z = bitstream.Stream.continuous(np.ones((1, 1)), model_id=MODEL, time_factor=4, sample_count=1)
-    assert z.sample_rate == 48000 and z.overlap == 0 and z.version == 2
+    assert z.sample_rate == 48000 and z.overlap == 0 and z.version == 3 and z.quantizer is None
     d = bitstream.Stream.discrete(np.ones((1, 1), int), 2, model_id=MODEL, time_factor=4, sample_count=1)
-    assert d.sample_rate == 48000 and d.overlap == 0 and d.version == 2
+    assert d.sample_rate == 48000 and d.overlap == 0 and d.version == 3 and d.quantizer == "qinco2"
     np.testing.assert_array_equal(discrete(codes=[[1, 2], [3, 0]]).peel(1).codes, [[1], [3]])
     with warnings.catch_warnings():  # the float16 overflow is reported as the stream's error, not a warning
         warnings.simplefilter("error")
         with raises("z holds values that are not finite in float16 (NaN, inf or beyond +-65504)"):
             bitstream.Stream.continuous(np.full((1, 1), 1e6), model_id=MODEL, time_factor=4, sample_count=1)
-    with raises("unknown .spr format version 9 (this build reads versions 1 and 2)"):
+    with raises("unknown .spr format version 9 (this build reads versions 1, 2 and 3)"):
         bitstream.decode_stream(b"SPR\x09")  # 4 bytes: long enough to read the version
     with raises("truncated stream: only 4 bytes"):
         bitstream.decode_stream(b"SPR\x02")

@@ -89,6 +89,7 @@ def test_stage_trains_logs_and_quantizes(real_vectors, tmp_path, mlflow_env, ray
 
     from spresso.config import load_config
     from spresso.data.zarr_cache import ClipCache
+    from spresso.quant import quantizer_kind
     from spresso.train.qinco2 import quantize_cache, train_qinco2
 
     # A clip cache of vectors laid out like the latent caches: [N clips, C, T frames].
@@ -114,6 +115,15 @@ def test_stage_trains_logs_and_quantizes(real_vectors, tmp_path, mlflow_env, ray
     assert 0 < m["entropy_step1"] <= 4.0
     assert run.data.tags["spresso.output.checkpoint.uri"].endswith("final")
     assert run.info.status == "FINISHED"
+    # The held-out comparison with RQ (same vectors, beam) is part of the run: absolute numbers, table, choice.
+    for k in ("heldout_rel_mse_qinco2_m3", "heldout_rel_mse_rq_m3", "ratio_to_rq_m3", "quantizer_shipped_rq"):
+        assert k in m, k
+    assert m["heldout_rel_mse_rq_m3"] < m["heldout_rel_mse_rq_m1"] < 1.0
+    tags = run.data.tags
+    assert tags["quantizer_loses_to_rq"] and tags["spresso.quantizer.shipped"] in ("qinco2", "rq")
+    assert (tags["quantizer_loses_to_rq"] != "none") == (tags["spresso.quantizer.shipped"] == "rq")  # ship: best
+    assert quantizer_kind(out["checkpoint"]) == tags["spresso.quantizer.shipped"]
+    assert "quantizer_comparison.md" in [a.path for a in MlflowClient(mlflow_env).list_artifacts(out["run_id"])]
 
     codes_path = quantize_cache(out["checkpoint"], str(tmp_path / "z.zarr"), str(tmp_path / "codes.zarr"), array="z")
     codes = zarr.open_group(codes_path, mode="r")["codes_m3"][:]

@@ -1,9 +1,9 @@
 """The `.spr` bitstream: a compact header, bit-packed codes (or float16 z), and a CRC-32.
 
-Layout (format versions 1 and 2 share it; ``docs/bitstream.md`` is the normative description)::
+Layout (format versions 1 to 3 share it; ``docs/bitstream.md`` is the normative description)::
 
     "SPR" | version u8 | model id prefix (4 bytes) | mode<<4 | rate index (u8)
-    discrete:   log2K u8 | m varint            continuous: C varint
+    discrete:   quantizer<<5 | log2K (u8) | m varint            continuous: C varint
     n_frames varint | sample_count varint | sample_rate code varint | overlap varint
     payload | CRC-32 of everything before it (4 bytes, big-endian)
 
@@ -29,10 +29,15 @@ from spresso.core.errors import SpressoError
 from spresso.core.outputs import write_file
 
 MAGIC = b"SPR"
-FORMAT_VERSION = 2  # what this build writes
+FORMAT_VERSION = 3  # what this build writes
 # What it reads. The layout is the same; they differ in the frame count (docs/bitstream.md, section 6):
-# version 1 stores every frame of every window, version 2 drops the last window's frames past the signal.
-READ_VERSIONS = (1, 2)
+# version 1 stores every frame of every window, versions 2 and 3 drop the last window's frames past the
+# signal. Version 3 names the quantizer in the top 3 bits of the log2K byte (always 0, QINCo2, before it).
+READ_VERSIONS = (1, 2, 3)
+QUANTIZER_VERSION = 3  # the first version whose streams may name a quantizer other than QINCo2
+# Quantizer codes (the log2K byte's top 3 bits): which of a bundle's quantizer kinds made the codes.
+QUANTIZERS: tuple[str, ...] = ("qinco2", "rq")
+QUANTIZER_SHIFT, LOG2K_MASK = 5, 0x1F
 MODEL_ID_BYTES = 4
 CRC_BYTES = 4
 MODE_DISCRETE, MODE_CONTINUOUS = 0, 1
@@ -108,7 +113,8 @@ def _sample_rate_code(rate: int) -> int:
 class Stream:
     """One decoded `.spr` stream. Exactly one of ``codes`` (discrete) and ``z`` (continuous) is set.
 
-    codes: [n_frames, m] integers in [0, 2**log2k), codebook j in column j (QINCo2 step order).
+    codes: [n_frames, m] integers in [0, 2**log2k), codebook j in column j (the quantizer's step order).
+    quantizer: which quantizer made the codes, one of :data:`QUANTIZERS` (discrete streams; None for continuous).
     z: [C, n_frames] float16 (the continuous operating points).
     time_factor: the latent encoder's pooling t (one of ``rates.TIME_FACTORS``).
     sample_count / sample_rate: the original signal's length and rate (restored on decode).
@@ -125,15 +131,18 @@ class Stream:
     log2k: Optional[int] = None
     z: Optional[np.ndarray] = None
     version: int = field(default=FORMAT_VERSION)
+    quantizer: Optional[str] = None  # discrete: defaults to "qinco2"
 
     # -- constructors
     @classmethod
     def discrete(cls, codes, K: int, *, model_id, time_factor: int, sample_count: int,
-                 sample_rate: int = 48000, overlap: int = 0, version: int = FORMAT_VERSION) -> "Stream":
+                 sample_rate: int = 48000, overlap: int = 0, version: int = FORMAT_VERSION,
+                 quantizer: str = "qinco2") -> "Stream":
         if not isinstance(K, (int, np.integer)) or K < 2 or K & (K - 1):
             raise BitstreamError(f"codebook size K must be a power of two 2..65536, got {K!r}")
         return cls(model_id=model_id_prefix(model_id), time_factor=time_factor, sample_count=sample_count,
-                   sample_rate=sample_rate, overlap=overlap, codes=codes, log2k=int(K).bit_length() - 1, version=version)
+                   sample_rate=sample_rate, overlap=overlap, codes=codes, log2k=int(K).bit_length() - 1, version=version,
+                   quantizer=quantizer)
 
     @classmethod
     def continuous(cls, z, *, model_id, time_factor: int, sample_count: int,
@@ -158,6 +167,11 @@ class Stream:
         if (self.codes is None) == (self.z is None):
             raise BitstreamError("a stream holds either discrete codes or continuous z, exactly one")
         if self.codes is not None:
+            set_("quantizer", "qinco2" if self.quantizer is None else self.quantizer)
+            if self.quantizer not in QUANTIZERS:
+                raise BitstreamError(f"unknown quantizer {self.quantizer!r} (one of {', '.join(QUANTIZERS)})")
+            if self.quantizer != "qinco2" and self.version < QUANTIZER_VERSION:
+                raise BitstreamError(f"{self.quantizer} codes need format version {QUANTIZER_VERSION} or later (got {self.version})")
             if self.log2k is None or not bitpack.MIN_BITS <= self.log2k <= bitpack.MAX_BITS:
                 raise BitstreamError(f"log2 K must be 1..16, got {self.log2k!r}")
             c = np.asarray(self.codes)
@@ -175,8 +189,8 @@ class Stream:
             c.setflags(write=False)
             set_("codes", c)
         else:
-            if self.log2k is not None:
-                raise BitstreamError("a continuous stream has no codebook size")
+            if self.log2k is not None or self.quantizer is not None:
+                raise BitstreamError("a continuous stream has no codebook size or quantizer")
             z = np.asarray(self.z)
             if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] < 1:
                 raise BitstreamError(f"z must be [channels >= 1, frames >= 1], got shape {z.shape}")
@@ -242,7 +256,7 @@ class Stream:
             raise BitstreamError(f"cannot keep {m} codebooks: the stream has {self.m} (choose 1..{self.m})")
         return Stream(model_id=self.model_id, time_factor=self.time_factor, sample_count=self.sample_count,
                       sample_rate=self.sample_rate, overlap=self.overlap, codes=self.codes[:, :m], log2k=self.log2k,
-                      version=self.version)  # the frame rule of the version stays: same bytes as peel()
+                      version=self.version, quantizer=self.quantizer)  # the version's frame rule stays: same bytes as peel()
 
     def fields(self) -> dict:
         """Header fields as plain Python values (for `spresso inspect` and test vectors)."""
@@ -253,7 +267,7 @@ class Stream:
             "duration_s": self.duration_s, "overlap": self.overlap,
         }
         if self.codes is not None:
-            out.update(log2k=self.log2k, K=self.K, m=self.m)
+            out.update(log2k=self.log2k, K=self.K, m=self.m, quantizer=self.quantizer)
         else:
             out.update(channels=self.channels)
         out["bitrate_bps"] = self.bitrate_bps
@@ -269,7 +283,7 @@ def _header(stream: Stream) -> bytes:
     head += stream.model_id
     head.append(mode << 4 | stream.rate_index)
     if mode == MODE_DISCRETE:
-        head.append(stream.log2k)
+        head.append(QUANTIZERS.index(stream.quantizer) << QUANTIZER_SHIFT | stream.log2k)
         head += encode_varint(stream.m)
     else:
         head += encode_varint(stream.channels)
@@ -305,6 +319,7 @@ class _Parsed:
     mode: int
     time_factor: int
     log2k: Optional[int]
+    quantizer: Optional[str]
     m: Optional[int]
     channels: Optional[int]
     n_frames: int
@@ -316,7 +331,7 @@ class _Parsed:
 
 
 def _versions() -> str:
-    return " and ".join(str(v) for v in READ_VERSIONS)
+    return ", ".join(str(v) for v in READ_VERSIONS[:-1]) + f" and {READ_VERSIONS[-1]}"
 
 
 def _parse(data) -> _Parsed:
@@ -342,11 +357,18 @@ def _parse(data) -> _Parsed:
     if rate_index >= len(rates.TIME_FACTORS):
         raise BitstreamError(f"corrupt header: unknown frame-rate index {rate_index}")
     pos = _FIXED
-    log2k = m = channels = None
+    log2k = m = channels = quantizer = None
     if mode == MODE_DISCRETE:
         if pos >= len(data):
             raise BitstreamError("truncated stream: header ends inside the log2 K field")
         log2k, pos = data[pos], pos + 1
+        if version >= QUANTIZER_VERSION:  # before version 3 the top bits are part of log2 K (and must be 0)
+            code, log2k = log2k >> QUANTIZER_SHIFT, log2k & LOG2K_MASK
+            if code >= len(QUANTIZERS):
+                raise BitstreamError(f"corrupt header: unknown quantizer code {code}")
+            quantizer = QUANTIZERS[code]
+        else:
+            quantizer = "qinco2"
         if not bitpack.MIN_BITS <= log2k <= bitpack.MAX_BITS:
             raise BitstreamError(f"corrupt header: log2 K = {log2k} (must be 1..16)")
         m, pos = decode_varint(data, pos, "codebook count")
@@ -390,7 +412,7 @@ def _parse(data) -> _Parsed:
         raise BitstreamError(f"checksum mismatch (stored {stored:08x}, computed {actual:08x}): the stream is damaged")
     if mode == MODE_DISCRETE and not bitpack.tail_bits_zero(data[pos:-CRC_BYTES], payload_bits):
         raise BitstreamError("corrupt stream: padding bits after the last code are not zero")
-    return _Parsed(version, model_id, mode, rates.TIME_FACTORS[rate_index], log2k, m, channels, n_frames,
+    return _Parsed(version, model_id, mode, rates.TIME_FACTORS[rate_index], log2k, quantizer, m, channels, n_frames,
                    sample_count, sample_rate, overlap, pos, len(data) - CRC_BYTES)
 
 
@@ -399,7 +421,8 @@ def _check_model(parsed: _Parsed, expected_model_id) -> None:
         return
     want = model_id_prefix(expected_model_id)
     if parsed.model_id != want:
-        raise BitstreamError(f"stream for another model: it was made by model {parsed.model_id.hex()}, this model is {want.hex()}")
+        made = f" with {parsed.quantizer} codes" if parsed.quantizer else ""
+        raise BitstreamError(f"stream for another model: it was made by model {parsed.model_id.hex()}{made}, this model is {want.hex()}")
 
 
 def decode_stream(data, expected_model_id=None) -> Stream:
@@ -411,7 +434,7 @@ def decode_stream(data, expected_model_id=None) -> Stream:
                   sample_rate=p.sample_rate, overlap=p.overlap, version=p.version)
     if p.mode == MODE_DISCRETE:
         codes = bitpack.unpack_codes(payload, p.n_frames, p.m, p.log2k)
-        return Stream(codes=codes, log2k=p.log2k, **common)
+        return Stream(codes=codes, log2k=p.log2k, quantizer=p.quantizer, **common)
     z = np.frombuffer(payload, dtype="<f2").reshape(p.channels, p.n_frames)
     return Stream(z=z.astype(np.float16), **common)
 
@@ -432,8 +455,7 @@ def peel(data, m: int, expected_model_id=None) -> bytes:
     data = bytes(data)
     if m == p.m:
         return data
-    head = bytearray(data[:_FIXED])
-    head.append(p.log2k)
+    head = bytearray(data[:_FIXED + 1])  # through the quantizer / log2 K byte
     head += encode_varint(int(m))
     for value in (p.n_frames, p.sample_count, _sample_rate_code(p.sample_rate), p.overlap):
         head += encode_varint(value)

@@ -30,7 +30,7 @@ from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.audioae import AudioAE
 from spresso.models.conditioned_dit import ConditionedDiT, add_audio_down
 from spresso.models.latent_encoder import build_latent_encoder
-from spresso.quant.qinco2 import QINCo2, QINCo2Spec
+from spresso.quant.checkpoint import build_quantizer
 
 
 @dataclass
@@ -40,13 +40,20 @@ class BundleParts:
     manifest: dict
     audioae: torch.nn.Module
     dae: DiffusionAutoencoder  # LoRA merged
-    quantizer: torch.nn.Module | None
+    quantizer: torch.nn.Module | None  # QINCo2 or ResidualQuantizer (quantizer_kind says which)
     normalizer: LatentNormalizer
     path: Path
 
     @property
     def model_id(self) -> str:
         return self.manifest["model_id"]
+
+
+def quantizer_kind(manifest: dict) -> str | None:
+    """The bundle's quantizer: ``qinco2`` (also every format-1 bundle) or ``rq``; None for a continuous bundle."""
+    if manifest.get("mode") != "discrete":
+        return None
+    return manifest["configs"]["quantizer"].get("kind", "qinco2")
 
 
 def dae_from_manifest(manifest: dict) -> DiffusionAutoencoder:
@@ -77,7 +84,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> BundleParts:
         load_strict(dae, load_bundle_weights(root, DAE_FILE, manifest, verify), what=f"{root}/{DAE_FILE}")
         quantizer = None
         if manifest["mode"] == "discrete":
-            quantizer = QINCo2(QINCo2Spec(**manifest["configs"]["quantizer"]))
+            quantizer = build_quantizer(manifest["configs"]["quantizer"])
             load_strict(quantizer, load_bundle_weights(root, QUANTIZER_FILE, manifest, verify), what=f"{root}/{QUANTIZER_FILE}")
             quantizer.eval()
         n = manifest["normalizer"]

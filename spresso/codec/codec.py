@@ -6,8 +6,9 @@
     takes, sr = codec.decode(data, variations=4)        # 4 different renditions [4, n] (footsteps)
 
 Encoding: downmix to mono (the mid; the loudest channel when the channels cancel), soxr to 48 kHz, cut into 5 s windows overlapping by 0.5 s
-(:mod:`.windowing`), then per window AudioAE -> normalised x0 -> g_psi -> z -> QINCo2 codes with
-the first m codebooks (or z as float16 for a continuous bundle), windows batched on the device.
+(:mod:`.windowing`), then per window AudioAE -> normalised x0 -> g_psi -> z -> codes of the bundle's
+quantizer (QINCo2, or RQ where the qinco2 stage shipped it; the header says which) with the first
+m codebooks (or z as float16 for a continuous bundle), windows batched on the device.
 Decoding: codes -> z_q -> diffusion (DPM-Solver++(2M) by default, :mod:`spresso.diffusion.sampler`,
 with the step-invariant cache of :mod:`.fast_decode`) -> x0 ->
 AudioAE decoder, windows overlap-added with the Hann crossfade. Both go window by window in
@@ -40,7 +41,7 @@ from spresso.audio.io import resample
 from spresso.codec import bitstream as bs
 from spresso.codec import streaming
 from spresso.codec import windowing as win
-from spresso.codec.bundle import BundleParts, load_bundle
+from spresso.codec.bundle import BundleParts, load_bundle, quantizer_kind
 from spresso.codec.errors import CodecError
 from spresso.codec.fast_decode import CachedDenoiser
 from spresso.codec.inputs import Downmix, as_channels, check_int, check_rate, downmix
@@ -113,6 +114,11 @@ class Codec:
     @property
     def M(self) -> int | None:
         return self.manifest.get("M")
+
+    @property
+    def quantizer_kind(self) -> str | None:
+        """``qinco2`` or ``rq`` (discrete bundles; a stream's header names the same one), None when continuous."""
+        return quantizer_kind(self.manifest)
 
     @property
     def default_m(self) -> int | None:
@@ -220,7 +226,7 @@ class Codec:
         if m is None:  # [n_win, C, T'] -> [C, n_win * T']
             stream = bs.Stream.continuous(np.concatenate(list(out), axis=1)[:, :keep], **common)
         else:
-            stream = bs.Stream.discrete(out.reshape(-1, m)[:keep], int(self.K), **common)
+            stream = bs.Stream.discrete(out.reshape(-1, m)[:keep], int(self.K), quantizer=self.quantizer_kind, **common)
         data = bs.encode_stream(stream)
         self.parse(data)  # a stream this bundle cannot decode is an encoder bug: say so now, not at decode time
         return data
@@ -240,6 +246,8 @@ class Codec:
         if stream.time_factor != self.t:
             raise CodecError(f"stream frame rate {stream.frame_rate:.4g} Hz does not match the model's {frame_rate(self.t):.4g} Hz")
         if stream.mode == "discrete":
+            if stream.quantizer != self.quantizer_kind:
+                raise CodecError(f"stream holds {stream.quantizer} codes, this bundle's quantizer is {self.quantizer_kind}")
             if stream.K != self.K:
                 raise CodecError(f"stream codebook size K={stream.K} does not match the model's K={self.K}")
             if stream.m > self.M:

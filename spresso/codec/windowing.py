@@ -107,7 +107,7 @@ def last_window_frames(plan: WindowPlan, time_factor: int) -> int:
 
 def stream_frames(plan: WindowPlan, time_factor: int, version: int = 2) -> int:
     """The frame count a stream of this plan holds: every window's frames (format version 1), or
-    all but the last window's padding frames (version 2; docs/bitstream.md, section 6)."""
+    all but the last window's padding frames (versions 2 and 3; docs/bitstream.md, section 6)."""
     full = frames_per_window(time_factor)
     if version == 1:
         return plan.n_windows * full

@@ -67,6 +67,14 @@ class QINCo2Config(Section):
     seed: int = 0
     # One GPU worker by default; without CUDA in the driver the stage runs on CPU instead.
     scaling: ScalingSettings = scaling_field(use_gpu=True)
-    rq_beam: int = Field(32, ge=1)  # faiss ResidualQuantizer baseline beam
-    rq_train_vectors: int = Field(100000, ge=2)
+    # The RQ baseline (faiss-trained residual quantization, same K and M) every run compares against on
+    # the held-out rows (valid + test). Its beam: null = QINCo2's encoding beam (the fair comparison).
+    rq_beam: Optional[int] = Field(None, ge=1)
+    # Vectors RQ trains on: null = every training vector, the ones QINCo2 trains on; a number subsamples them.
+    rq_train_vectors: Optional[int] = Field(None, ge=2)
+    rq_train_type: Literal["progressive_dim", "default"] = "progressive_dim"  # faiss's training mode
+    # Which quantizer the run publishes (stage 3, the export and the codec use it): "qinco2", "rq", or
+    # "best": QINCo2 when its held-out error is no worse than RQ's at every m = 1..M, else RQ. One
+    # quantizer for every m, because a stream peeled to fewer codebooks must still decode with it.
+    ship: Literal["qinco2", "rq", "best"] = "best"
     checkpoint_dir: str = "qinco2"

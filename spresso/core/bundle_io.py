@@ -4,7 +4,8 @@
                                   normalisation stats, default sampler, file digests, lineage
     <bundle>/audioae.safetensors  the AudioAE (encoder + decoder)
     <bundle>/dae.safetensors      g_psi (``encoder.*``) + D_theta (``denoiser.*``)
-    <bundle>/quantizer.safetensors  the quantizer (discrete bundles only)
+    <bundle>/quantizer.safetensors  the quantizer (discrete bundles only): QINCo2, or RQ codebooks
+                                  (``configs.quantizer.kind``: "rq"; format version 2 on)
 
 Safetensors + JSON only: reading a bundle never unpickles anything. The model id is the SHA-256
 of the weight files' digests and of every field of bundle.json that affects what the models
@@ -28,7 +29,8 @@ from spresso.core.errors import BundleError
 from spresso.core.outputs import write_file
 
 FORMAT = "spresso-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what export writes: version 2 added RQ quantizers (configs.quantizer.kind)
+READ_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
 AUDIOAE_FILE, DAE_FILE, QUANTIZER_FILE = "audioae.safetensors", "dae.safetensors", "quantizer.safetensors"
 # bundle.json fields that do not change the model's function: excluded from the model id.
@@ -74,9 +76,9 @@ def read_bundle_manifest(path: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{root}: not a codec bundle ({MANIFEST} has format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{root}: bundle format version {version} is not supported by this spresso (reads version {FORMAT_VERSION}); "
-                          "re-export it with a matching spresso")
+    if version not in READ_VERSIONS:
+        raise BundleError(f"{root}: bundle format version {version} is not supported by this spresso (reads versions "
+                          f"{', '.join(map(str, READ_VERSIONS))}); re-export it with a matching spresso")
     return manifest
 
 

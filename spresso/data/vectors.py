@@ -72,6 +72,18 @@ class VectorSource:
             raise SpressoError(f"{self.path}: too few rows ({len(rows)}) to hold out a validation set")
         return np.sort(rows[n_val:]), np.sort(rows[:n_val])
 
+    def held_out_rows(self, train_rows: np.ndarray, val_rows: np.ndarray) -> np.ndarray:
+        """Rows for the final, held-out comparison: the cache's valid and test rows that are not training
+        rows; ``val_rows`` when the cache has no split array (or no such rows)."""
+        split = self._per_row("split")
+        if split is not None:
+            split = np.array([str(s) for s in split])
+            rows = np.intersect1d(self.usable, np.flatnonzero(np.isin(split, ("valid", "test"))))
+            rows = np.setdiff1d(rows, train_rows)
+            if rows.size:
+                return rows
+        return val_rows
+
     def count(self, rows: np.ndarray) -> int:
         """Number of (valid) vectors in these rows."""
         if self.valid is None:

@@ -31,7 +31,7 @@ from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, load_dae
 from spresso.diffusion.normalize import LatentNormalizer
 from spresso.models.latent_encoder import pooled_frames
-from spresso.quant import load_qinco2
+from spresso.quant import load_quantizer
 from spresso.runtime import find_finished_run, stage_run, tracking_uri
 from spresso.runtime.tracking import ensure_experiment
 
@@ -73,11 +73,11 @@ class EncodeZ:
 
 
 class QuantizeZ:
-    """Ray Data actor: z -> (codes with the first m codebooks, z_q) with the frozen QINCo2."""
+    """Ray Data actor: z -> (codes with the first m codebooks, z_q) with the frozen quantizer the qinco2 stage shipped."""
 
     def __init__(self, quantizer_dir: str, m: int, beam: int | None = None):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.q = load_qinco2(quantizer_dir, device=self.device)
+        self.q = load_quantizer(quantizer_dir, device=self.device)  # QINCo2 or RQ, as the qinco2 stage shipped
         if m > self.q.M:
             raise SpressoError(f"stage 3 wants m={m} codebooks; the quantizer at {quantizer_dir} has {self.q.M}")
         self.m, self.beam = int(m), beam

@@ -44,7 +44,7 @@ from spresso.diffusion.normalize import LatentNormalizer
 from spresso.diffusion.reconstruct import null_text
 from spresso.diffusion.sampler import sample
 from spresso.eval.metrics import mel_distance, si_sdr
-from spresso.quant import load_qinco2
+from spresso.quant import load_quantizer
 
 # Row conditions.
 FROM_Z, WITHHELD, FROM_ZQ = "z", "withheld", "z_q"
@@ -162,7 +162,7 @@ class PointModels:
 
     name: str
     stage1: StageModel
-    quantizer: object | None = None  # QINCo2
+    quantizer: object | None = None  # QINCo2 or RQ (what the qinco2 stage shipped)
     m: int | None = None
     stage3: StageModel | None = None
     beam: int | None = None
@@ -191,7 +191,7 @@ def trained_points(cfg, device="cpu") -> tuple[list[PointModels], list[str]]:
         if not point.continuous:
             qdir, s3 = quantizer_dir(pcfg), stage_output(pcfg, "stage3")
             if has_checkpoint(qdir):
-                entry.quantizer, entry.m = load_qinco2(qdir, device=str(device)), int(pcfg.dae.point().m)
+                entry.quantizer, entry.m = load_quantizer(qdir, device=str(device)), int(pcfg.dae.point().m)
                 entry.beam = pcfg.dae.stage3.quantize_beam
             else:
                 skipped.append(f"{point.name}: no quantizer at {qdir}")
@@ -234,7 +234,7 @@ def encode_z(stage: StageModel, x0: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def quantize_z(quantizer, z: torch.Tensor, m: int, beam: int | None = None) -> torch.Tensor:
     """z [B, c, T'] -> z_q [B, c, T'] with the first m codebooks."""
-    vectors = z.transpose(1, 2).to(quantizer.codebook0.device)
+    vectors = z.transpose(1, 2).to(quantizer.norm.mean.device)
     codes = quantizer.encode(vectors, m, beam=beam)
     return quantizer.decode(codes).float().transpose(1, 2).to(z.device)
 

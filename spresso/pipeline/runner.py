@@ -51,6 +51,7 @@ from spresso.pipeline.resources import task_options
 from spresso.pipeline.stage import Artifact, Stage, StageContext, StageResult
 from spresso.runtime import StageRun, init_ray
 from spresso.runtime.tracking import (
+    TAG_NOTE,
     TAG_STAGE,
     code_version,
     ensure_experiment,
@@ -98,10 +99,20 @@ class PipelineResult:
     def table(self) -> str:
         rows = [("stage", "status", "run", "time", "note")]
         for o in self.outcomes.values():
-            rows.append((o.name, o.status, (o.run_id or "-")[:12], f"{o.seconds:.1f}s" if o.seconds else "-", o.reason[:80]))
+            rows.append((o.name, o.status, (o.run_id or "-")[:12], f"{o.seconds:.1f}s" if o.seconds else "-", o.reason[:120]))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + ("  " + r[4] if r[4] else "") for r in rows]
         return "\n".join(line.rstrip() for line in lines)
+
+
+def run_note(uri: str, run_id: str | None) -> str:
+    """The one-line note a stage left on its MLflow run (tag ``spresso.note``), or ""."""
+    if not run_id:
+        return ""
+    try:
+        return mlflow_client(uri).get_run(run_id).data.tags.get(TAG_NOTE, "")
+    except Exception:  # the note is informative; never fail a pipeline over it
+        return ""
 
 
 def pipeline_id(cfg: SpressoConfig) -> str:
@@ -250,9 +261,11 @@ class _Scheduler:
             log.warning("could not record stage states on the pipeline run: %s", err)
 
     def _finish(self, outcome: StageOutcome, bar) -> None:
+        if outcome.status in (DONE, REUSED) and not outcome.reason:
+            outcome.reason = run_note(self.uri, outcome.run_id)  # a finished stage's warning joins the summary
         self.outcomes[outcome.name] = outcome
         msg = f"{outcome.name}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else "")
-        (log.warning if outcome.status in (FAILED, SKIPPED, NOT_RUN) else log.info)(msg)
+        (log.warning if outcome.status in (FAILED, SKIPPED, NOT_RUN) or outcome.reason else log.info)(msg)
         if bar is not None:
             bar.set_postfix_str(msg[:60])
             bar.update(1)

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 from spresso.quant.kmeans import warn_if_few_vectors
+from spresso.quant.rq import ResidualQuantizer
 
 TRAIN_TYPES = {"default": 0, "progressive_dim": 1}  # faiss's ResidualQuantizer.train_type flags
 
@@ -31,6 +32,7 @@ class FaissRQ:
         if train_type not in TRAIN_TYPES:
             raise ValueError(f"train_type must be one of {sorted(TRAIN_TYPES)}, got {train_type!r}")
         self.rq.train_type = TRAIN_TYPES[train_type]
+        self.train_type = train_type
         self.mean = np.zeros(d, np.float32)
         self.std = 1.0
         self._truncated: dict[int, object] = {M: self.rq}
@@ -58,6 +60,10 @@ class FaissRQ:
         self.mean, self.std = np.asarray(mean, np.float32), float(std)
         self._truncated = {self.M: self.rq}  # truncations of the old codebooks are stale
         return self
+
+    def to_module(self) -> ResidualQuantizer:
+        """The trained codebooks as our own :class:`ResidualQuantizer` (torch; what a bundle ships), same beam."""
+        return ResidualQuantizer.from_arrays(self.codebooks(), self.mean, self.std, beam=self.beam)
 
     def codebooks(self) -> np.ndarray:
         return faiss.vector_to_array(self.rq.codebooks).reshape(self.M, self.K, self.d)

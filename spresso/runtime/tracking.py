@@ -40,6 +40,7 @@ from spresso.core.errors import SpressoError
 TAG_STAGE = "spresso.stage"
 TAG_KEY = "spresso.key"
 TAG_CODE = "spresso.code_version"
+TAG_NOTE = "spresso.note"  # one line a stage leaves for the pipeline summary (e.g. the qinco2 stage losing to RQ)
 
 
 def tracking_uri(workdir: str, configured: str | None = None) -> str:

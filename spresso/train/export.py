@@ -39,7 +39,7 @@ from spresso.core.storage import absolute as _abs
 from spresso.diffusion.checkpoints import load_dae
 from spresso.models.audioae import load_audioae
 from spresso.models.conditioned_dit import merge_lora
-from spresso.quant import load_qinco2
+from spresso.quant import load_quantizer
 from spresso.runtime import stage_run, tracking_uri
 from spresso.runtime.tracking import BUNDLE_ARTIFACT, mlflow_client
 
@@ -184,7 +184,7 @@ def export_bundle(audioae_dir: str | Path, stage_dir: str | Path, qinco2_dir: st
     save_tensors(dae.state_dict(), out / DAE_FILE)
     files = [AUDIOAE_FILE, DAE_FILE]
     if qinco2_dir is not None:
-        q = load_qinco2(qinco2_dir)
+        q = load_quantizer(qinco2_dir)  # QINCo2, or the RQ the qinco2 stage shipped instead
         point_m = m
         if point_m is None:
             points = {int(p["t"]): p for p in cfg["dae"].get("points", [])}

@@ -6,8 +6,10 @@ worker by default, as ``qinco2.scaling`` says: the cluster provides it; ``scalin
 The loop: normalisation statistics and residual k-means init from a sample, then epochs of
 streamed batches (beam encode without gradients, re-decode with gradients), dead codewords
 re-seeded each epoch, validation every ``valid_every`` steps keeping the best weights. At the
-end the best model is evaluated at every m (truncated encodes), together with a faiss
-ResidualQuantizer trained on the same vectors, and everything is logged to MLflow.
+end the best model is evaluated at every m (truncated encodes) on the held-out rows (valid +
+test), together with a faiss-trained RQ on the same training vectors, K, M and beam
+(:mod:`spresso.train.quant_report`: absolute relative MSEs, a table artifact, a loud warning and
+tags where QINCo2 loses), and ``qinco2.ship`` decides which of the two is published.
 """
 from __future__ import annotations
 
@@ -39,12 +41,13 @@ from spresso.quant import (
     QINCo2,
     QINCo2Spec,
     init_networks,
-    load_qinco2,
+    load_quantizer,
+    quantizer_kind,
     residual_kmeans_init,
     save_qinco2,
+    save_rq,
 )
 from spresso.quant.beam import encode_normalized
-from spresso.quant.checkpoint import KIND
 from spresso.quant.training import (
     ResidualStats,
     TrainSettings,
@@ -58,6 +61,13 @@ from spresso.quant.training import (
 from spresso.runtime.tracking import StageRun
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
 from spresso.train.harness import TrainContext, copy_checkpoint
+from spresso.train.quant_report import (
+    COMPARISON_FILE,
+    SHIP_FILE,
+    QuantizerComparison,
+    ship_record,
+    ship_tags,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "qinco2"
@@ -103,6 +113,30 @@ def evaluate_truncated(encode, decode, x: np.ndarray, M: int) -> tuple[dict[int,
         codes = np.asarray(encode(x, m))
         mse[m] = relative_mse(x, np.asarray(decode(codes)))
     return mse, codes
+
+
+def rq_training_vectors(src: VectorSource, train_rows: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """The vectors RQ trains on: every vector of the training rows (what QINCo2 trains on), or ``limit`` of them."""
+    return src.read_rows(train_rows) if limit is None else src.sample(train_rows, limit, seed=seed)
+
+
+@torch.no_grad()
+def compare_on_held_out(qinco2: QINCo2, rq, x: np.ndarray, *, candidates: int, rq_train_type: str, train_vectors: int,
+                        rq_train_vectors: int) -> tuple[QuantizerComparison, dict]:
+    """Both quantizers' relative MSE at every m (truncated encodes, each at its own spec's beam) on held-out
+    vectors ``x``, and the usage entropy of both full codes (metrics)."""
+    torch_fn = lambda model: (lambda a, m: model.encode(torch.from_numpy(a), m).cpu().numpy(),  # noqa: E731
+                              lambda c: model.decode(torch.from_numpy(c)).cpu().numpy())
+    q_mse, q_codes = evaluate_truncated(*torch_fn(qinco2), x, qinco2.M)
+    r_mse, r_codes = evaluate_truncated(*torch_fn(rq), x, rq.M)
+    comparison = QuantizerComparison(qinco2=q_mse, rq=r_mse, K=qinco2.spec.K, beam=qinco2.spec.B, candidates=candidates,
+                                     rq_beam=rq.spec.B, rq_train_type=rq_train_type, train_vectors=train_vectors,
+                                     rq_train_vectors=rq_train_vectors, held_out_vectors=len(x))
+    entropy = {}
+    for m, (a, b) in enumerate(zip(usage_entropy(q_codes, qinco2.spec.K), usage_entropy(r_codes, rq.spec.K))):
+        entropy[f"entropy_step{m + 1}"] = a
+        entropy[f"rq_entropy_step{m + 1}"] = b
+    return comparison, entropy
 
 
 def train_loop(config: dict) -> None:
@@ -195,29 +229,34 @@ def train_loop(config: dict) -> None:
     if not ctx.is_main:
         ctx.report({}, step + 1)  # a collective under Ray Train: every rank joins rank 0's final report
         return
-    # Final evaluation of the best model and of faiss RQ on the same held-out vectors.
+    # Final evaluation of the best model and of RQ on the held-out rows, RQ trained on QINCo2's training vectors.
     if best_weights is not None:
         core.load_state_dict(best_weights)
     core.eval()
-    dev = ctx.device
-    q_mse, q_codes = evaluate_truncated(
-        lambda x, m: core.encode(torch.from_numpy(x).to(dev), m).cpu().numpy(),
-        lambda c: core.decode(torch.from_numpy(c).to(dev)).cpu().numpy(), x_val, core.M)
-    rq = FaissRQ(core.spec.d, core.M, core.spec.K, beam=q.rq_beam, train_type=config["rq_train_type"])
-    rq.train(src.sample(train_rows, q.rq_train_vectors, seed=q.seed + 2))
-    r_mse, r_codes = evaluate_truncated(rq.encode, rq.decode, x_val, core.M)
-    final = {}
-    for m in range(1, core.M + 1):
-        final[f"val_mse_m{m}"] = q_mse[m]
-        final[f"rq_val_mse_m{m}"] = r_mse[m]
-        final[f"ratio_to_rq_m{m}"] = q_mse[m] / r_mse[m]
-    for m, (a, b) in enumerate(zip(usage_entropy(q_codes, core.spec.K), usage_entropy(r_codes, core.spec.K))):
-        final[f"entropy_step{m + 1}"] = a
-        final[f"rq_entropy_step{m + 1}"] = b
+    x_rq = rq_training_vectors(src, train_rows, q.rq_train_vectors, seed=q.seed + 2)
+    x_held = src.sample(src.held_out_rows(train_rows, val_rows), q.max_val_vectors, seed=q.seed + 3)
+    rq_beam = q.rq_beam or q.beam
+    rq = FaissRQ(core.spec.d, core.M, core.spec.K, beam=rq_beam, train_type=config.get("rq_train_type") or q.rq_train_type)
+    rq_model = rq.train(x_rq).to_module().to(ctx.device)
+    comparison, final = compare_on_held_out(core, rq_model, x_held, candidates=q.candidates, rq_train_type=rq.train_type,
+                                            train_vectors=n_train, rq_train_vectors=len(x_rq))
+    record = ship_record(comparison, q.ship)
+    final.update(comparison.metrics())
+    final["quantizer_shipped_rq"] = float(record["shipped"] == "rq")
     ctx.log_metrics(final, step=step)
+    if record["note"]:
+        log.warning("qinco2: %s", record["note"])
     if ctx.run is not None:
-        ctx.run.log_text(json.dumps({"qinco2": q_mse, "faiss_rq": r_mse}, indent=1), "val_mse_per_m.json")
-    ctx.report({**final, "best_val_mse": best["val_mse"]}, step + 1, save=save)
+        ctx.run.log_text(json.dumps({"qinco2": comparison.qinco2, "faiss_rq": comparison.rq}, indent=1), "val_mse_per_m.json")
+        ctx.run.log_text(comparison.table(record["shipped"]), COMPARISON_FILE)
+
+    def save_with_rq(folder: Path, final: bool = False) -> None:  # the last checkpoint also holds RQ and the choice
+        save(folder, final)
+        save_rq(folder / "rq", rq_model.cpu(), config=config["cfg"],
+                meta={"vectors": config["lineage"], "train_vectors": len(x_rq), "train_type": comparison.rq_train_type})
+        (folder / SHIP_FILE).write_text(json.dumps(record, indent=1))
+
+    ctx.report({**final, "best_val_mse": best["val_mse"]}, step + 1, save=save_with_rq)
 
 
 def synced_reseed(ctx: TrainContext, core: QINCo2, opt, usage: torch.Tensor, last: tuple, seed: int,
@@ -239,7 +278,7 @@ def synced_reseed(ctx: TrainContext, core: QINCo2, opt, usage: torch.Tensor, las
 
 
 def find_inputs(cfg: SpressoConfig, *, vectors: str | None = None, array: str | None = None,
-                rq_train_type: str = "progressive_dim", upstream: dict | None = None, **_options) -> StageInputs:
+                rq_train_type: str | None = None, upstream: dict | None = None, **_options) -> StageInputs:
     """The vectors (a Zarr array; default ``qinco2.vectors_path``/``vectors_array``), opened here to fail fast."""
     q = cfg.qinco2
     path = vectors or cfg.path(q.vectors_path)
@@ -259,15 +298,25 @@ def find_inputs(cfg: SpressoConfig, *, vectors: str | None = None, array: str | 
 
 
 def publish_quantizer(result, final: str, run: StageRun) -> str:
-    """The last checkpoint to ``<checkpoint_dir>/last``, its best weights (else itself) to ``final``."""
+    """The last checkpoint to ``<checkpoint_dir>/last``; to ``final`` the quantizer the run ships
+    (``ship.json``): QINCo2's best weights (else the last ones) or the RQ (``last/rq``). Tags the run
+    with the choice and, where QINCo2 loses to RQ, says so in a WARNING and the pipeline's note."""
     with tempfile.TemporaryDirectory() as tmp:
         last = copy_checkpoint(result, Path(tmp) / "last")
-        best = last / "best" if (last / "best").is_dir() else last
+        record = json.loads((last / SHIP_FILE).read_text()) if (last / SHIP_FILE).is_file() else {"shipped": "qinco2"}
+        if record["shipped"] == "rq":
+            shipped = last / "rq"
+        else:
+            shipped = last / "best" if (last / "best").is_dir() else last
         storage.replace_tree(last, storage.join(storage.parent(final), "last"))
-        storage.replace_tree(best, final)
+        storage.replace_tree(shipped, final)
         for f in ("model.safetensors", "config.json"):
-            run.log_artifact(best / f, "checkpoint")
-        return digest_tree(best)
+            run.log_artifact(shipped / f, "checkpoint")
+        if "loss_tag" in record:
+            run.set_tags(ship_tags(record))
+            if record["note"]:
+                log.warning("qinco2: %s", record["note"])
+        return digest_tree(shipped)
 
 
 TRAIN_QINCO2 = TrainingStage(
@@ -284,7 +333,7 @@ TRAIN_QINCO2 = TrainingStage(
 
 
 def train_qinco2(cfg: SpressoConfig, vectors: str | None = None, array: str | None = None,
-                 rq_train_type: str = "progressive_dim", upstream: dict | None = None, *,
+                 rq_train_type: str | None = None, upstream: dict | None = None, *,
                  parent_run_id: str | None = None) -> dict:
     """Train the quantizer on a Zarr array of vectors; returns the final checkpoint, its run and the final metrics."""
     out = run_training(TRAIN_QINCO2, cfg, parent_run_id=parent_run_id, vectors=vectors, array=array,
@@ -306,12 +355,12 @@ def quantize_cache(checkpoint: str, input_path: str, output_path: str, array: st
     codebooks, for each m in ``ms`` (default 1..M; attr ``ms``). A prefix of a longer code is not a
     truncated encode (a beam keeps paths whose first steps are not the best short code), so the
     cache stores each operating m's own code; all of them come from one M-step beam search
-    (:meth:`QINCo2.encode_all`), so the cost is one encode.
+    (``encode_all``: one beam search for QINCo2, one search per m for RQ).
     """
     if layout == "NC":
         raise SpressoError("quantize writes per-clip codes [N, T', m]: the input layout must be NCT or NTC")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_qinco2(checkpoint, device)
+    model = load_quantizer(checkpoint, device)  # the shipped quantizer: QINCo2 or RQ
     ms = sorted(set(ms or range(1, model.M + 1)))
     if ms[0] < 1 or ms[-1] > model.M:
         raise SpressoError(f"codebook counts {ms} must lie in [1, {model.M}] (the quantizer's M)")
@@ -321,7 +370,7 @@ def quantize_cache(checkpoint: str, input_path: str, output_path: str, array: st
     keys = [str(k) for k in np.asarray(src.group["keys"][:])] if src.group is not None and "keys" in src.group else [str(i) for i in range(src.n_rows)]
     rows_per_block = chunk_rows or 64
     attrs = {"qinco2_checkpoint_digest": digest_tree(checkpoint), "source": src.uri, "source_array": array,
-             "K": model.spec.K, "M": model.spec.M, "ms": ms, "kind": KIND}
+             "K": model.spec.K, "M": model.spec.M, "ms": ms, "kind": quantizer_kind(checkpoint)}
     out = ClipCache.create(output_path, keys, {codes_array(m): ((src.frames, m), np.uint16) for m in ms}, rows_per_block, attrs)
     for start, stop in tqdm(out.missing_blocks(), desc="quantize", unit="block"):
         block = np.asarray(src.array[start:stop], np.float32)

@@ -5,7 +5,7 @@ and its codes (or z as float16 bit patterns). ``tests/test_bitstream.py`` re-dec
 and re-encodes it from the JSON, so any change of the format shows up as a failing test. Rerun this
 script only for a deliberate format change (and bump ``FORMAT_VERSION``). The frame counts follow
 section 6 of docs/bitstream.md, so each vector is also a stream a model of its rate would accept.
-``v1/`` holds the version-1 vectors, frozen: this script does not touch them.
+``v1/`` and ``v2/`` hold the version-1 and version-2 vectors, frozen: this script does not touch them.
 """
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def build() -> dict[str, bytes]:
     # 5 s at 0.096 kbps: the paper's lowest operating point (8 codebooks of 2^12 at 1 Hz)
     out["t100_k4096_m8_5s"] = encode_stream(Stream.discrete(
         rng.integers(0, 4096, (5, 8)), 4096, model_id=MODEL_ID, time_factor=100, sample_count=240000))
+    # the same codes made by an RQ quantizer (version 3 names it in the log2K byte's top bits)
+    out["t100_k4096_m8_5s_rq"] = encode_stream(Stream.discrete(
+        np.random.default_rng(100).integers(0, 4096, (5, 8)), 4096, model_id=MODEL_ID, time_factor=100,
+        sample_count=240000, quantizer="rq"))
     # the same stream peeled to 3 codebooks (codebook 4's leading bits become zero padding)
     out["t100_k4096_m3_peeled"] = peel(out["t100_k4096_m8_5s"], 3)
     # 1.32 kbps: 12 x 2^10 at 11.1 Hz, a 10 s file at 44.1 kHz cut into three windows with 0.5 s overlap

@@ -1,0 +1,53 @@
+"""benchmarks/qinco2.py: RQ and QINCo2 receive the same training vectors; every row at toy size."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from spresso.data.zarr_cache import ClipCache
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import qinco2 as bench  # noqa: E402  (benchmarks/qinco2.py)
+
+
+def test_rq_and_qinco2_train_on_identical_arrays_and_every_row_is_reported():
+    rng = np.random.default_rng(0)
+    train = (rng.standard_normal((1200, 6)) @ rng.standard_normal((6, 6))).astype(np.float32)
+    held = (rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))).astype(np.float32)
+    s = bench.Settings(d=6, K=16, M=3, beam=2, candidates=2, max_beam=4, batch=400, max_steps=3, minutes=5)
+    seen = {}
+
+    def qinco2_trainer(x, settings):
+        seen["qinco2"] = x
+        return bench.train_qinco2(x, settings, log=lambda _: None)
+
+    def rq_trainer(x, settings, train_type):
+        seen[train_type] = x
+        return bench.train_rq(x, settings, train_type)
+
+    res = bench.compare(train, held, s, rq_trainer=rq_trainer, qinco2_trainer=qinco2_trainer, log=lambda _: None)
+    assert set(seen) == {"qinco2", "progressive_dim", "default"}
+    for x in seen.values():  # the very same array, not a subsample or a copy with other rows
+        assert x is train
+    assert res.info["qinco2"]["train_beam"] == s.beam and res.info["qinco2"]["train_candidates"] == s.candidates
+    assert sorted(res.rows) == sorted(["QINCo2 beam 2 A 2"] + [f"RQ {t} beam {b}" for t in ("progressive_dim", "default")
+                                                                for b in (1, 2, 4)])
+    for row in res.rows.values():
+        assert len(row) == 3 and all(0 < v < 1.5 for v in row) and row[2] < row[0]
+    # a larger encoding beam never hurts RQ's full-length error much (beam search keeps the greedy path's candidates)
+    assert res.rows["RQ default beam 4"][2] <= res.rows["RQ default beam 1"][2] * 1.05
+    assert "| 3 | 12 |" in bench.table(res, s)
+
+
+def test_z_vectors_hold_out_whole_clips(tmp_path):
+    n, d, T = 6, 3, 4
+    z = np.arange(n * d * T, dtype=np.float32).reshape(n, d, T)
+    cache = ClipCache.create(tmp_path / "z.zarr", [f"c{i}" for i in range(n)],
+                             {"z": ((d, T), np.float32), "valid_frames": ((), np.int32), "split": ((), "str")}, n, {})
+    cache.write_block(0, n, z=z, valid_frames=np.full(n, T), split=np.array(["train", "valid", "train", "test", "train", "train"]))
+    train, held = bench.z_vectors(str(tmp_path / "z.zarr"), "z", held_out=100)
+    assert train.shape == (16, 3) and held.shape == (8, 3)
+    assert not set(map(tuple, train)) & set(map(tuple, held))
