@@ -6,7 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from spresso.config.base import Section
-from spresso.config.scaling import ScalingSettings, scaling_field
+from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
 
 
 class QINCo2Config(Section):
@@ -46,6 +46,9 @@ class QINCo2Config(Section):
     seed: int = 0
     # One GPU worker by default; without CUDA in the driver the stage runs on CPU instead.
     scaling: ScalingSettings = scaling_field(use_gpu=True)
+    # ray_data: z frames read by Ray Data tasks, batches prefetched in each worker; loader: read in the worker.
+    feed: Literal["ray_data", "loader"] = run_knob("ray_data")
+    prefetch_batches: int = run_knob(2, ge=0)
     rq_beam: int = Field(32, ge=1)  # faiss ResidualQuantizer baseline beam
     rq_train_vectors: int = Field(100000, ge=2)
     checkpoint_dir: str = "qinco2"
