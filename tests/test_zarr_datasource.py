@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from ray.data.block import BlockAccessor
 
 from spresso.data.latent_batches import (
     LatentCaptionDataset,
@@ -155,3 +156,17 @@ def test_two_ray_train_workers_get_disjoint_shares_covering_the_rows(caches, tmp
     assert not a & b and a | b == set(expected_train_rows().tolist())  # 14 rows: two equal shares of 7
     assert len(got[0]["rows"]) == len(got[1]["rows"]) and got[0]["batches"] == got[1]["batches"] == 6
     assert set(reads) <= {"split", "done"}  # the driver read per-row scalars only, never a clip's arrays
+
+
+def test_a_read_task_reads_a_cache_on_object_storage(s3_bucket):
+    """The read tasks take URLs as they take folders (what a cluster reading s3:// caches runs)."""
+    url = f"{s3_bucket}/x0.zarr"
+    cache = ClipCache.create(url, [f"k{i}" for i in range(6)], {"x0": ((C, T), np.float16), "split": ((), "str")}, 3)
+    for a in (0, 3):
+        cache.write_block(a, a + 3, x0=np.arange(a, a + 3)[:, None, None] + np.zeros((1, C, T)), split=SPLITS[a:a + 3])
+    rows = finished_rows([url], "train")
+    [task] = ZarrCacheDatasource({url: ["x0"]}, rows).get_read_tasks(1)
+    blocks = [BlockAccessor.for_block(b).to_numpy() for b in task()]
+    got = np.concatenate([b["row"] for b in blocks])
+    assert sorted(got.tolist()) == [0, 1, 3, 4]  # the finished train rows, in the seeded block order
+    np.testing.assert_array_equal(np.concatenate([b["x0"] for b in blocks])[:, 0, 0], got)
