@@ -84,8 +84,8 @@ class TrainingStage:
     - ``publish``: writes the final checkpoint from Ray's result (default: inference files only);
     - ``reuse``: look for a finished identical run first;
     - ``feeds(cfg, inputs) -> {name: Feed}``: the Ray datasets Ray Train splits between the workers
-      (built after Ray is up; lazy, so the driver reads no clip data), their row counts go to the
-      loop as ``loop_config["feeds"]``; none: the loop reads its inputs itself.
+      (built after Ray is up; lazy, so the driver reads no clip data), their sizes go to the loop as
+      ``loop_config["feeds"]``; none: the loop reads its inputs itself.
 
     GPUs come from the section's ``scaling`` only (``use_gpu``, ``accelerator``), never from what
     the driver sees: a driver on a CPU node asks the cluster for GPU workers.
@@ -146,7 +146,7 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
                                 "run_dir": f"{train_storage}/{name}", **inputs.loop_config,
-                                FEEDS_KEY: {k: f.rows for k, f in feeds.items()}},
+                                FEEDS_KEY: {k: f.summary() for k, f in feeds.items()}},
                    datasets={k: f.dataset for k, f in feeds.items()})
     upstream = {k: v for k, v in inputs.upstream.items() if v} or None
     with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,

@@ -8,7 +8,8 @@ splits it between the workers (``streaming_split(equal=True)``: disjoint, equall
 Worker side, :func:`feed_stream` takes the worker's share (``ray.train.get_dataset_shard``; with
 ``scaling.workers=0`` that is the whole dataset, iterated in the driver's loop) and yields endless
 batches with prefetching. Each pass re-executes the dataset (a new seeded block order) and mixes
-rows through a local shuffle buffer seeded by (seed, rank, start, pass): a run resumed at step s
+rows of several blocks through a local shuffle buffer seeded by (seed, rank, start, pass), so the
+shuffle is block order x buffer, not a full permutation of the rows: a run resumed at step s
 draws fresh batches, as :func:`spresso.data.latent_batches.resumed_stream` does. Equal shares and
 dropped last batches keep every rank's batch count equal, so DDP ranks step together.
 """
@@ -35,36 +36,42 @@ from spresso.data.zarr_datasource import (
 )
 
 FEED = "train"  # the dataset name the stages use in TrainJob.datasets and get_dataset_shard
-FEEDS_KEY = "feeds"  # loop_config entry: {dataset name: its row count}, set by the driver
-SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches: mixes rows of several blocks into each batch
+FEEDS_KEY = "feeds"  # loop_config entry: {dataset name: {"rows": n, "block_rows": n}}, set by the driver
+# The local shuffle buffer holds at least this many batches and this many blocks: a block is a run of
+# neighbouring manifest rows (often clips of one source file), so a batch must mix several blocks.
+SHUFFLE_BATCHES = 4
+SHUFFLE_BLOCKS = 4
 
 
 @dataclass(frozen=True)
 class Feed:
-    """A stage's training dataset and its row count (for the per-rank batch count)."""
+    """A stage's training dataset, its row count (for the per-rank batch count) and rows per read block."""
 
     dataset: ray.data.Dataset
     rows: int
+    block_rows: int
+
+    def summary(self) -> dict[str, int]:
+        """What the loop needs to know of it (``loop_config["feeds"][name]``)."""
+        return {"rows": self.rows, "block_rows": self.block_rows}
 
 
-def dataset_of(source: BlockDatasource) -> ray.data.Dataset:
+def feed_of(source: BlockDatasource) -> Feed:
     """A lazy dataset over ``source`` whose blocks come in the datasource's seeded order."""
     ds = ray.data.read_datasource(source)
     # Completion order would make the sequence depend on task timing; the seeded order is the shuffle.
     ds.context.execution_options.preserve_order = True
-    return ds
+    return Feed(ds, source.n_out, -(-source.n_out // len(source.blocks)))
 
 
 def cache_feed(caches: Mapping[str, Sequence[str]], split: Optional[str], seed: int) -> Feed:
     """The finished ``split`` rows of row-aligned caches (path -> arrays) as a training dataset."""
-    source = ZarrCacheDatasource(caches, finished_rows(list(caches), split), seed=seed)
-    return Feed(dataset_of(source), source.n_out)
+    return feed_of(ZarrCacheDatasource(caches, finished_rows(list(caches), split), seed=seed))
 
 
 def vector_feed(path: str, array: str, layout: str, rows: np.ndarray, seed: int) -> Feed:
     """The valid vectors (frames) of ``rows`` of a vector array as a training dataset (column ``x``)."""
-    source = ZarrVectorDatasource(path, array, layout, rows, seed=seed)
-    return Feed(dataset_of(source), source.n_out)
+    return feed_of(ZarrVectorDatasource(path, array, layout, rows, seed=seed))
 
 
 def feed_seed(seed: int, rank: int, start: int, epoch: int) -> int:
@@ -86,15 +93,16 @@ def per_rank_batch(rows: int, batch_size: int, world_size: int) -> int:
 
 
 def feed_stream(source, batch_size: int, *, seed: int, rank: int, start: int, prefetch_batches: int,
-                as_torch: bool = True) -> Iterator[dict]:
+                block_rows: int = 1, as_torch: bool = True) -> Iterator[dict]:
     """Endless batches of ``source`` (a worker's ``DataIterator`` or, in the driver, a ``Dataset``).
 
     Torch tensors on CPU (``as_torch``) or numpy arrays; the last short batch of a pass is dropped.
     """
     epoch = 0
+    buffer = max(SHUFFLE_BATCHES * batch_size, SHUFFLE_BLOCKS * block_rows)
     while True:
         options = dict(batch_size=batch_size, drop_last=True, prefetch_batches=prefetch_batches,
-                       local_shuffle_buffer_size=SHUFFLE_BATCHES * batch_size,
+                       local_shuffle_buffer_size=buffer,
                        local_shuffle_seed=feed_seed(seed, rank, start, epoch))
         batches = (source.iter_torch_batches(device="cpu", **options) if as_torch
                    else source.iter_batches(batch_format="numpy", **options))
@@ -110,9 +118,10 @@ def feed_stream(source, batch_size: int, *, seed: int, rank: int, start: int, pr
 def worker_stream(loop_config: dict, batch_size: int, *, seed: int, rank: int, world_size: int, start: int,
                   prefetch_batches: int, as_torch: bool = True, name: str = FEED) -> tuple[Iterator[dict], int]:
     """(endless batches of this worker's share of dataset ``name``, the batch size used)."""
-    size = per_rank_batch(int(loop_config[FEEDS_KEY][name]), batch_size, world_size)
+    feed = loop_config[FEEDS_KEY][name]
+    size = per_rank_batch(int(feed["rows"]), batch_size, world_size)
     stream = feed_stream(ray.train.get_dataset_shard(name), size, seed=seed, rank=rank, start=start,
-                         prefetch_batches=prefetch_batches, as_torch=as_torch)
+                         prefetch_batches=prefetch_batches, block_rows=int(feed["block_rows"]), as_torch=as_torch)
     return stream, size
 
 
@@ -158,5 +167,5 @@ def vector_batches(loop_config: dict, batch_size: int, *, seed: int, rank: int, 
     stream, size = worker_stream(loop_config, batch_size, seed=seed, rank=rank, world_size=world_size, start=start,
                                  prefetch_batches=prefetch_batches, as_torch=False)
     if size != batch_size:
-        raise SpressoError(f"{loop_config[FEEDS_KEY][FEED]} vectors: fewer than one batch of {batch_size} per worker")
+        raise SpressoError(f"{loop_config[FEEDS_KEY][FEED]['rows']} vectors: fewer than one batch of {batch_size} per worker")
     return (batch[VECTOR] for batch in stream)
