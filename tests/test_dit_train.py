@@ -189,3 +189,26 @@ def test_held_out_report_equals_one_for_the_trivial_network(workdir):
             p.add_(0.3 * torch.randn(p.shape, generator=g))
     other = held_out_sigma_report(trainer.denoiser, norm, x0_path, str(captions.path), batch=2)
     assert any(abs(other[f"valid_mse_ratio/sigma_{s:g}"] - 1.0) > 1e-3 for s in HELD_OUT_SIGMAS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("feed", ["ray_data", "loader"])
+def test_diffusion_loops_step_in_the_driver_with_either_feed(workdir, mlflow_env, ray_local, tmp_path, monkeypatch, feed):
+    """scaling.workers=0 (the loop in the driver): the DiT, then stage 1 on it, take their first steps fed by
+    the Ray dataset (feed: ray_data) or by today's in-worker reader (feed: loader)."""
+    from spresso.core.checkpoint import has_checkpoint
+    from spresso.train import feed as feeds
+    from spresso.train.dit import train_dit
+    from spresso.train.stage1 import train_stage1
+
+    used = []
+    for name in ("worker_stream", "resumed_stream"):
+        real = getattr(feeds, name)
+        monkeypatch.setattr(feeds, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+    cfg = load_config("demo", overrides(tmp_path) + [
+        "dit.train.scaling.workers=0", "dit.train.steps=2", "dit.train.num_samples=0", f"dit.train.feed={feed}",
+        "dae.stage1.scaling.workers=0", "dae.stage1.steps=2", "dae.stage1.batch_size=4", "dae.stage1.log_every=1",
+        f"dae.stage1.feed={feed}"])
+    assert has_checkpoint(train_dit(cfg, encoder=HashEncoder(), progress=False))
+    assert has_checkpoint(train_stage1(cfg, encoder=HashEncoder(), progress=False))
+    assert used == [{"ray_data": "worker_stream", "loader": "resumed_stream"}[feed]] * 2

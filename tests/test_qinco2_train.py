@@ -83,7 +83,8 @@ def test_reseed_unused_moves_dead_codewords_onto_residuals_and_keeps_live_ones()
 
 
 @pytest.mark.slow
-def test_stage_trains_logs_and_quantizes(real_vectors, tmp_path, mlflow_env, ray_local):
+@pytest.mark.parametrize("feed", ["ray_data", "loader"])  # batches from the Ray dataset, or read in the loop
+def test_stage_trains_logs_and_quantizes(real_vectors, tmp_path, mlflow_env, ray_local, feed):
     import zarr
     from mlflow.tracking import MlflowClient
 
@@ -104,7 +105,7 @@ def test_stage_trains_logs_and_quantizes(real_vectors, tmp_path, mlflow_env, ray
         f"workdir={tmp_path / 'work'}", "qinco2.d=16", "qinco2.K=16", "qinco2.M=3", "qinco2.L=1", "qinco2.de=32",
         "qinco2.dh=32", "qinco2.beam=4", "qinco2.candidates=4", "qinco2.batch_size=1000", "qinco2.epochs=2",
         "qinco2.valid_every=3", "qinco2.scaling.workers=0", "qinco2.val_fraction=0.2", "qinco2.kmeans_iters=5",
-        "qinco2.rq_beam=4", "qinco2.rq_train_vectors=3000", "qinco2.warmup_steps=1",
+        "qinco2.rq_beam=4", "qinco2.rq_train_vectors=3000", "qinco2.warmup_steps=1", f"qinco2.feed={feed}",
     ])
     out = train_qinco2(cfg, vectors=str(tmp_path / "z.zarr"), array="z", rq_train_type="default")
     run = MlflowClient(mlflow_env).get_run(out["run_id"])

@@ -76,7 +76,10 @@ class DiTTrainConfig(Section):
     ema_std: float = Field(0.05, gt=0, lt=0.28)
     scaling: ScalingSettings = scaling_field()
     strategy: Literal["ddp", "fsdp"] = run_knob("ddp")
-    loader_workers: int = run_knob(0, ge=0)  # torch DataLoader processes per Ray worker
+    loader_workers: int = run_knob(0, ge=0)  # torch DataLoader processes per Ray worker (feed: loader)
+    # ray_data: the x0 cache read by Ray Data tasks, batches prefetched in each worker; loader: in-worker DataLoader.
+    feed: Literal["ray_data", "loader"] = run_knob("ray_data")
+    prefetch_batches: int = run_knob(2, ge=0)  # Ray Data batches fetched ahead of the step (feed: ray_data)
     log_every: int = run_knob(50, ge=1)
     checkpoint_every: int = run_knob(1000, ge=1)
     sample_every: int = run_knob(5000, ge=1)

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from spresso.config.base import Section
-from spresso.config.scaling import ScalingSettings, scaling_field
+from spresso.config.scaling import ScalingSettings, run_knob, scaling_field
 
 
 class QINCo2Config(Section):
@@ -67,12 +67,16 @@ class QINCo2Config(Section):
     seed: int = 0
     # One GPU worker by default; without CUDA in the driver the stage runs on CPU instead.
     scaling: ScalingSettings = scaling_field(use_gpu=True)
+    # ray_data: z frames read by Ray Data tasks, batches prefetched in each worker; loader: read in the worker.
+    feed: Literal["ray_data", "loader"] = run_knob("ray_data")
+    prefetch_batches: int = run_knob(2, ge=0)
     # The RQ baseline (faiss-trained residual quantization, same K and M) every run compares against on
     # the held-out rows (valid + test). Its beam: null = QINCo2's encoding beam (the fair comparison).
     rq_beam: Optional[int] = Field(None, ge=1)
     # Vectors RQ trains on: null = every training vector, the ones QINCo2 trains on; a number subsamples them.
     rq_train_vectors: Optional[int] = Field(None, ge=2)
-    rq_train_type: Literal["progressive_dim", "default"] = "progressive_dim"  # faiss's training mode
+    # faiss's training mode; "default" measured better than "progressive_dim" on the log-mel set (benchmarks/qinco2.py)
+    rq_train_type: Literal["progressive_dim", "default"] = "default"
     # Which quantizer the run publishes (stage 3, the export and the codec use it): "qinco2", "rq", or
     # "best": QINCo2 when its held-out error is no worse than RQ's at every m = 1..M, else RQ. One
     # quantizer for every m, because a stream peeled to fewer codebooks must still decode with it.

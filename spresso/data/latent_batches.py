@@ -5,6 +5,7 @@
 - :func:`batch_stream`: endless shuffled batches; DDP ranks get disjoint rows through
   ``DistributedSampler`` and the loops run a fixed number of steps, so every rank steps equally.
 - :func:`resumed_stream`: the batches and noise generator of a run (re)starting at a given step.
+  (With Ray Data, :mod:`spresso.train.feed` gives the batches and :func:`noise_generator` the noise.)
 - :func:`split_rows` / :func:`train_rows`: the finished rows of one split of an x0 cache.
 """
 from __future__ import annotations
@@ -89,7 +90,17 @@ def resumed_stream(dataset: torch.utils.data.Dataset, batch_size: int, *, rank: 
     """
     stream = batch_stream(dataset, batch_size, rank=rank, world_size=world_size, seed=seed * 1_000_003 + start,
                           workers=workers)
-    return stream, torch.Generator().manual_seed(seed * 7919 + rank * 104729 + start)
+    return stream, noise_generator(seed, rank, start)
+
+
+def noise_generator(seed: int, rank: int, start: int) -> torch.Generator:
+    """The diffusion noise generator of rank ``rank`` (re)starting at step ``start`` (whatever feeds the batches)."""
+    return torch.Generator().manual_seed(seed * 7919 + rank * 104729 + start)
+
+
+def caption_caches(x0_path: str, captions_path: str) -> dict[str, tuple[str, ...]]:
+    """The caches (path -> arrays) of :class:`LatentCaptionDataset`'s rows, for a Ray Data feed."""
+    return {x0_path: X0_ARRAYS, captions_path: TEXT_ARRAYS}
 
 
 def split_rows(x0_path: str, split: str) -> np.ndarray:

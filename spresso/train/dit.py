@@ -38,7 +38,7 @@ from spresso.core.digest import digest_json
 from spresso.core.errors import SpressoError
 from spresso.core.storage import absolute, join
 from spresso.data.captions import build_caption_cache
-from spresso.data.latent_batches import LatentCaptionDataset, resumed_stream, train_rows
+from spresso.data.latent_batches import LatentCaptionDataset, caption_caches, train_rows
 from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.autoencoder import build_denoiser
 from spresso.diffusion.edm2 import EDM2Loss
@@ -50,6 +50,7 @@ from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit_examples import example_captions, write_generated_examples
 from spresso.train.dit_held_out import held_out_sigma_report
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
+from spresso.train.feed import latent_batches, latent_feeds
 from spresso.train.loop import StepResult, run_steps, worker_setup
 from spresso.train.sigma_buckets import SigmaBuckets
 
@@ -189,9 +190,9 @@ def train_loop(loop_config: dict) -> None:
             trainer.restore(ckpt)
             log.info("rank %d resumed from step %d", ctx.rank, trainer.step)
     start = trainer.step
-    stream, generator = resumed_stream(LatentCaptionDataset(x0_path, captions_path, train_rows(x0_path)), tc.batch_size,
-                                       rank=ctx.rank, world_size=ctx.world_size, seed=tc.seed, start=start,
-                                       workers=tc.loader_workers)
+    stream, generator = latent_batches(loop_config, lambda: LatentCaptionDataset(x0_path, captions_path, train_rows(x0_path)),
+                                       tc.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=tc.seed, start=start,
+                                       loader_workers=tc.loader_workers, prefetch_batches=tc.prefetch_batches)
     audioae = None
     examples = None
     if ctx.is_main and tc.num_samples:
@@ -277,7 +278,9 @@ def key_config(cfg: SpressoConfig) -> dict:
 
 TRAIN_DIT = TrainingStage(STAGE, section=lambda cfg: cfg.dit.train, loop=train_loop, find_inputs=find_inputs,
                           key_config=key_config, job_name=lambda cfg: "dit",
-                          output=lambda cfg: join(absolute(cfg.path(cfg.dit.checkpoint_dir)), "final"))
+                          output=lambda cfg: join(absolute(cfg.path(cfg.dit.checkpoint_dir)), "final"),
+                          feeds=latent_feeds(lambda cfg: cfg.dit.train,
+                                             lambda lc: caption_caches(lc["x0_path"], lc["captions_path"])))
 
 
 def train_dit(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,

@@ -30,6 +30,7 @@ from spresso.core.storage import absolute
 from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
 from spresso.runtime.placement import require_local_resources
 from spresso.runtime.tracking import StageRun, ensure_experiment
+from spresso.train.feed import FEEDS_KEY, Feed
 from spresso.train.harness import (
     TrainJob,
     copy_checkpoint,
@@ -81,7 +82,10 @@ class TrainingStage:
     - ``output(cfg)``: where the final checkpoint is published (a Path, or a URL string);
     - ``job_name(cfg) -> str``: the Ray Train run name's prefix (the key's first 16 hex digits follow);
     - ``publish``: writes the final checkpoint from Ray's result (default: inference files only);
-    - ``reuse``: look for a finished identical run first.
+    - ``reuse``: look for a finished identical run first;
+    - ``feeds(cfg, inputs) -> {name: Feed}``: the Ray datasets Ray Train splits between the workers
+      (built after Ray is up; lazy, so the driver reads no clip data), their sizes go to the loop as
+      ``loop_config["feeds"]``; none: the loop reads its inputs itself.
 
     GPUs come from the section's ``scaling`` only (``use_gpu``, ``accelerator``), never from what
     the driver sees: a driver on a CPU node asks the cluster for GPU workers.
@@ -96,6 +100,7 @@ class TrainingStage:
     job_name: Callable[[SpressoConfig], str]
     publish: Optional[Publish] = None
     reuse: bool = True
+    feeds: Optional[Callable[[SpressoConfig, StageInputs], dict[str, Feed]]] = None
 
     def key(self, cfg: SpressoConfig, inputs: StageInputs) -> str:
         """The cache key: the stage's settings (without run knobs) and its inputs' identity."""
@@ -137,9 +142,12 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
     name = f"{stage.job_name(cfg)}-{key[:16]}"
     scaling = stage.section(cfg).scaling
     require_local_resources(worker_needs(scaling), f"{stage.name}'s scaling")
+    feeds = stage.feeds(cfg, inputs) if stage.feeds is not None else {}
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                                "run_dir": f"{train_storage}/{name}", **inputs.loop_config})
+                                "run_dir": f"{train_storage}/{name}", **inputs.loop_config,
+                                FEEDS_KEY: {k: f.summary() for k, f in feeds.items()}},
+                   datasets={k: f.dataset for k, f in feeds.items()})
     upstream = {k: v for k, v in inputs.upstream.items() if v} or None
     with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,
                    resume_run_id=resumable_run_id(train_storage, name, uri), extra_tags=inputs.tags or None) as run:

@@ -13,6 +13,7 @@ tags where QINCo2 loses), and ``qinco2.ship`` decides which of the two is publis
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -60,6 +61,7 @@ from spresso.quant.training import (
 )
 from spresso.runtime.tracking import StageRun
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
+from spresso.train.feed import vector_batches, vector_feeds
 from spresso.train.harness import TrainContext, copy_checkpoint
 from spresso.train.quant_report import (
     COMPARISON_FILE,
@@ -196,11 +198,15 @@ def train_loop(config: dict) -> None:
                         meta={"step": best["step"], "val_mse": best["val_mse"], "vectors": config["lineage"]})
 
     x_dev = lambda a: core.norm(torch.from_numpy(a).to(ctx.device))  # noqa: E731
+    # The Ray Data feed (prefetched, seeded by seed, rank and the resume step), or None: read here, as before.
+    feed = vector_batches(config, q.batch_size, seed=q.seed, rank=ctx.rank, world_size=ctx.world_size, start=step,
+                          prefetch_batches=q.prefetch_batches)
     while step < total:
         usage = torch.zeros(core.M, core.spec.K, device=ctx.device)
         last = None
-        for batch in src.epoch_batches(train_rows, q.batch_size, steps_per_epoch, seed=q.seed + epoch, rank=ctx.rank,
-                                       world_size=ctx.world_size):
+        batches = itertools.islice(feed, steps_per_epoch) if feed is not None else src.epoch_batches(
+            train_rows, q.batch_size, steps_per_epoch, seed=q.seed + epoch, rank=ctx.rank, world_size=ctx.world_size)
+        for batch in batches:
             xn = x_dev(batch)
             info, codes = train_step(model, opt, sched, xn, s, autocast=ctx.autocast(), usage=usage, stats=stats)
             last = (xn, codes)
@@ -329,6 +335,7 @@ TRAIN_QINCO2 = TrainingStage(
     job_name=lambda cfg: "qinco2",
     publish=publish_quantizer,
     reuse=False,  # every call trains (and compares against faiss RQ anew)
+    feeds=vector_feeds,
 )
 
 

@@ -35,7 +35,7 @@ from spresso.core.errors import SpressoError
 from spresso.core.rates import frame_rate
 from spresso.core.storage import absolute
 from spresso.data.captions import build_caption_cache
-from spresso.data.latent_batches import LatentCaptionDataset, resumed_stream, train_rows
+from spresso.data.latent_batches import LatentCaptionDataset, caption_caches, train_rows
 from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.autoencoder import DiffusionAutoencoder, set_trainable
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
@@ -44,6 +44,7 @@ from spresso.diffusion.normalize import LatentNormalizer
 from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit import X0_IDENTITY, open_x0_cache
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
+from spresso.train.feed import latent_batches, latent_feeds
 from spresso.train.loop import StepResult, run_steps, worker_setup
 from spresso.train.sigma_buckets import SigmaBuckets
 
@@ -153,9 +154,9 @@ def dae_loop(loop_config: dict, stage: str, dataset: Callable[[dict], torch.util
             trainer.restore(ckpt)
             log.info("rank %d resumed %s from step %d", ctx.rank, stage, trainer.step)
     start = trainer.step
-    stream, generator = resumed_stream(dataset(loop_config), per_worker_batch(tc.batch_size, ctx.world_size),
+    stream, generator = latent_batches(loop_config, lambda: dataset(loop_config), per_worker_batch(tc.batch_size, ctx.world_size),
                                        rank=ctx.rank, world_size=ctx.world_size, seed=tc.seed, start=start,
-                                       workers=tc.loader_workers)
+                                       loader_workers=tc.loader_workers, prefetch_batches=tc.prefetch_batches)
     meta = checkpoint_meta(cfg, stage, dit_info, normalizer, loop_config)
     config_dict = loop_config["cfg"]
     if stage == "stage1" and ctx.is_main:
@@ -228,14 +229,17 @@ def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> S
         upstream={"train_dit": read_checkpoint_config(dit).get("meta", {}).get("mlflow_run_id"), "precompute_latents": None})
 
 
-def dae_stage(stage: str, loop: Callable[[dict], None], find_inputs: Callable[..., StageInputs]) -> TrainingStage:
-    """The declaration of DAE stage ``stage`` (stage1 / stage3): section ``dae.<stage>``, one run per operating point."""
+def dae_stage(stage: str, loop: Callable[[dict], None], find_inputs: Callable[..., StageInputs],
+              caches: Callable[[dict], dict]) -> TrainingStage:
+    """The declaration of DAE stage ``stage`` (stage1 / stage3): section ``dae.<stage>``, one run per operating point;
+    ``caches(loop_config)``: the caches (path -> arrays) its Ray Data feed reads."""
     return TrainingStage(name=f"train_{stage}", section=lambda cfg: getattr(cfg.dae, stage), loop=loop,
                          find_inputs=find_inputs, key_config=dae_key_config(stage),
-                         output=lambda cfg: stage_output(cfg, stage), job_name=lambda cfg: f"dae-{stage}-t{cfg.dae.t}")
+                         output=lambda cfg: stage_output(cfg, stage), job_name=lambda cfg: f"dae-{stage}-t{cfg.dae.t}",
+                         feeds=latent_feeds(lambda cfg: getattr(cfg.dae, stage), caches))
 
 
-TRAIN_STAGE1 = dae_stage("stage1", train_loop, find_inputs)
+TRAIN_STAGE1 = dae_stage("stage1", train_loop, find_inputs, lambda lc: caption_caches(lc["x0_path"], lc["captions_path"]))
 
 
 def train_stage1(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,

@@ -18,7 +18,12 @@ from spresso.core.checkpoint import has_checkpoint, load_strict, load_weights
 from spresso.core.digest import digest_json, digest_tree
 from spresso.core.errors import SpressoError
 from spresso.core.storage import absolute
-from spresso.data.latent_batches import LatentCaptionZDataset, split_rows, train_rows
+from spresso.data.latent_batches import (
+    LatentCaptionZDataset,
+    caption_caches,
+    split_rows,
+    train_rows,
+)
 from spresso.data.z_latents import precompute_zq, z_cache_path
 from spresso.data.zarr_cache import ClipCache
 from spresso.train.driver import LoggedInput, StageInputs, run_training
@@ -90,7 +95,12 @@ def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> S
         params={"stage3.m": point.m, "stage3.K": point.K, "stage3.total_steps": total})
 
 
-TRAIN_STAGE3 = dae_stage("stage3", train_loop, find_inputs)
+def feed_caches(lc: dict) -> dict[str, tuple[str, ...]]:
+    """The caches of :class:`LatentCaptionZDataset`'s rows (path -> arrays), for the Ray Data feed."""
+    return {**caption_caches(lc["x0_path"], lc["captions_path"]), lc["z_path"]: ("z",), lc["zq_path"]: ("zq",)}
+
+
+TRAIN_STAGE3 = dae_stage("stage3", train_loop, find_inputs, feed_caches)
 
 
 def train_stage3(cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False, encoder=None,
