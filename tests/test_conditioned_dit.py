@@ -1,5 +1,6 @@
 """The conditioned DiT: audio-down stream, decimated positions, LoRA (frozen base, merge), stage parameters, learning."""
 import copy
+import math
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from spresso.models.conditioned_dit import (
     merge_lora,
 )
 from spresso.models.dit import DiT
-from spresso.models.mmdit import Stream
+from spresso.models.mmdit import JointBlock, Stream, StreamInput
+from spresso.models.rope import RotaryEmbedding
 from spresso.models.text_encoder import TextEmbedding
 
 torch.set_num_threads(1)
@@ -180,3 +182,35 @@ def test_a_few_stage1_steps_lower_the_loss():
     assert end < start - 0.05, (start, end)
     # Gradients reached the encoder through z (stage 1 trains g_psi end to end).
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_z_key_bias_of_log_n_weighs_a_key_as_n_copies_of_it():
+    """The "multiplicity" z attention: a logit bias of log(n) on a stream's keys equals repeating its tokens n times."""
+    torch.manual_seed(0)
+    block = JointBlock(W, 4, ("audio", "text", AUDIO_DOWN)).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    rope, c = RotaryEmbedding(W // 4), torch.randn(2, W)
+    audio, z, txt = torch.randn(2, 12, W), torch.randn(2, 1, W), torch.randn(2, 3, W)
+    pos = torch.arange(12).float()
+    base = {"audio": StreamInput(audio, pos), "text": StreamInput(txt, None, torch.tensor([[1, 1, 0], [1, 1, 1]]).bool())}
+    n = 6
+    biased = block({**base, AUDIO_DOWN: StreamInput(z, torch.tensor([5.5]), key_bias=float(torch.log(torch.tensor(n))))}, c, rope)
+    copies = block({**base, AUDIO_DOWN: StreamInput(z.expand(2, n, W), torch.full((n,), 5.5))}, c, rope)
+    plain = block({**base, AUDIO_DOWN: StreamInput(z, torch.tensor([5.5]))}, c, rope)
+    torch.testing.assert_close(biased["audio"], copies["audio"], atol=1e-5, rtol=1e-5)
+    assert (biased["audio"] - plain["audio"]).abs().max() > 1e-3
+
+
+def test_z_attention_setting_sets_the_bias_by_pooling_factor_and_old_configs_stay_plain():
+    for t in (4, 20, 100):  # the tiny DiT has patch 1: a z token summarises t audio tokens
+        assert dae(t).net.z_key_bias == pytest.approx(math.log(t))
+    assert LatentEncoderConfig().z_key_bias(100, 4) == pytest.approx(math.log(25))
+    assert LatentEncoderConfig().z_key_bias(4, 4) == 0.0
+    enc = LatentEncoderConfig(z_attention="plain")
+    assert enc.z_key_bias(100, 4) == 0.0
+    old = LatentEncoderConfig(z_channels=6).model_dump(mode="json")
+    old.pop("z_attention")
+    assert LatentEncoderConfig.stored(old).z_attention == "plain"
+    assert LatentEncoderConfig.stored(LatentEncoderConfig().model_dump(mode="json")).z_attention == "multiplicity"
