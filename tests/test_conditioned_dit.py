@@ -214,3 +214,13 @@ def test_z_attention_setting_sets_the_bias_by_pooling_factor_and_old_configs_sta
     old.pop("z_attention")
     assert LatentEncoderConfig.stored(old).z_attention == "plain"
     assert LatentEncoderConfig.stored(LatentEncoderConfig().model_dump(mode="json")).z_attention == "multiplicity"
+
+
+def test_z_key_bias_reaches_every_joint_block():
+    model = dae(t=4).eval()
+    seen = []
+    for block in model.net.dit.joint:
+        block.register_forward_pre_hook(lambda m, args: seen.append(args[0][AUDIO_DOWN].key_bias))
+    x = torch.randn(1, C, 12)
+    model(x, torch.ones(1), text(1), model.encode(x))
+    assert seen == [pytest.approx(math.log(4))] * len(model.net.dit.joint)

@@ -13,7 +13,7 @@ Layer names are stable and every projection is a plain ``nn.Linear`` (``streams.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 import torch
@@ -98,6 +98,12 @@ class Stream(nn.Module):
         _, _, gate_attn, shift_mlp, scale_mlp, gate_mlp = mods
         x = x + gate_attn * self.proj(attn)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+def carried(streams: Mapping[str, StreamInput], out: Mapping[str, torch.Tensor]) -> dict[str, StreamInput]:
+    """The next joint block's inputs: each stream's new tokens with its positions, mask and key bias kept
+    (pre-only streams, absent from ``out``, drop out)."""
+    return {name: replace(s, tokens=out[name]) for name, s in streams.items() if name in out}
 
 
 def key_mask(B: int, masks: list, lengths: list[int], biases: list[float], q: torch.Tensor) -> torch.Tensor | None:
