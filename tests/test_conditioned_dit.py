@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
+from spresso.codec.fast_decode import CachedDenoiser
 from spresso.config.dae import LatentEncoderConfig, LoRASettings
 from spresso.config.dit import DiTConfig, DiTModelConfig
 from spresso.diffusion.autoencoder import build_dae, build_denoiser, set_trainable
 from spresso.diffusion.edm2 import EDM2Loss
+from spresso.diffusion.reconstruct import null_text
 from spresso.models.conditioned_dit import (
     AUDIO_DOWN,
     ConditionedDiT,
@@ -36,8 +38,8 @@ def pretrained(joint=2, single=1) -> torch.nn.Module:
     return den
 
 
-def dae(t=4, init="audio", **lora):
-    enc = LatentEncoderConfig(z_channels=6, heads=2, depth=1)
+def dae(t=4, init="audio", z_attention="plain", **lora):
+    enc = LatentEncoderConfig(z_channels=6, heads=2, depth=1, z_attention=z_attention)
     return build_dae(pretrained(), enc, t, LoRASettings(rank=R, alpha=R, **lora), init)
 
 
@@ -205,22 +207,30 @@ def test_z_key_bias_of_log_n_weighs_a_key_as_n_copies_of_it():
 
 def test_z_attention_setting_sets_the_bias_by_pooling_factor_and_old_configs_stay_plain():
     for t in (4, 20, 100):  # the tiny DiT has patch 1: a z token summarises t audio tokens
-        assert dae(t).net.z_key_bias == pytest.approx(math.log(t))
-    assert LatentEncoderConfig().z_key_bias(100, 4) == pytest.approx(math.log(25))
-    assert LatentEncoderConfig().z_key_bias(4, 4) == 0.0
-    enc = LatentEncoderConfig(z_attention="plain")
-    assert enc.z_key_bias(100, 4) == 0.0
+        assert dae(t, z_attention="multiplicity").net.z_key_bias == pytest.approx(math.log(t))
+        assert dae(t).net.z_key_bias == 0.0  # the paper's plain attention is the default
+    enc = LatentEncoderConfig(z_attention="multiplicity")
+    assert enc.z_key_bias(100, 4) == pytest.approx(math.log(25)) and enc.z_key_bias(4, 4) == 0.0
     old = LatentEncoderConfig(z_channels=6).model_dump(mode="json")
     old.pop("z_attention")
     assert LatentEncoderConfig.stored(old).z_attention == "plain"
-    assert LatentEncoderConfig.stored(LatentEncoderConfig().model_dump(mode="json")).z_attention == "multiplicity"
+    assert LatentEncoderConfig.stored(enc.model_dump(mode="json")).z_attention == "multiplicity"
 
 
 def test_z_key_bias_reaches_every_joint_block():
-    model = dae(t=4).eval()
+    model = dae(t=4, z_attention="multiplicity").eval()
     seen = []
     for block in model.net.dit.joint:
         block.register_forward_pre_hook(lambda m, args: seen.append(args[0][AUDIO_DOWN].key_bias))
     x = torch.randn(1, C, 12)
     model(x, torch.ones(1), text(1), model.encode(x))
     assert seen == [pytest.approx(math.log(4))] * len(model.net.dit.joint)
+
+
+def test_cached_decoder_applies_the_z_key_bias_like_the_model():
+    model = dae(t=4, z_attention="multiplicity").eval()
+    x, s = torch.randn(2, C, 12), torch.tensor([3.0, 0.3])
+    z = model.encode(x)
+    with torch.no_grad():
+        ref = model(x, s, null_text(model, 2, "cpu"), z, drop=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(CachedDenoiser(model, z, 12)(x, s), ref)
