@@ -1,13 +1,16 @@
 """The conditioned DiT: audio-down stream, decimated positions, LoRA (frozen base, merge), stage parameters, learning."""
 import copy
+import math
 
 import pytest
 import torch
 
+from spresso.codec.fast_decode import CachedDenoiser
 from spresso.config.dae import LatentEncoderConfig, LoRASettings
 from spresso.config.dit import DiTConfig, DiTModelConfig
 from spresso.diffusion.autoencoder import build_dae, build_denoiser, set_trainable
 from spresso.diffusion.edm2 import EDM2Loss
+from spresso.diffusion.reconstruct import null_text
 from spresso.models.conditioned_dit import (
     AUDIO_DOWN,
     ConditionedDiT,
@@ -15,7 +18,8 @@ from spresso.models.conditioned_dit import (
     merge_lora,
 )
 from spresso.models.dit import DiT
-from spresso.models.mmdit import Stream
+from spresso.models.mmdit import JointBlock, Stream, StreamInput
+from spresso.models.rope import RotaryEmbedding
 from spresso.models.text_encoder import TextEmbedding
 
 torch.set_num_threads(1)
@@ -34,8 +38,8 @@ def pretrained(joint=2, single=1) -> torch.nn.Module:
     return den
 
 
-def dae(t=4, init="audio", **lora):
-    enc = LatentEncoderConfig(z_channels=6, heads=2, depth=1)
+def dae(t=4, init="audio", z_attention="plain", **lora):
+    enc = LatentEncoderConfig(z_channels=6, heads=2, depth=1, z_attention=z_attention)
     return build_dae(pretrained(), enc, t, LoRASettings(rank=R, alpha=R, **lora), init)
 
 
@@ -180,3 +184,53 @@ def test_a_few_stage1_steps_lower_the_loss():
     assert end < start - 0.05, (start, end)
     # Gradients reached the encoder through z (stage 1 trains g_psi end to end).
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_z_key_bias_of_log_n_weighs_a_key_as_n_copies_of_it():
+    """The "multiplicity" z attention: a logit bias of log(n) on a stream's keys equals repeating its tokens n times."""
+    torch.manual_seed(0)
+    block = JointBlock(W, 4, ("audio", "text", AUDIO_DOWN)).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    rope, c = RotaryEmbedding(W // 4), torch.randn(2, W)
+    audio, z, txt = torch.randn(2, 12, W), torch.randn(2, 1, W), torch.randn(2, 3, W)
+    pos = torch.arange(12).float()
+    base = {"audio": StreamInput(audio, pos), "text": StreamInput(txt, None, torch.tensor([[1, 1, 0], [1, 1, 1]]).bool())}
+    n = 6
+    biased = block({**base, AUDIO_DOWN: StreamInput(z, torch.tensor([5.5]), key_bias=float(torch.log(torch.tensor(n))))}, c, rope)
+    copies = block({**base, AUDIO_DOWN: StreamInput(z.expand(2, n, W), torch.full((n,), 5.5))}, c, rope)
+    plain = block({**base, AUDIO_DOWN: StreamInput(z, torch.tensor([5.5]))}, c, rope)
+    torch.testing.assert_close(biased["audio"], copies["audio"], atol=1e-5, rtol=1e-5)
+    assert (biased["audio"] - plain["audio"]).abs().max() > 1e-3
+
+
+def test_z_attention_setting_sets_the_bias_by_pooling_factor_and_old_configs_stay_plain():
+    for t in (4, 20, 100):  # the tiny DiT has patch 1: a z token summarises t audio tokens
+        assert dae(t, z_attention="multiplicity").net.z_key_bias == pytest.approx(math.log(t))
+        assert dae(t).net.z_key_bias == 0.0  # the paper's plain attention is the default
+    enc = LatentEncoderConfig(z_attention="multiplicity")
+    assert enc.z_key_bias(100, 4) == pytest.approx(math.log(25)) and enc.z_key_bias(4, 4) == 0.0
+    old = LatentEncoderConfig(z_channels=6).model_dump(mode="json")
+    old.pop("z_attention")
+    assert LatentEncoderConfig.stored(old).z_attention == "plain"
+    assert LatentEncoderConfig.stored(enc.model_dump(mode="json")).z_attention == "multiplicity"
+
+
+def test_z_key_bias_reaches_every_joint_block():
+    model = dae(t=4, z_attention="multiplicity").eval()
+    seen = []
+    for block in model.net.dit.joint:
+        block.register_forward_pre_hook(lambda m, args: seen.append(args[0][AUDIO_DOWN].key_bias))
+    x = torch.randn(1, C, 12)
+    model(x, torch.ones(1), text(1), model.encode(x))
+    assert seen == [pytest.approx(math.log(4))] * len(model.net.dit.joint)
+
+
+def test_cached_decoder_applies_the_z_key_bias_like_the_model():
+    model = dae(t=4, z_attention="multiplicity").eval()
+    x, s = torch.randn(2, C, 12), torch.tensor([3.0, 0.3])
+    z = model.encode(x)
+    with torch.no_grad():
+        ref = model(x, s, null_text(model, 2, "cpu"), z, drop=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(CachedDenoiser(model, z, 12)(x, s), ref)

@@ -60,12 +60,12 @@ def dae_from_manifest(manifest: dict) -> DiffusionAutoencoder:
     """The merged diffusion autoencoder's architecture (no peft: LoRA is already folded in)."""
     cfgs = manifest["configs"]
     dit_cfg = DiTConfig.model_validate(cfgs["dit"])
-    enc_cfg = LatentEncoderConfig.model_validate(cfgs["encoder"])
+    enc_cfg = LatentEncoderConfig.stored(cfgs["encoder"])
     token_dim, pooled_dim = manifest["text_dims"]
     t = int(manifest["t"])
     denoiser = build_denoiser(dit_cfg, int(token_dim), int(pooled_dim))
     add_audio_down(denoiser.net, "audio")  # weights are overwritten by the strict load below
-    denoiser.net = ConditionedDiT(denoiser.net, enc_cfg.z_channels, t)
+    denoiser.net = ConditionedDiT(denoiser.net, enc_cfg.z_channels, t, enc_cfg.z_key_bias(t, denoiser.net.patch))
     encoder = build_latent_encoder(enc_cfg, t, dit_cfg.model.in_channels)
     return DiffusionAutoencoder(encoder, denoiser)
 

@@ -17,7 +17,7 @@ import torch
 from spresso.models.conditioned_dit import AUDIO_DOWN
 from spresso.models.dit import AUDIO, TEXT
 from spresso.models.latent_encoder import decimated_positions
-from spresso.models.mmdit import StreamInput
+from spresso.models.mmdit import StreamInput, carried
 from spresso.models.rope import frame_positions
 
 
@@ -45,7 +45,7 @@ class CachedDenoiser:
                 zpos = decimated_positions(self.frames, self.net.t, device=device)
                 if z.shape[-1] != zpos.numel():
                     raise ValueError(f"z has {z.shape[-1]} frames, {self.frames} x0 frames need {zpos.numel()}")
-                self.extra[AUDIO_DOWN] = StreamInput(self.net.f_phi(z.float().transpose(1, 2)), zpos)
+                self.extra[AUDIO_DOWN] = StreamInput(self.net.f_phi(z.float().transpose(1, 2)), zpos, key_bias=self.net.z_key_bias)
 
     def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """F(c_in x; c_noise): the DiT's forward with the cached streams (mirrors DiT.forward)."""
@@ -55,7 +55,7 @@ class CachedDenoiser:
         streams = {AUDIO: StreamInput(audio, self.positions), TEXT: self.text, **self.extra}
         for block in dit.joint:
             out = block(streams, c, dit.rope)
-            streams = {name: StreamInput(out[name], s.positions, s.mask) for name, s in streams.items() if name in out}
+            streams = carried(streams, out)
         h = streams[AUDIO].tokens
         for block in dit.single:
             h = block({AUDIO: StreamInput(h, self.positions)}, c, dit.rope)[AUDIO]

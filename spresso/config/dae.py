@@ -6,7 +6,8 @@ Outputs live under ``<checkpoint_dir>/t<t>/`` (stage1/final, z.zarr, stage3/fina
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -30,6 +31,12 @@ class LatentEncoderConfig(Section):
     rope_base: float = Field(10000.0, gt=1)
     depth_by_t: dict[int, int] = Field(default_factory=lambda: dict(PAPER_DEPTHS))
     depth: Optional[int] = Field(None, ge=0)  # one depth for every t (overrides depth_by_t)
+    # How the DiT's joint attention weighs each z token. "plain" (the paper): one key among the audio
+    # and text keys, so at 1 Hz (t = 100, 4-frame patches) the 5 z tokens of a clip get ~3% of the
+    # attention next to 125 audio tokens, and g_psi gets ~35x less gradient than with "multiplicity":
+    # a logit bias of log(t / patch) on z keys, each z token counting as the t / patch audio tokens it
+    # summarises (no change at t <= patch). Checkpoints and bundles saved before this setting load as "plain".
+    z_attention: Literal["plain", "multiplicity"] = "plain"
 
     def depth_for(self, t: int) -> int:
         if self.depth is not None:
@@ -39,6 +46,15 @@ class LatentEncoderConfig(Section):
         # An unlisted t takes the depth of the nearest listed factor at or below it (deeper for coarser z).
         below = [k for k in self.depth_by_t if k <= t]
         return self.depth_by_t[max(below)] if below else self.depth_by_t[min(self.depth_by_t)]
+
+    def z_key_bias(self, t: int, patch: int) -> float:
+        """The attention-logit bias on z keys at pooling factor t with the DiT's audio patch size."""
+        return math.log(max(t / patch, 1.0)) if self.z_attention == "multiplicity" else 0.0
+
+    @classmethod
+    def stored(cls, tree: dict[str, Any]) -> "LatentEncoderConfig":
+        """An encoder section read back from a checkpoint or bundle: one saved before ``z_attention`` is "plain"."""
+        return cls.model_validate({"z_attention": "plain", **tree})
 
 
 class LoRASettings(Section):
@@ -80,6 +96,9 @@ class DAETrainConfig(Section):
     prefetch_batches: int = run_knob(2, ge=0)
     log_every: int = run_knob(50, ge=1)
     checkpoint_every: int = run_knob(1000, ge=1)
+    # z's effective dimensionality (z/energy_top4, ...) on held-out clips at every checkpoint (stage 1);
+    # up to this many clips (0: off).
+    z_stats_clips: int = run_knob(128, ge=0)
     seed: int = 0
 
 

@@ -130,7 +130,7 @@ def build_dae(denoiser: Denoiser, encoder_cfg, t: int, lora_cfg, audio_down_init
         raise ValueError("expected a Denoiser around a plain DiT")
     dit = add_lora(dit, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets, lora_cfg.streams, lora_cfg.extra)
     add_audio_down(dit, audio_down_init)
-    denoiser.net = ConditionedDiT(dit, encoder_cfg.z_channels, t)
+    denoiser.net = ConditionedDiT(dit, encoder_cfg.z_channels, t, encoder_cfg.z_key_bias(t, dit.patch))
     encoder = build_latent_encoder(encoder_cfg, t, dit.config.in_channels)
     ref = next(dit.parameters())
     return DiffusionAutoencoder(encoder.to(ref.device), denoiser)

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from spresso.config import SpressoConfig, config_from_dict
+from spresso.config.dae import LatentEncoderConfig
 from spresso.config.dit import DiTConfig
 from spresso.core.checkpoint import (
     CheckpointError,
@@ -65,6 +66,7 @@ def load_dae(checkpoint_dir: str | Path, map_location="cpu") -> tuple[DiffusionA
     except Exception as err:
         raise CheckpointError(f"{checkpoint_dir}: not a valid dae checkpoint ({str(err).splitlines()[0]})") from None
     cfg.dae.t = t
+    cfg.dae.encoder = LatentEncoderConfig.stored(info["config"].get("dae", {}).get("encoder", {}))
     # The DiT as it was pretrained (its own stored settings), not whatever the current preset says.
     dit_cfg = DiTConfig.model_validate(meta["dit_config"]) if meta.get("dit_config") else cfg.dit
     denoiser = build_denoiser(dit_cfg, token_dim, pooled_dim)

@@ -129,13 +129,14 @@ def merge_lora(module: nn.Module) -> nn.Module:
 class ConditionedDiT(nn.Module):
     """F(x; c_noise, text, z): a DiT with an audio-down stream fed by f_phi(z)."""
 
-    def __init__(self, dit: DiT, z_channels: int, t: int):
+    def __init__(self, dit: DiT, z_channels: int, t: int, z_key_bias: float = 0.0):
         super().__init__()
         if not all(AUDIO_DOWN in block.streams for block in dit.joint):
             raise ValueError("the DiT has no audio_down stream: call add_audio_down first")
         self.dit = dit
         self.t = int(t)
         self.f_phi = nn.Linear(z_channels, dit.config.width)  # lifts z into the DiT width
+        self.z_key_bias = float(z_key_bias)  # attention-logit bias on z keys (LatentEncoderConfig.z_attention)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, text: TextEmbedding, drop: torch.Tensor | None = None,
                 z: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,5 +148,5 @@ class ConditionedDiT(nn.Module):
             if z.shape[0] != x.shape[0] or z.shape[-1] != positions.numel():
                 raise ValueError(f"z {tuple(z.shape)} does not fit x {tuple(x.shape)} at t={self.t} "
                                  f"(expected [{x.shape[0]}, *, {positions.numel()}])")
-            extra = {AUDIO_DOWN: StreamInput(self.f_phi(z.float().transpose(1, 2)), positions)}
+            extra = {AUDIO_DOWN: StreamInput(self.f_phi(z.float().transpose(1, 2)), positions, key_bias=self.z_key_bias)}
         return self.dit(x, c_noise, text, drop=drop, audio_mask=audio_mask, extra=extra)

@@ -21,7 +21,7 @@ from torch import nn
 
 from spresso.config.dit import DiTModelConfig
 from spresso.models.fourier import FourierFeatures
-from spresso.models.mmdit import JointBlock, Mlp, StreamInput, modulate
+from spresso.models.mmdit import JointBlock, Mlp, StreamInput, carried, modulate
 from spresso.models.rope import RotaryEmbedding, frame_positions
 from spresso.models.text_encoder import TextEmbedding
 
@@ -138,7 +138,7 @@ class DiT(nn.Module):
             streams[name] = inp
         for block in self.joint:
             out = block(streams, c, self.rope)
-            streams = {name: StreamInput(out[name], s.positions, s.mask) for name, s in streams.items() if name in out}
+            streams = carried(streams, out)
         audio_in = streams[AUDIO]
         h = audio_in.tokens
         for block in self.single:

@@ -13,7 +13,7 @@ Layer names are stable and every projection is a plain ``nn.Linear`` (``streams.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 import torch
@@ -30,6 +30,9 @@ class StreamInput:
     tokens: torch.Tensor  # [B, L, width]
     positions: torch.Tensor | None = None  # [L] or [B, L] in x0-frame units; None: no rotation
     mask: torch.Tensor | None = None  # [B, L] bool, True = a real token (keys only are masked)
+    # Added to every attention logit on this stream's keys: log(n) weighs each key as n identical keys
+    # (a z token that summarises n audio tokens; see ConditionedDiT).
+    key_bias: float = 0.0
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -97,6 +100,25 @@ class Stream(nn.Module):
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
+def carried(streams: Mapping[str, StreamInput], out: Mapping[str, torch.Tensor]) -> dict[str, StreamInput]:
+    """The next joint block's inputs: each stream's new tokens with its positions, mask and key bias kept
+    (pre-only streams, absent from ``out``, drop out)."""
+    return {name: replace(s, tokens=out[name]) for name, s in streams.items() if name in out}
+
+
+def key_mask(B: int, masks: list, lengths: list[int], biases: list[float], q: torch.Tensor) -> torch.Tensor | None:
+    """The joint attention's key mask: None (SDPA may use flash kernels), bool [B, 1, 1, L], or, when a
+    stream has a key bias, float [B or 1, 1, 1, L] (the bias on that stream's keys, -inf on padding)."""
+    if all(m is None for m in masks) and not any(biases):
+        return None
+    full = [m if m is not None else torch.ones(B, n, dtype=torch.bool, device=q.device) for m, n in zip(masks, lengths)]
+    keep = torch.cat(full, dim=1)[:, None, None, :]
+    if not any(biases):
+        return keep
+    bias = torch.cat([torch.full((n,), float(b), device=q.device, dtype=q.dtype) for b, n in zip(biases, lengths)])
+    return torch.where(keep, bias, torch.tensor(float("-inf"), device=q.device, dtype=q.dtype))
+
+
 class JointBlock(nn.Module):
     """Streams that attend jointly; see the module docstring."""
 
@@ -138,13 +160,7 @@ class JointBlock(nn.Module):
             lengths.append(inp.tokens.shape[1])
             masks.append(inp.mask)
         q, k, v = (torch.cat(t, dim=2) if len(t) > 1 else t[0] for t in (qs, ks, vs))
-        attn_mask = None
-        if any(m is not None for m in masks):
-            B = q.shape[0]
-            full = [m if m is not None else torch.ones(B, n, dtype=torch.bool, device=q.device)
-                    for m, n in zip(masks, lengths)]
-            # Key-padding mask broadcast over heads and queries; with no mask SDPA may use flash kernels.
-            attn_mask = torch.cat(full, dim=1)[:, None, None, :]
+        attn_mask = key_mask(q.shape[0], masks, lengths, [inputs[n].key_bias for n in names], q)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         B, H, L, D = out.shape
         out = out.transpose(1, 2).reshape(B, L, H * D)

@@ -47,6 +47,7 @@ from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_tr
 from spresso.train.feed import latent_batches, latent_feeds
 from spresso.train.loop import StepResult, run_steps, worker_setup
 from spresso.train.sigma_buckets import SigmaBuckets
+from spresso.train.z_stats import z_stats_metrics
 
 log = logging.getLogger(__name__)
 STAGE = "train_stage1"
@@ -178,7 +179,24 @@ def dae_loop(loop_config: dict, stage: str, dataset: Callable[[dict], torch.util
         return {"loss": result.scalars["loss"]}, lambda d: save_dae_checkpoint(d, state, config_dict, step_meta)
 
     run_steps(ctx, desc=stage, start=start, total=int(total or tc.steps), log_every=tc.log_every,
-              checkpoint_every=tc.checkpoint_every, step=step, checkpoint=checkpoint, window=buckets)
+              checkpoint_every=tc.checkpoint_every, step=step, checkpoint=checkpoint, window=buckets,
+              after_step=z_report(ctx, trainer, x0_path) if stage == "stage1" else None)
+
+
+def z_report(ctx, trainer: DAETrainer, x0_path: str) -> Callable[[int, bool], dict]:
+    """Stage 1's ``after_step``: z's effective dimensionality (``z/...``) logged at every checkpoint (rank 0)."""
+    tc = trainer.tc
+
+    def after_step(i: int, last: bool) -> dict:
+        if not ctx.is_main or tc.z_stats_clips <= 0 or not (i % tc.checkpoint_every == 0 or last):
+            return {}
+        metrics = z_stats_metrics(trainer.model_raw.encoder, trainer.normalizer, x0_path, max_clips=tc.z_stats_clips)
+        ctx.log_metrics(metrics, i)
+        log.info("stage1 step %d: z top-4 energy %.3f, %d directions for 98%%", i,
+                 metrics.get("z/energy_top4", float("nan")), int(metrics.get("z/dims_98", 0)))
+        return metrics
+
+    return after_step
 
 
 def train_loop(loop_config: dict) -> None:
