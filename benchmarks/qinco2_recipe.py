@@ -75,7 +75,7 @@ def train_row(base: QINCo2, model_kw: dict, settings_kw: dict, lr_rule: str, x: 
     books = {k: v for k, v in base.state_dict().items() if "codebook" in k or "preselect" in k or k.startswith("norm.")}
     model.load_state_dict(books, strict=False)
     steps_per_epoch = len(x) // args.batch
-    s = TrainSettings(lr=scaled_lr(args.lr, args.batch, 1024, lr_rule), total_steps=args.steps,
+    s = TrainSettings(lr=scaled_lr(args.lr, args.batch, args.reference_batch, lr_rule), total_steps=args.steps,
                       warmup_steps=max(1, args.steps // 10), steps_per_epoch=steps_per_epoch,
                       warmup_epochs=args.warmup_epochs, beam=args.train_beam, candidates=args.train_candidates,
                       **settings_kw)
@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=8e-4, help="base lr, tuned by the paper for batch 1024")
+    ap.add_argument("--reference-batch", type=int, default=1024,
+                    help="batch the base lr is taken to be tuned for (the lr rows scale it by --batch over this)")
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--train-beam", type=int, default=4)
     ap.add_argument("--train-candidates", type=int, default=4)

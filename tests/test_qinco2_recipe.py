@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -167,6 +166,9 @@ def test_learning_rate_scaled_for_the_batch():
 
 
 def test_settings_default_to_the_measured_choices():
-    q = load_config("demo", []).qinco2
-    assert np.isfinite(q.lr) and q.lr_reference_batch == 1024
-    assert q.grad_clip_mode in ("norm", "value") and q.net_init in ("out_proj", "concat_down")
+    """Defaults are ours where the paper's choice did not measure better (config comment); the
+    default settings reproduce the previous training exactly (no bias, no rescaled lr)."""
+    q = load_config("paper", []).qinco2
+    assert (q.grad_clip_mode, q.concat_bias, q.net_init, q.schedule, q.reseed_from, q.lr_batch_scaling) == (
+        "norm", False, "out_proj", "steps", "last_batch", "none")
+    assert q.lr_reference_batch == 1024 and settings(q, 100, 10).lr == q.lr
