@@ -81,7 +81,9 @@ class TrainingStage:
     - ``output(cfg)``: where the final checkpoint is published (a Path, or a URL string);
     - ``job_name(cfg) -> str``: the Ray Train run name's prefix (the key's first 16 hex digits follow);
     - ``publish``: writes the final checkpoint from Ray's result (default: inference files only);
-    - ``reuse``: look for a finished identical run first.
+    - ``reuse``: look for a finished identical run first;
+    - ``datasets(cfg, inputs) -> {name: ray.data.Dataset}``: lazy datasets Ray Train splits among
+      the workers (``ray.train.get_dataset_shard(name)``), built in the driver after Ray is joined.
 
     GPUs come from the section's ``scaling`` only (``use_gpu``, ``accelerator``), never from what
     the driver sees: a driver on a CPU node asks the cluster for GPU workers.
@@ -96,6 +98,7 @@ class TrainingStage:
     job_name: Callable[[SpressoConfig], str]
     publish: Optional[Publish] = None
     reuse: bool = True
+    datasets: Optional[Callable[[SpressoConfig, StageInputs], dict]] = None
 
     def key(self, cfg: SpressoConfig, inputs: StageInputs) -> str:
         """The cache key: the stage's settings (without run knobs) and its inputs' identity."""
@@ -139,7 +142,8 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
     require_local_resources(worker_needs(scaling), f"{stage.name}'s scaling")
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                                "run_dir": f"{train_storage}/{name}", **inputs.loop_config})
+                                "run_dir": f"{train_storage}/{name}", **inputs.loop_config},
+                   datasets=stage.datasets(cfg, inputs) if stage.datasets else {})
     upstream = {k: v for k, v in inputs.upstream.items() if v} or None
     with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,
                    resume_run_id=resumable_run_id(train_storage, name, uri), extra_tags=inputs.tags or None) as run:
