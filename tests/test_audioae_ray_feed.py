@@ -132,3 +132,19 @@ def test_stage_on_two_ray_train_workers_with_the_ray_data_feed(tmp_path, mlflow_
     final = train_audioae(cfg)
     assert (Path(final) / "model.safetensors").is_file()
     assert _logged_steps(mlflow_env, cfg, "loss/mel") == [1, 2, 3, 4]
+
+
+def test_the_stage_hands_ray_train_the_crop_dataset_and_checks_cpus_for_decoding(monkeypatch, tmp_path):
+    import spresso.train.audioae as stage
+
+    asked, built = [], []
+    monkeypatch.setattr(stage, "require_local_resources", lambda need, what: asked.append(need))
+    monkeypatch.setattr(stage, "crop_dataset", lambda tars, **kw: built.append((tars, kw)) or "dataset")
+    make_shards(tmp_path / "shards")
+    inputs = stage.StageInputs(key={}, loop_config={"shards_dir": str(tmp_path / "shards")})
+    over = ["audioae.train.scaling.workers=2", "audioae.train.scaling.cpus_per_worker=0.5", "audioae.train.feed_cpus=0.25"]
+    assert stage.feed_datasets(load_config("demo", over), inputs) == {"train": "dataset"}
+    assert asked[0]["CPU"] == 1.25  # both workers and one decode task must fit
+    tars, kw = built[0]
+    assert tars == shard_paths(str(tmp_path / "shards"), "train") and kw["segment"] == 18240 and kw["cpus_per_task"] == 0.25
+    assert stage.feed_datasets(load_config("demo", over + ["audioae.train.feed=in_worker"]), inputs) == {}

@@ -13,6 +13,7 @@ worker seeds its local shuffle from (seed, rank, resume step, epoch), so a run r
 """
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, Iterator
 
@@ -85,7 +86,7 @@ def crop_batches(shard: Any, *, batch_size: int, shuffle_buffer: int, prefetch_b
     Full batches only, so every rank takes the same number of steps per epoch (Ray Train's split
     gives each the same number of rows).
     """
-    for epoch in range(2**62):
+    for epoch in itertools.count():
         yielded = 0
         for batch in shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, prefetch_batches=prefetch_batches, device="cpu",

@@ -1,7 +1,9 @@
-"""Audio crops for the AudioAE: endless shuffled batches of random crops of the train clips.
+"""Audio crops for the AudioAE: the crop rule both feeds share (:func:`random_crops`) and the
+in-worker feed (``audioae.train.feed: in_worker``), endless shuffled batches of random crops of the train clips.
 
-The only data split among workers is :func:`spresso.data.reader.iter_clips` (rank r reads every
-world_size-th tar), and the stream is endless so every DDP rank runs the same number of steps.
+In that feed the only data split among workers is :func:`spresso.data.reader.iter_clips` (rank r reads
+every world_size-th tar), and the stream is endless so every DDP rank runs the same number of steps.
+The Ray Data feed is :mod:`spresso.data.audio_feed`.
 """
 from __future__ import annotations
 
