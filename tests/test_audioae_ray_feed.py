@@ -38,7 +38,7 @@ def _where(crop: np.ndarray, clips: dict[str, dict]) -> tuple[str, int] | None:
 def test_ray_data_feed_yields_crops_of_train_clips_inside_their_audio(shards, ray_local):
     train = {c["key"]: c for c in iter_clips(shard_paths(str(shards), "train"))}
     valid = {c["key"]: c for c in iter_clips(shard_paths(str(shards), "valid"))}
-    ds = crop_dataset(shard_paths(str(shards), "train"), segment=SEGMENT, crops_per_clip=2, seed=3)
+    ds = crop_dataset(shard_paths(str(shards), "train"), segment=SEGMENT, crops_per_clip=2, seed=3, min_tars=1)
     stream = crop_batches(ds, batch_size=3, shuffle_buffer=4, prefetch_batches=1, seed=3)
     epoch = [next(stream) for _ in range(len(train) * 2 // 3)]  # 12 clips x 2 crops: 8 full batches
     crops = torch.cat(epoch).numpy()
@@ -56,7 +56,7 @@ def test_same_seed_same_first_batch_and_each_epoch_another_order(shards, ray_loc
     tars = shard_paths(str(shards), "train")
 
     def stream(seed: int, start: int = 0):
-        ds = crop_dataset(tars, segment=SEGMENT, crops_per_clip=2, seed=seed)
+        ds = crop_dataset(tars, segment=SEGMENT, crops_per_clip=2, seed=seed, min_tars=1)
         return crop_batches(ds, batch_size=3, shuffle_buffer=6, prefetch_batches=1, seed=seed, start=start)
 
     a = stream(1)
@@ -65,6 +65,14 @@ def test_same_seed_same_first_batch_and_each_epoch_another_order(shards, ray_loc
     assert not torch.equal(epochs[0], epochs[1])  # the next epoch: another order and other crops
     assert not torch.equal(next(stream(2)), epochs[0][:3])  # another seed: another batch
     assert not torch.equal(next(stream(1, start=40)), epochs[0][:3])  # resumed at step 40: batched anew
+
+
+def test_a_small_dataset_is_read_several_times_per_epoch(shards, ray_local):
+    """3 tars and min_tars=6: one execution reads each tar twice, each time with other crops."""
+    ds = crop_dataset(shard_paths(str(shards), "train"), segment=SEGMENT, crops_per_clip=1, seed=0, min_tars=6)
+    crops = np.concatenate([b[AUDIO].numpy() for b in ds.iter_torch_batches(batch_size=4)])
+    assert crops.shape == (24, SEGMENT)  # 12 clips x 2 reads
+    assert len({c.tobytes() for c in crops}) == 24
 
 
 class _RecordingShard:

@@ -31,6 +31,10 @@ AUDIO = "audio"  # the crops' column: [segment] float32 per row
 DRAW = "crop_draw"  # one uniform draw per clip, Ray-seeded per epoch: the seed of its crops
 # Clips per decode call: small enough that the first batch comes soon after an epoch starts.
 DECODE_BATCH = 16
+# Tars one execution reads at least: a small dataset is read several times over per execution, so the
+# restart between executions (new tasks, the shuffle buffer filling again, a stall the in-worker reader
+# does not have) comes every few thousand clips, not every few dozen steps. Paper-size data: one pass.
+MIN_TARS_PER_EPOCH = 64
 
 
 def decode_and_crop(batch: dict[str, np.ndarray], *, segment: int, crops_per_clip: int) -> dict[str, np.ndarray]:
@@ -49,19 +53,21 @@ def decode_and_crop(batch: dict[str, np.ndarray], *, segment: int, crops_per_cli
 
 
 def crop_dataset(tar_paths: list[str], *, segment: int, crops_per_clip: int, seed: int,
-                 cpus_per_task: float = 1.0) -> ray.data.Dataset:
+                 cpus_per_task: float = 1.0, min_tars: int = MIN_TARS_PER_EPOCH) -> ray.data.Dataset:
     """The lazy dataset of crops (column ``audio``) of the clips in ``tar_paths``.
 
-    One read task per tar, so the task indices (and with them the crop draws) do not depend on the
-    cluster's size; ``cpus_per_task`` is what each read/decode task asks for (training workers
-    hold their own CPUs: what is left decodes).
+    One execution (an "epoch" of the feed) reads the tars ``ceil(min_tars / len(tar_paths))`` times,
+    in one shuffled order, each read with its own crop draws. One read task per tar, so the task
+    indices (and with them the crop draws) do not depend on the cluster's size; ``cpus_per_task`` is
+    what each read/decode task asks for (training workers hold their own CPUs: what is left decodes).
     """
     if not tar_paths:
         raise SpressoError("no train shards for the Ray Data feed")
+    paths = sorted(tar_paths) * -(-max(1, min_tars) // len(tar_paths))
     ds = ray.data.read_webdataset(
-        sorted(tar_paths), decoder=None, suffixes=["flac", "json"],
+        paths, decoder=None, suffixes=["flac", "json"],
         shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True),
-        override_num_blocks=len(tar_paths), num_cpus=cpus_per_task,
+        override_num_blocks=len(paths), num_cpus=cpus_per_task,
     )
     ds = ds.with_column(DRAW, random_column(seed=seed, reseed_after_execution=True))
     ds = ds.map_batches(decode_and_crop, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=cpus_per_task,
