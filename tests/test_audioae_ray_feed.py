@@ -101,8 +101,8 @@ def test_resumed_worker_seeds_its_batches_from_seed_rank_and_step():
 
 
 def test_feed_is_validated():
-    assert load_config("demo").audioae.train.feed == "ray_data"
-    assert load_config("demo", ["audioae.train.feed=in_worker"]).audioae.train.feed == "in_worker"
+    assert load_config("demo").audioae.train.feed == "in_worker"
+    assert load_config("demo", ["audioae.train.feed=ray_data"]).audioae.train.feed == "ray_data"
     with pytest.raises(Exception, match="feed"):
         load_config("demo", ["audioae.train.feed=threads"])
 
@@ -150,7 +150,8 @@ def test_the_stage_hands_ray_train_the_crop_dataset_and_checks_cpus_for_decoding
     monkeypatch.setattr(stage, "crop_dataset", lambda tars, **kw: built.append((tars, kw)) or "dataset")
     make_shards(tmp_path / "shards")
     inputs = stage.StageInputs(key={}, loop_config={"shards_dir": str(tmp_path / "shards")})
-    over = ["audioae.train.scaling.workers=2", "audioae.train.scaling.cpus_per_worker=0.5", "audioae.train.feed_cpus=0.25"]
+    over = ["audioae.train.feed=ray_data", "audioae.train.scaling.workers=2", "audioae.train.scaling.cpus_per_worker=0.5",
+            "audioae.train.feed_cpus=0.25"]
     assert stage.feed_datasets(load_config("demo", over), inputs) == {"train": "dataset"}
     assert asked[0]["CPU"] == 1.25  # both workers and one decode task must fit
     tars, kw = built[0]

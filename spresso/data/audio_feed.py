@@ -31,10 +31,11 @@ AUDIO = "audio"  # the crops' column: [segment] float32 per row
 DRAW = "crop_draw"  # one uniform draw per clip, Ray-seeded per epoch: the seed of its crops
 # Clips per decode call: small enough that the first batch comes soon after an epoch starts.
 DECODE_BATCH = 16
-# Tars one execution reads at least: a small dataset is read several times over per execution, so the
-# restart between executions (new tasks, the shuffle buffer filling again, a stall the in-worker reader
-# does not have) comes every few thousand clips, not every few dozen steps. Paper-size data: one pass.
-MIN_TARS_PER_EPOCH = 64
+# Tars one execution reads at least (more than the dataset's: several passes per execution, so the
+# restart between executions comes less often). 1: one pass. Larger values were slower on 2 cores:
+# the read operator, a separate Ray Data operator, read them all before the decode tasks got the one
+# spare CPU.
+MIN_TARS_PER_EPOCH = 1
 
 
 def decode_and_crop(batch: dict[str, np.ndarray], *, segment: int, crops_per_clip: int) -> dict[str, np.ndarray]:
