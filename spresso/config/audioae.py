@@ -54,6 +54,14 @@ class AudioAETrainConfig(Section):
     segment_seconds: float = Field(0.38, gt=0)
     crops_per_clip: int = Field(1, gt=0)
     shuffle_buffer: int = Field(256, gt=0)
+    # Where crops are made: `ray_data` (ray.data.read_webdataset, decode + crop in Ray Data CPU tasks,
+    # streamed to each worker) or `in_worker` (each worker decodes its own tars, in its training loop).
+    # in_worker by default: on 2 cores (one left beside the worker) Ray Data's read operator held that
+    # CPU while decoding waited (benchmarks/audioae_feed.py), so it was not yet faster.
+    feed: Literal["ray_data", "in_worker"] = "in_worker"
+    # Ray Data feed: batches each worker prepares ahead, and the CPUs each decode task asks for.
+    prefetch_batches: int = run_knob(2, ge=0)
+    feed_cpus: float = run_knob(1.0, gt=0)
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.8, 0.99)
     weight_decay: float = Field(0.01, ge=0)

@@ -1,7 +1,9 @@
-"""Audio crops for the AudioAE: endless shuffled batches of random crops of the train clips.
+"""Audio crops for the AudioAE: the crop rule both feeds share (:func:`random_crops`) and the
+in-worker feed (``audioae.train.feed: in_worker``), endless shuffled batches of random crops of the train clips.
 
-The only data split among workers is :func:`spresso.data.reader.iter_clips` (rank r reads every
-world_size-th tar), and the stream is endless so every DDP rank runs the same number of steps.
+In that feed the only data split among workers is :func:`spresso.data.reader.iter_clips` (rank r reads
+every world_size-th tar), and the stream is endless so every DDP rank runs the same number of steps.
+The Ray Data feed is :mod:`spresso.data.audio_feed`.
 """
 from __future__ import annotations
 
@@ -12,6 +14,28 @@ import torch
 
 from spresso.core.errors import SpressoError
 from spresso.data.reader import iter_clips, shard_paths
+
+
+def segment_samples(segment_seconds: float, sample_rate: int, hop: int) -> int:
+    """Crop length in samples: ``segment_seconds`` rounded down to a multiple of the hop (at least one hop)."""
+    return max(hop, int(segment_seconds * sample_rate) // hop * hop)
+
+
+def random_crops(wave: np.ndarray, valid_samples: int, segment: int, count: int,
+                 rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Yield ``count`` crops of ``segment`` samples, each starting uniformly inside the real audio.
+
+    The one crop rule of both feeds (in-worker and Ray Data), so they draw from the same distribution:
+    a start in ``[0, valid - segment]``; a clip whose real audio is shorter than the segment is
+    taken from its start, zero-padded when the clip itself is shorter. A generator: each start is
+    drawn when its crop is taken, so the in-worker stream keeps its exact draw order.
+    """
+    valid = max(1, min(int(valid_samples), wave.shape[0]))
+    if wave.shape[0] < segment:
+        wave = np.pad(wave, (0, segment - wave.shape[0]))
+    for _ in range(count):
+        start = int(rng.integers(0, valid - segment + 1)) if valid > segment else 0
+        yield wave[start : start + segment]
 
 
 class CropStream:
@@ -36,13 +60,9 @@ class CropStream:
         while True:
             produced = 0
             for clip in iter_clips(self.tar_paths, self.rank, self.world_size):
-                wave, valid = clip["wave"], max(1, min(int(clip["valid_samples"]), clip["wave"].shape[0]))
-                if wave.shape[0] < self.segment:
-                    wave = np.pad(wave, (0, self.segment - wave.shape[0]))
-                for _ in range(self.crops_per_clip):
-                    start = int(self.rng.integers(0, valid - self.segment + 1)) if valid > self.segment else 0
+                for crop in random_crops(clip["wave"], clip["valid_samples"], self.segment, self.crops_per_clip, self.rng):
                     produced += 1
-                    yield wave[start : start + self.segment]
+                    yield crop
             if produced == 0:
                 raise SpressoError(f"train shards of rank {self.rank} hold no clips")
 

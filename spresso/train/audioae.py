@@ -6,16 +6,21 @@
   audio examples, checkpoints through :class:`~spresso.train.harness.TrainContext`);
 - :data:`TRAIN_AUDIOAE` / :func:`train_audioae`: the stage (one MLflow run, reuse when unchanged, resume on rerun).
 
-Its crops come from :mod:`spresso.data.crops`, its validation from :mod:`spresso.train.audioae_valid`.
+Its crops come from Ray Data (:mod:`spresso.data.audio_feed`, ``audioae.train.feed: ray_data``) or
+from the worker's own reader (:mod:`spresso.data.crops`, ``in_worker``); its validation from
+:mod:`spresso.train.audioae_valid`.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import tempfile
+import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
+import ray.train
 import torch
 
 from spresso.config import SpressoConfig
@@ -32,18 +37,22 @@ from spresso.core.checkpoint import (
 from spresso.core.digest import digest_file
 from spresso.core.errors import SpressoError
 from spresso.core.storage import absolute, is_file, join
-from spresso.data.crops import CropStream, load_valid_clips
+from spresso.data.audio_feed import crop_batches, crop_dataset
+from spresso.data.crops import CropStream, load_valid_clips, segment_samples
 from spresso.data.reader import read_dataset_info, shard_paths
 from spresso.models.audioae import CHECKPOINT_KIND, AudioAE
 from spresso.models.discriminators import AudioDiscriminator
 from spresso.models.mel import MultiScaleMel
+from spresso.runtime.placement import require_local_resources
 from spresso.train.audioae_valid import evaluate_reconstruction, unwrap, write_examples
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
+from spresso.train.feed import Feed
 from spresso.train.gan_losses import (
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
 )
+from spresso.train.harness import worker_needs
 from spresso.train.loop import StepResult, run_steps, worker_setup
 
 log = logging.getLogger(__name__)
@@ -170,6 +179,35 @@ def maybe_fail(tc, step: int, marker: str | None) -> None:
     raise RuntimeError(f"injected failure at step {step} (audioae.train.fail_at_step)")
 
 
+def crop_feed(cfg: SpressoConfig, shards_dir: str, rank: int, world_size: int, start: int) -> Iterator[torch.Tensor]:
+    """The loop's endless ``[batch_size, segment]`` crops, from the feed ``audioae.train.feed`` names."""
+    ac, tc = cfg.audioae, cfg.audioae.train
+    if tc.feed == "ray_data":
+        return crop_batches(ray.train.get_dataset_shard("train"), batch_size=tc.batch_size,
+                            shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches,
+                            seed=tc.seed, rank=rank, start=start)
+    segment = segment_samples(tc.segment_seconds, ac.model.sample_rate, ac.model.hop)
+    # Seeded by the resume step too, so a resumed run does not replay the same crops.
+    return iter(CropStream(shard_paths(shards_dir, "train"), segment, tc.batch_size, rank=rank,
+                           world_size=world_size, crops_per_clip=tc.crops_per_clip,
+                           shuffle_buffer=tc.shuffle_buffer, seed=tc.seed * 1_000_003 + start))
+
+
+def feed_datasets(cfg: SpressoConfig, inputs: StageInputs) -> dict[str, Feed]:
+    """Ray Train's datasets for the stage: the lazy crop dataset of the train shards (``ray_data``
+    feed), nothing for the ``in_worker`` feed."""
+    ac, tc = cfg.audioae, cfg.audioae.train
+    if tc.feed != "ray_data":
+        return {}
+    # Decode tasks run beside the workers: a local Ray the workers fill would leave them queued forever.
+    need = worker_needs(tc.scaling)
+    need["CPU"] = need.get("CPU", 0.0) + tc.feed_cpus
+    require_local_resources(need, "audioae.train.feed=ray_data (the workers and one decode task of feed_cpus)")
+    segment = segment_samples(tc.segment_seconds, ac.model.sample_rate, ac.model.hop)
+    return {"train": Feed(crop_dataset(shard_paths(inputs.loop_config["shards_dir"], "train"), segment=segment,
+                                       crops_per_clip=tc.crops_per_clip, seed=tc.seed, cpus_per_task=tc.feed_cpus))}
+
+
 def train_loop(loop_config: dict) -> None:
     """``train_loop_per_worker``: resume, train to ``audioae.steps``, validate, checkpoint."""
     ctx, cfg = worker_setup(loop_config, lambda c: c.audioae.train.seed)
@@ -181,19 +219,20 @@ def train_loop(loop_config: dict) -> None:
             log.info("rank %d resumed from step %d", ctx.rank, trainer.step)
     start = trainer.step
     shards_dir = loop_config["shards_dir"]
-    hop = ac.model.hop
-    segment = max(hop, int(tc.segment_seconds * ac.model.sample_rate) // hop * hop)
-    # Seeded by the resume step too, so a resumed run does not replay the same crops.
-    stream = iter(CropStream(shard_paths(shards_dir, "train"), segment, tc.batch_size, rank=ctx.rank,
-                             world_size=ctx.world_size, crops_per_clip=tc.crops_per_clip,
-                             shuffle_buffer=tc.shuffle_buffer, seed=tc.seed * 1_000_003 + start))
+    segment = segment_samples(tc.segment_seconds, ac.model.sample_rate, ac.model.hop)
+    stream = crop_feed(cfg, shards_dir, ctx.rank, ctx.world_size, start)
     valid = load_valid_clips(shards_dir, tc.valid_clips) if ctx.is_main else []
     config_dict = loop_config["cfg"]
     fail_marker = f"{loop_config['run_dir']}/{FAIL_MARKER}" if loop_config.get("run_dir") else None
 
     def step(i: int) -> StepResult:
         maybe_fail(tc, i, fail_marker)
-        return StepResult(trainer.train_step(next(stream)), tc.batch_size * segment / ac.model.sample_rate)
+        t0 = time.perf_counter()
+        batch = next(stream)
+        # The time the loop waited for its batch: what a feed that keeps up brings near zero.
+        waited = time.perf_counter() - t0
+        scalars = {**trainer.train_step(batch), "data/wait_seconds": waited}
+        return StepResult(scalars, tc.batch_size * segment / ac.model.sample_rate)
 
     def validate(i: int, last: bool) -> dict[str, float]:
         if not (ctx.is_main and (i % tc.valid_every == 0 or last)) or not valid:
@@ -256,6 +295,7 @@ TRAIN_AUDIOAE = TrainingStage(
                             "disc": cfg.audioae.disc.model_dump(mode="json"), "steps": cfg.audioae.steps},
     output=final_checkpoint_dir,
     job_name=lambda cfg: "audioae",
+    feeds=feed_datasets,
 )
 
 

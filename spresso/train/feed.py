@@ -45,15 +45,16 @@ SHUFFLE_BLOCKS = 4
 
 @dataclass(frozen=True)
 class Feed:
-    """A stage's training dataset, its row count (for the per-rank batch count) and rows per read block."""
+    """A stage's training dataset, its row count (for the per-rank batch count) and rows per read block
+    (None where the loop does not need them: the AudioAE's crop stream is endless)."""
 
     dataset: ray.data.Dataset
-    rows: int
-    block_rows: int
+    rows: Optional[int] = None
+    block_rows: Optional[int] = None
 
     def summary(self) -> dict[str, int]:
         """What the loop needs to know of it (``loop_config["feeds"][name]``)."""
-        return {"rows": self.rows, "block_rows": self.block_rows}
+        return {k: v for k, v in (("rows", self.rows), ("block_rows", self.block_rows)) if v is not None}
 
 
 def feed_of(source: BlockDatasource) -> Feed:
