@@ -151,9 +151,10 @@ def test_cache_rows_equal_direct_encoding(setup, filled):
     assert runs[0].data.metrics["rows_written"] == 9
 
 
-def test_actors_write_the_blocks_and_the_driver_receives_three_numbers_per_block(setup, filled, ray_local, monkeypatch,
+def test_actors_write_the_blocks_and_the_driver_receives_a_few_numbers_per_block(setup, filled, ray_local, monkeypatch,
                                                                                  tmp_path):
-    """Two actors fill the cache themselves; what reaches the driver is (start, stop, rows) per block."""
+    """Two actors fill the cache themselves; what reaches the driver is seven numbers per block:
+    (start, stop, rows) and when, where and with how much CPU it ran."""
     received = []
     real_iter = ray_local.data.Dataset.iter_batches
 
@@ -167,8 +168,8 @@ def test_actors_write_the_blocks_and_the_driver_receives_three_numbers_per_block
     cache = ClipCache.open(precompute_latents(cfg, str(setup["ae"]), str(setup["shards"]), progress=False), mode="r")
     assert cache.complete and cache.keys == filled.keys
     np.testing.assert_array_equal(cache.read("x0"), filled.read("x0"))  # same cache as one actor wrote
-    assert received and all(set(r) == {"start", "stop", "rows"} for r in received)
-    assert sum(sum(r.values()) for r in received) == 3 * 8 * len(cache.blocks())  # no clip or latent came back
+    assert received and all(set(r) == {"start", "stop", "rows", "began", "ended", "cpu", "pid"} for r in received)
+    assert sum(sum(r.values()) for r in received) == 7 * 8 * len(cache.blocks())  # no clip or latent came back
 
 
 def test_rerun_writes_nothing(setup, filled):

@@ -15,25 +15,28 @@ The shape of every cache-filling stage (x0 from audio, z from x0, ...)::
   GPU nodes for them.
 - Each actor writes the blocks it computed (:class:`FillBlocks`): a block is the cache's chunk and
   shard unit, so no two writers share a chunk, and ``done`` is set after the data. The driver
-  receives three numbers per block, so its memory does not grow with the data (460 GB of x0 at the
-  paper's scale); a killed job loses only blocks in flight and a rerun computes only the missing ones.
+  receives seven numbers per block (which rows; when, where and with how much CPU they ran), so its
+  memory does not grow with the data (460 GB of x0 at the paper's scale); a killed job loses only
+  blocks in flight and a rerun computes only the missing ones.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import ray
+import torch
 from tqdm.auto import tqdm
 
 from spresso.config.runtime import RuntimeConfig
 from spresso.config.scaling import ActorPoolSettings
 from spresso.core.errors import SpressoError
 from spresso.data.zarr_cache import ClipCache
-from spresso.runtime import actor_cpus, init_ray
+from spresso.runtime import actor_cpus, assigned_cpus, init_ray
 from spresso.runtime.placement import (
     accelerator_resources,
     ray_options,
@@ -57,6 +60,8 @@ class FillReport:
     seconds: float
     actors: int = 0
     use_gpu: bool = False
+    busy_seconds: float = 0.0  # summed over actors: reading, computing and writing blocks (not waiting)
+    cpu_seconds: float = 0.0  # the actors' CPU time for those blocks
 
     @property
     def rows_per_second(self) -> float:
@@ -68,13 +73,22 @@ class FillBlocks:
 
     For each block ``[start, stop)`` it reads the source's rows, runs the mapper (built once per
     actor: the model loads here) over them in batches of ``batch_size``, writes the block to the
-    cache and returns only ``start, stop, rows``. Blocks are the cache's chunk/shard unit, so no two
+    cache and returns only ``start, stop, rows`` and ``began, ended, cpu, pid`` (how long, how much
+    CPU and which process: what tells a starved actor from a busy one). Blocks are the cache's chunk/shard unit, so no two
     actors ever write the same chunk; ``done`` is set after the data, so a block is either whole or
     missing. Nothing the model computes travels back to the driver.
+
+    In a Ray actor, torch gets as many intra-op threads as the actor has CPUs: Ray sets
+    ``OMP_NUM_THREADS`` only when the driver's environment has none, so an exported value (or
+    torch's default of one thread per core of the node) would have every actor oversubscribe the
+    cores the others hold.
     """
 
     def __init__(self, cache_path: str, source: BlockSource, mapper: type, mapper_kwargs: Mapping[str, Any],
                  batch_size: int):
+        cpus = assigned_cpus()
+        if cpus is not None:
+            torch.set_num_threads(max(1, int(cpus)))
         self.cache = ClipCache.open(cache_path, mode="r+")
         self.source, self.batch_size = source, int(batch_size)
         self.mapper = mapper(**dict(mapper_kwargs))
@@ -98,8 +112,18 @@ class FillBlocks:
         return stop - start
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [self.fill(int(a), int(b)) for a, b in zip(batch["start"], batch["stop"])]
-        return {"start": np.asarray(batch["start"]), "stop": np.asarray(batch["stop"]), "rows": np.asarray(rows)}
+        rows, began, ended, cpu = [], [], [], []
+        for a, b in zip(batch["start"], batch["stop"]):
+            began.append(time.time())
+            c0 = time.process_time()
+            rows.append(self.fill(int(a), int(b)))
+            cpu.append(time.process_time() - c0)
+            ended.append(time.time())
+        # A few numbers per block: when it ran (wall clock, to tell busy from idle actors), the
+        # process's CPU seconds for it (below the wall time: waiting for I/O or for a core) and where.
+        return {"start": np.asarray(batch["start"]), "stop": np.asarray(batch["stop"]), "rows": np.asarray(rows),
+                "began": np.asarray(began), "ended": np.asarray(ended), "cpu": np.asarray(cpu),
+                "pid": np.full(len(rows), os.getpid())}
 
 
 def fill_cache(
@@ -161,14 +185,18 @@ def fill_cache(
     )
 
     written_blocks = written_rows = 0
+    busy = cpu = 0.0
     bar = tqdm(total=sum(b - a for a, b in blocks), unit="clip", desc=desc, disable=not progress)
     for done in ds.iter_batches(batch_size=None, batch_format="numpy"):  # block descriptors only
         written_blocks += len(done["rows"])
         written_rows += int(np.sum(done["rows"]))
+        busy += float(np.sum(done["ended"] - done["began"]))
+        cpu += float(np.sum(done["cpu"]))
         bar.update(int(np.sum(done["rows"])))
     bar.close()
     if written_blocks != len(blocks):
         raise SpressoError(f"{desc}: {written_blocks} of {len(blocks)} blocks were written")
-    report = FillReport(total, written_blocks, written_rows, time.perf_counter() - t0, n_actors, bool(use_gpu))
-    log.info("%s: wrote %d blocks (%d rows) in %.1f s", desc, written_blocks, written_rows, report.seconds)
+    report = FillReport(total, written_blocks, written_rows, time.perf_counter() - t0, n_actors, bool(use_gpu), busy, cpu)
+    log.info("%s: wrote %d blocks (%d rows) in %.1f s; actors busy %.1f s of %.1f s, %.1f CPU-s", desc,
+             written_blocks, written_rows, report.seconds, busy, n_actors * report.seconds, cpu)
     return report

@@ -102,6 +102,9 @@ class ClipCache:
         self._mode = mode
         self._layout = dict(group.attrs[LAYOUT_ATTR])
         self._keys: list[str] | None = None
+        # Array handles, opened once: each group[name] re-reads the array's metadata from the store
+        # (a file read per array per block written; a request each on object storage).
+        self._arrays: dict[str, Any] = {}
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -209,6 +212,11 @@ class ClipCache:
         return (ClipCache.open, (self.path, self._mode))
 
     # -- layout -----------------------------------------------------------------------------
+    def _array(self, name: str):
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name]
+        return self._arrays[name]
+
     @property
     def layout(self) -> dict:
         """What fixes the cache's shape: row count, chunk rows and each array's row shape and dtype."""
@@ -233,7 +241,7 @@ class ClipCache:
     @property
     def keys(self) -> list[str]:
         if self._keys is None:
-            self._keys = [str(k) for k in self._group[KEYS][:]]
+            self._keys = [str(k) for k in self._array(KEYS)[:]]
         return self._keys
 
     @property
@@ -252,7 +260,7 @@ class ClipCache:
 
     # -- progress ---------------------------------------------------------------------------
     def done(self) -> np.ndarray:
-        return np.asarray(self._group[DONE][:], dtype=bool)
+        return np.asarray(self._array(DONE)[:], dtype=bool)
 
     @property
     def complete(self) -> bool:
@@ -291,14 +299,14 @@ class ClipCache:
                 value = value.astype(dtype, copy=False)
             prepared[name] = value
         for name, value in prepared.items():
-            self._group[name][start:stop] = value
-        self._group[DONE][start:stop] = np.ones(rows, dtype=bool)
+            self._array(name)[start:stop] = value
+        self._array(DONE)[start:stop] = np.ones(rows, dtype=bool)
 
     def read(self, name: str, rows: slice | Sequence[int] | np.ndarray | int | None = None) -> np.ndarray:
         """Rows of one array (``keys``/``done`` included): a slice, indices (any order), an int or all."""
         if name not in self._layout["arrays"] and name not in RESERVED:
             raise CacheError(f"{self.path}: no array '{name}' (has {self.array_names})")
-        arr = self._group[name]
+        arr = self._array(name)
         if rows is None:
             return np.asarray(arr[:])
         if isinstance(rows, slice):

@@ -65,3 +65,10 @@ def init_ray(cfg: RuntimeConfig | None = None, **kwargs):
 def actor_cpus(cfg: RuntimeConfig | None = None) -> float:
     """CPUs to reserve per CPU actor: fractional, so an actor pool cannot take every core."""
     return (cfg or RuntimeConfig()).actor_cpus
+
+
+def assigned_cpus() -> float | None:
+    """CPUs Ray reserved for the calling task or actor; None outside a Ray worker (a driver, a plain process)."""
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return ray.get_runtime_context().get_assigned_resources().get("CPU")
