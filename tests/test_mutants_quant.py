@@ -181,7 +181,7 @@ def test_spec_validation_and_presets():
     assert QINCo2Spec.from_preset("M", d=8, K=16, L=None) == QINCo2Spec(d=8, K=16, L=4, de=384, dh=384)
     assert QINCo2Spec.from_preset("L", d=8).L == 16
     assert QINCo2Spec(d=2, K=2, M=1, L=0).to_dict() == {"d": 2, "K": 2, "M": 1, "L": 0, "de": 128, "dh": 256,
-                                                         "A": 16, "B": 32}
+                                                         "A": 16, "B": 32, "concat_bias": False}
     assert QINCo2Spec(d=2, K=4096, M=32).M == 32
     with pytest.raises(ValueError, match=exactly("K must be in [2, 4096], got 1")):
         QINCo2Spec(d=2, K=1)

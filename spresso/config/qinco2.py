@@ -84,7 +84,7 @@ class QINCo2Config(Section):
     # faiss's training mode; "default" measured better than "progressive_dim" on the log-mel set (benchmarks/qinco2.py)
     rq_train_type: Literal["progressive_dim", "default"] = "default"
     # Which quantizer the run publishes (stage 3, the export and the codec use it): "qinco2", "rq", or
-    # "best": QINCo2 when its held-out error is no worse than RQ's at every m = 1..M, else RQ. One
+    # "best": QINCo2 when its held-out error is below RQ's at every m = 1..M, else RQ. One
     # quantizer for every m, because a stream peeled to fewer codebooks must still decode with it.
     ship: Literal["qinco2", "rq", "best"] = "best"
     checkpoint_dir: str = "qinco2"
