@@ -16,6 +16,7 @@ from spresso.core.errors import SpressoError
 from spresso.data.audio_feed import AUDIO, crop_batches, crop_dataset, shuffle_seed
 from spresso.data.reader import iter_clips, shard_paths
 from spresso.train.audioae import train_audioae
+from spresso.train.driver import training_needs
 
 SEGMENT = 4800
 
@@ -142,11 +143,10 @@ def test_stage_on_two_ray_train_workers_with_the_ray_data_feed(tmp_path, mlflow_
     assert _logged_steps(mlflow_env, cfg, "loss/mel") == [1, 2, 3, 4]
 
 
-def test_the_stage_hands_ray_train_the_crop_dataset_and_checks_cpus_for_decoding(monkeypatch, tmp_path):
+def test_the_stage_hands_ray_train_the_crop_dataset_and_counts_a_decode_task_beside_the_workers(monkeypatch, tmp_path):
     import spresso.train.audioae as stage
 
-    asked, built = [], []
-    monkeypatch.setattr(stage, "require_local_resources", lambda need, what: asked.append(need))
+    built = []
     monkeypatch.setattr(stage, "crop_dataset", lambda tars, **kw: built.append((tars, kw)) or "dataset")
     make_shards(tmp_path / "shards")
     inputs = stage.StageInputs(key={}, loop_config={"shards_dir": str(tmp_path / "shards")})
@@ -154,7 +154,10 @@ def test_the_stage_hands_ray_train_the_crop_dataset_and_checks_cpus_for_decoding
             "audioae.train.feed_cpus=0.25"]
     feeds = stage.feed_datasets(load_config("demo", over), inputs)
     assert list(feeds) == ["train"] and feeds["train"].dataset == "dataset"
-    assert asked[0]["CPU"] == 1.25  # both workers and one decode task must fit
+    assert feeds["train"].task_cpus == 0.25
+    need = training_needs(load_config("demo", over).audioae.train.scaling, feeds)
+    assert need["CPU"] == 1.25  # both workers and one decode task must fit
+    assert training_needs(load_config("demo", over).audioae.train.scaling, {})["CPU"] == 1.0
     tars, kw = built[0]
     assert tars == shard_paths(str(tmp_path / "shards"), "train") and kw["segment"] == 18240 and kw["cpus_per_task"] == 0.25
     assert stage.feed_datasets(load_config("demo", over + ["audioae.train.feed=in_worker"]), inputs) == {}

@@ -20,6 +20,7 @@ from spresso.rehearsal.cluster import (
     ACCELERATOR,
     HEAD_ID,
     LABEL,
+    LocalCluster,
     NodeBook,
     autoscaling_config,
     toy_node_types,
@@ -80,6 +81,21 @@ def test_node_book_counts_launches_and_terminations_per_type():
     assert counts[name["driver"]] == {"launched": 0, "terminated": 0, "alive": 0}
     assert [e[2] for e in book.events()] == ["launched", "launched", "terminated", "launched"]
     assert book.events()[2][0] == 5.0 and book.launched_types() == {name["a100"], name["cpu"]}
+
+
+def test_runaway_counts_launches_that_never_came_up_not_scale_up_cycles(tmp_path):
+    types = toy_node_types(ROOT / "ray_cluster.yaml")
+    cluster = LocalCluster(root=tmp_path, ray_cluster=ROOT / "ray_cluster.yaml", node_types=types, book=NodeBook(types))
+    limit = sum(t["max_workers"] for t in types.values()) + 6
+    # Many launches, every one registered (stages scaling up and down): no runaway, however many.
+    for i in range(5 * limit):
+        (tmp_path / "n" / f"launch-{i}").mkdir(parents=True)
+    cluster.book.observe([node(f"n{i}", "a100", "DEAD", end=1000) for i in range(5 * limit)], now=2.0)
+    assert cluster.runaway() is None
+    # Launches whose node never registered (dying at start), beyond the ones still starting: runaway.
+    for i in range(limit + 1):
+        (tmp_path / "n" / f"dead-{i}").mkdir()
+    assert cluster.runaway() == f"{limit + 1} of {6 * limit + 1} launches never registered a node (at most {limit} expected)"
 
 
 def test_checkpoint_steps_and_first_step_after_a_kill():

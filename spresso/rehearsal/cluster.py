@@ -287,11 +287,15 @@ class LocalCluster:
         return left
 
     def runaway(self) -> str | None:
-        """A node type launched far more often than it can be alive: nodes that die at start (a
-        misconfiguration the autoscaler answers by launching again, forever)."""
+        """Nodes that die at start (a misconfiguration the autoscaler answers by launching again,
+        forever): launches that never registered a node, beyond the ones that may still be starting.
+
+        Counts launches that never came up, not all launches: the autoscaler legitimately starts and
+        retires nodes many times over a DAG (each training stage, each stage's Ray Data read tasks)."""
         tried = len(list((self.root / "n").iterdir()))  # one folder per launch, started or not
-        limit = 3 * sum(t["max_workers"] for t in self.node_types.values()) + 6
-        return f"{tried} launches for at most {limit} expected" if tried > limit else None
+        never_up = tried - len(self.book.nodes)
+        limit = sum(t["max_workers"] for t in self.node_types.values()) + 6
+        return f"{never_up} of {tried} launches never registered a node (at most {limit} expected)" if never_up > limit else None
 
     def __enter__(self) -> "LocalCluster":
         return self.start()

@@ -43,7 +43,6 @@ from spresso.data.reader import read_dataset_info, shard_paths
 from spresso.models.audioae import CHECKPOINT_KIND, AudioAE
 from spresso.models.discriminators import AudioDiscriminator
 from spresso.models.mel import MultiScaleMel
-from spresso.runtime.placement import require_local_resources
 from spresso.train.audioae_valid import evaluate_reconstruction, unwrap, write_examples
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
 from spresso.train.feed import Feed
@@ -52,7 +51,6 @@ from spresso.train.gan_losses import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
-from spresso.train.harness import worker_needs
 from spresso.train.loop import StepResult, run_steps, worker_setup
 
 log = logging.getLogger(__name__)
@@ -199,13 +197,10 @@ def feed_datasets(cfg: SpressoConfig, inputs: StageInputs) -> dict[str, Feed]:
     ac, tc = cfg.audioae, cfg.audioae.train
     if tc.feed != "ray_data":
         return {}
-    # Decode tasks run beside the workers: a local Ray the workers fill would leave them queued forever.
-    need = worker_needs(tc.scaling)
-    need["CPU"] = need.get("CPU", 0.0) + tc.feed_cpus
-    require_local_resources(need, "audioae.train.feed=ray_data (the workers and one decode task of feed_cpus)")
     segment = segment_samples(tc.segment_seconds, ac.model.sample_rate, ac.model.hop)
     return {"train": Feed(crop_dataset(shard_paths(inputs.loop_config["shards_dir"], "train"), segment=segment,
-                                       crops_per_clip=tc.crops_per_clip, seed=tc.seed, cpus_per_task=tc.feed_cpus))}
+                                       crops_per_clip=tc.crops_per_clip, seed=tc.seed, cpus_per_task=tc.feed_cpus),
+                          task_cpus=tc.feed_cpus)}
 
 
 def train_loop(loop_config: dict) -> None:

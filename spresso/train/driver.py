@@ -121,6 +121,15 @@ class TrainOutcome:
     metrics: dict = field(default_factory=dict)  # the last metrics the loop reported
 
 
+def training_needs(scaling, feeds: dict[str, Feed]) -> dict[str, float]:
+    """What a training run holds at once: its workers, plus one read task when Ray Data feeds them (the
+    tasks run beside the workers, so a local Ray the workers fill would queue them forever)."""
+    need = worker_needs(scaling)
+    if feeds:
+        need["CPU"] = need.get("CPU", 0.0) + max(f.task_cpus for f in feeds.values())
+    return need
+
+
 def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str | None = None, force: bool = False,
                  **options: Any) -> TrainOutcome:
     """Train ``stage`` (or reuse an identical finished run of it) and publish its final checkpoint.
@@ -141,8 +150,9 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
     train_storage = absolute(cfg.path("ray_train"))
     name = f"{stage.job_name(cfg)}-{key[:16]}"
     scaling = stage.section(cfg).scaling
-    require_local_resources(worker_needs(scaling), f"{stage.name}'s scaling")
     feeds = stage.feeds(cfg, inputs) if stage.feeds is not None else {}
+    require_local_resources(training_needs(scaling, feeds),
+                            f"{stage.name}'s scaling" + (" and one Ray Data read task" if feeds else ""))
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
                                 "run_dir": f"{train_storage}/{name}", **inputs.loop_config,

@@ -51,6 +51,7 @@ class Feed:
     dataset: ray.data.Dataset
     rows: Optional[int] = None
     block_rows: Optional[int] = None
+    task_cpus: float = 1.0  # what one read/decode task asks for: it must fit beside the training workers
 
     def summary(self) -> dict[str, int]:
         """What the loop needs to know of it (``loop_config["feeds"][name]``)."""
