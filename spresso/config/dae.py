@@ -92,7 +92,7 @@ class DAETrainConfig(Section):
     text_dropout: float = Field(0.8, ge=0, le=1)
     scaling: ScalingSettings = scaling_field()
     loader_workers: int = run_knob(0, ge=0)
-    feed: Literal["ray_data", "loader"] = run_knob("ray_data")  # as dit.train.feed
+    feed: Literal["ray_data", "loader"] = run_knob("loader")  # as dit.train.feed
     prefetch_batches: int = run_knob(2, ge=0)
     log_every: int = run_knob(50, ge=1)
     checkpoint_every: int = run_knob(1000, ge=1)

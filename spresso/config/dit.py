@@ -78,7 +78,7 @@ class DiTTrainConfig(Section):
     strategy: Literal["ddp", "fsdp"] = run_knob("ddp")
     loader_workers: int = run_knob(0, ge=0)  # torch DataLoader processes per Ray worker (feed: loader)
     # ray_data: the x0 cache read by Ray Data tasks, batches prefetched in each worker; loader: in-worker DataLoader.
-    feed: Literal["ray_data", "loader"] = run_knob("ray_data")
+    feed: Literal["ray_data", "loader"] = run_knob("loader")
     prefetch_batches: int = run_knob(2, ge=0)  # Ray Data batches fetched ahead of the step (feed: ray_data)
     log_every: int = run_knob(50, ge=1)
     checkpoint_every: int = run_knob(1000, ge=1)

@@ -74,7 +74,7 @@ class QINCo2Config(Section):
     # One GPU worker by default; without CUDA in the driver the stage runs on CPU instead.
     scaling: ScalingSettings = scaling_field(use_gpu=True)
     # ray_data: z frames read by Ray Data tasks, batches prefetched in each worker; loader: read in the worker.
-    feed: Literal["ray_data", "loader"] = run_knob("ray_data")
+    feed: Literal["ray_data", "loader"] = run_knob("loader")
     prefetch_batches: int = run_knob(2, ge=0)
     # The RQ baseline (faiss-trained residual quantization, same K and M) every run compares against on
     # the held-out rows (valid + test). Its beam: null = QINCo2's encoding beam (the fair comparison).
