@@ -13,7 +13,8 @@ from test_audioae_train import TINY, make_shards
 
 from spresso.config import load_config
 from spresso.core.errors import SpressoError
-from spresso.data.audio_feed import AUDIO, crop_batches, crop_dataset, shuffle_seed
+from spresso.data.audio_feed import AUDIO, crop_batches, crop_dataset
+from spresso.data.ray_passes import shuffle_seed
 from spresso.data.reader import iter_clips, shard_paths
 from spresso.train.audioae import train_audioae
 from spresso.train.driver import training_needs

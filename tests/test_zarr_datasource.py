@@ -14,10 +14,11 @@ from spresso.data.latent_batches import (
     noise_generator,
     resumed_stream,
 )
+from spresso.data.ray_passes import shuffle_seed
 from spresso.data.vectors import VectorSource
 from spresso.data.zarr_cache import ClipCache
 from spresso.data.zarr_datasource import ZarrCacheDatasource, finished_rows, row_blocks
-from spresso.train.feed import cache_feed, feed_seed, feed_stream, vector_feed
+from spresso.train.feed import cache_feed, feed_stream, vector_feed
 
 N, C, T = 24, 2, 3
 SPLITS = np.array(["train", "train", "valid"] * 8, dtype=object)
@@ -91,7 +92,7 @@ def test_each_pass_reshuffles_and_the_same_seed_repeats_the_sequence(caches, ray
 
 
 def test_a_resumed_start_draws_batches_seeded_by_seed_rank_and_start(caches, ray_local):
-    seeds = {feed_seed(s, r, start, e) for s in (0, 1) for r in (0, 1) for start in (0, 7) for e in (0, 1)}
+    seeds = {shuffle_seed(s, r, start, e) for s in (0, 1) for r in (0, 1) for start in (0, 7) for e in (0, 1)}
     assert len(seeds) == 16  # every (seed, rank, start, pass) shuffles differently
     dataset = caption_feed(caches).dataset
 

@@ -13,7 +13,6 @@ worker seeds its local shuffle from (seed, rank, resume step, epoch), so a run r
 """
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any, Iterator
 
@@ -25,6 +24,7 @@ from ray.data.expressions import random as random_column
 
 from spresso.core.errors import SpressoError
 from spresso.data.crops import random_crops
+from spresso.data.ray_passes import endless_batches
 from spresso.data.reader import decode_clip
 
 AUDIO = "audio"  # the crops' column: [segment] float32 per row
@@ -80,11 +80,6 @@ def crop_dataset(tar_paths: list[str], *, segment: int, crops_per_clip: int, see
     return ds
 
 
-def shuffle_seed(seed: int, rank: int, start: int, epoch: int) -> int:
-    """The local shuffle seed of one worker's epoch: a function of (seed, rank, resume step, epoch)."""
-    return int(np.random.SeedSequence([seed, rank, start, epoch]).generate_state(1)[0])
-
-
 def crop_batches(shard: Any, *, batch_size: int, shuffle_buffer: int, prefetch_batches: int, seed: int,
                  rank: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
     """Endless ``[batch_size, segment]`` batches from a worker's shard (a ``DataIterator``, or the
@@ -93,13 +88,6 @@ def crop_batches(shard: Any, *, batch_size: int, shuffle_buffer: int, prefetch_b
     Full batches only, so every rank takes the same number of steps per epoch (Ray Train's split
     gives each the same number of rows).
     """
-    for epoch in itertools.count():
-        yielded = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size, drop_last=True, prefetch_batches=prefetch_batches, device="cpu",
-            local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed(seed, rank, start, epoch),
-        ):
-            yielded += 1
-            yield batch[AUDIO]
-        if not yielded:
-            raise SpressoError(f"the Ray Data feed gave rank {rank} no full batch of {batch_size} crops in an epoch")
+    for batch in endless_batches(shard, batch_size, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, start=start,
+                                 prefetch_batches=prefetch_batches):
+        yield batch[AUDIO]

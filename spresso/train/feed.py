@@ -26,6 +26,7 @@ import torch
 from spresso.config import SpressoConfig
 from spresso.core.errors import SpressoError
 from spresso.data.latent_batches import noise_generator, resumed_stream
+from spresso.data.ray_passes import endless_batches
 from spresso.data.vectors import VectorSource
 from spresso.data.zarr_datasource import (
     VECTOR,
@@ -76,11 +77,6 @@ def vector_feed(path: str, array: str, layout: str, rows: np.ndarray, seed: int)
     return feed_of(ZarrVectorDatasource(path, array, layout, rows, seed=seed))
 
 
-def feed_seed(seed: int, rank: int, start: int, epoch: int) -> int:
-    """The local shuffle seed of one pass: distinct per (seed, rank, resume step, pass)."""
-    return int(np.random.SeedSequence([seed, rank, start, epoch]).generate_state(1)[0])
-
-
 def has_feed(loop_config: dict, name: str = FEED) -> bool:
     """True when the driver handed the loop a Ray dataset ``name`` (else it reads with today's readers)."""
     return name in loop_config.get(FEEDS_KEY, {})
@@ -100,21 +96,9 @@ def feed_stream(source, batch_size: int, *, seed: int, rank: int, start: int, pr
 
     Torch tensors on CPU (``as_torch``) or numpy arrays; the last short batch of a pass is dropped.
     """
-    epoch = 0
     buffer = max(SHUFFLE_BATCHES * batch_size, SHUFFLE_BLOCKS * block_rows)
-    while True:
-        options = dict(batch_size=batch_size, drop_last=True, prefetch_batches=prefetch_batches,
-                       local_shuffle_buffer_size=buffer,
-                       local_shuffle_seed=feed_seed(seed, rank, start, epoch))
-        batches = (source.iter_torch_batches(device="cpu", **options) if as_torch
-                   else source.iter_batches(batch_format="numpy", **options))
-        produced = 0
-        for batch in batches:
-            produced += 1
-            yield batch
-        if produced == 0:
-            raise SpressoError(f"a pass over the training data gave no batch of {batch_size} rows")
-        epoch += 1
+    return endless_batches(source, batch_size, shuffle_buffer=buffer, seed=seed, rank=rank, start=start,
+                           prefetch_batches=prefetch_batches, as_torch=as_torch)
 
 
 def worker_stream(loop_config: dict, batch_size: int, *, seed: int, rank: int, world_size: int, start: int,
