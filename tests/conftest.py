@@ -66,6 +66,37 @@ def ray_local():
     yield ray
 
 
+@pytest.fixture(autouse=True)
+def _ray_cpus_returned(request):
+    """A test on the shared local Ray must give back every CPU it took: an actor or task left running
+    holds a CPU, and a later Ray Data read then waits forever for it (CI hung 30 min on exactly this).
+    Fail the leaking test by name, and free what it left so the rest of the session still runs."""
+    yield
+    if "ray_local" not in request.fixturenames:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(0.5)
+    free = ray.available_resources().get("CPU", 0)
+    if free >= total:
+        return
+    # No dashboard on this Ray (so no state API): placement groups and the GCS's actor table say enough.
+    groups = [g for g in ray.util.placement_group_table().values() if g.get("state") == "CREATED"]
+    actors = [a for a in ray._private.state.actors().values() if a.get("State") == "ALIVE"]  # noqa: SLF001
+    held = [f"placement group {g.get('name') or g['placement_group_id'][:8]} {g.get('bundles')}" for g in groups] + \
+        [f"actor {a.get('ClassName') or a.get('ActorClassName') or a.get('Name')}" for a in actors]
+    from ray_resources import release_placement_groups
+
+    release_placement_groups()
+    pytest.fail(f"{request.node.nodeid} left {total - free:g} of {total:g} Ray CPUs held after 30 s: {held}")
+
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> str:
     """A local S3-compatible server (moto's server mode, as s3fs and Ray test with) for the session."""

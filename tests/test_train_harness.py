@@ -129,3 +129,32 @@ def test_in_process_mode_returns_a_usable_final_checkpoint(tmp_path, mlflow_env)
         result = fit(job, run)
     final = copy_checkpoint(result, tmp_path / "final")
     assert load_state(final)[1]["step"] == 5 and "weight" in load_weights(final)
+
+
+def _tagged_loop(config):
+    """Report checkpoints that carry this run's own tag, slowly enough that two runs overlap."""
+    import time
+
+    ctx = TrainContext(config)
+    for step in range(1, 4):
+        time.sleep(0.2)
+        ctx.report({"tag": config["tag"]}, step, save=lambda d, s=step: save_checkpoint(
+            d, {"w": torch.zeros(1)}, kind="toy", config={}, state_meta={"step": s, "tag": config["tag"]}))
+
+
+def test_two_in_process_fits_on_threads_each_keep_their_own_checkpoint(tmp_path, mlflow_env, ray_local):
+    """The pipeline's local executor runs stages on threads; with scaling.workers=0 each fit runs in this
+    process, where Ray Train keeps one global context: unguarded, one run finished with the other's weights."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = load_config("demo", [f"workdir={tmp_path}"])
+
+    def one(tag: str) -> str:
+        job = TrainJob(name=f"toy-{tag}", loop=_tagged_loop, loop_config={"tag": tag},
+                       storage_path=str(tmp_path / tag), scaling=ScalingSettings(workers=0))
+        with stage_run("toy", cfg, key=f"toy-{tag}", run_name=f"toy-{tag}") as run:
+            result = fit(job, run)
+        return load_state(copy_checkpoint(result, tmp_path / tag / "final"))[1]["tag"]
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(one, ["a", "b"])) == ["a", "b"]

@@ -21,6 +21,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -98,8 +99,21 @@ def worker_needs(scaling: ScalingSettings) -> dict[str, float]:
     return {k: v * scaling.workers for k, v in one.items()}
 
 
+# Ray Train's local mode (scaling.workers=0) keeps the running loop's context in one process-global
+# (ray.train.v2 train_fn_utils): two in-process fits on the pipeline's threads would report each
+# other's checkpoints (a t=9 stage once finished with the t=100 run's weights). One at a time.
+_IN_PROCESS_FIT = threading.Lock()
+
+
 def fit(job: TrainJob, run: StageRun):
     """Run ``job`` with Ray Train's TorchTrainer and return its ``Result``."""
+    if not job.scaling.workers:
+        with _IN_PROCESS_FIT:
+            return _fit(job, run)
+    return _fit(job, run)
+
+
+def _fit(job: TrainJob, run: StageRun):
     _remember_run(job.storage_path, job.name, run.run_id)
     scaling = job.scaling
     loop_config = dict(job.loop_config)
