@@ -54,6 +54,21 @@ def test_ray_data_feed_yields_crops_of_train_clips_inside_their_audio(shards, ra
     assert sorted(set(keys)) == sorted(train) and all(keys.count(k) == 2 for k in train)
 
 
+def test_read_draw_and_decode_run_as_one_operator(shards, ray_local):
+    """One task per tar reads, draws and decodes: as separate operators the read took the spare CPU on 2
+    cores while decoding waited (the Ray Data feed measured 0.78x the in-worker reader)."""
+    import contextlib
+    import io
+
+    ds = crop_dataset(shard_paths(str(shards), "train"), segment=SEGMENT, crops_per_clip=2, seed=3)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ds.explain()
+    physical = out.getvalue().split("Physical Plan (Optimized)")[1]
+    operators = [line for line in physical.splitlines() if "Operator[" in line]
+    assert len(operators) == 1 and "ReadWebDataset" in operators[0] and "decode_and_crop" in operators[0], physical
+
+
 def test_same_seed_same_first_batch_and_each_epoch_another_order(shards, ray_local):
     tars = shard_paths(str(shards), "train")
 

@@ -10,6 +10,10 @@ def test_presets_load_and_differ():
     assert demo.data.sample_rate == paper.data.sample_rate == 48000
     assert demo.audioae.model.width < paper.audioae.model.width
     assert paper.workdir.startswith("s3://")
+    # GPU nodes are fed by Ray Data CPU tasks; the 2-core demo keeps the in-worker readers (equal speed there)
+    paper_feeds = {paper.audioae.train.feed, paper.dit.train.feed, paper.dae.stage1.feed, paper.dae.stage3.feed,
+                   paper.qinco2.feed}
+    assert paper_feeds == {"ray_data"} and demo.audioae.train.feed == "in_worker" and demo.dit.train.feed == "loader"
 
 
 def test_dotted_override_is_typed():

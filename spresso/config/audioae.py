@@ -56,8 +56,9 @@ class AudioAETrainConfig(Section):
     shuffle_buffer: int = Field(256, gt=0)
     # Where crops are made: `ray_data` (ray.data.read_webdataset, decode + crop in Ray Data CPU tasks,
     # streamed to each worker) or `in_worker` (each worker decodes its own tars, in its training loop).
-    # in_worker by default: on 2 cores (one left beside the worker) Ray Data's read operator held that
-    # CPU while decoding waited (benchmarks/audioae_feed.py), so it was not yet faster.
+    # in_worker by default: equal speed on 2 cores once read and decode were one Ray Data operator
+    # (benchmarks/audioae_feed.py), and it needs no CPU beside the workers. The paper preset, on GPU
+    # nodes where a synchronous in-loop decode leaves the GPU waiting, uses ray_data.
     feed: Literal["ray_data", "in_worker"] = "in_worker"
     # Ray Data feed: batches each worker prepares ahead, and the CPUs each decode task asks for.
     prefetch_batches: int = run_knob(2, ge=0)
