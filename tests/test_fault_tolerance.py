@@ -160,7 +160,9 @@ def scenario_shard_kill(cluster, root: Path) -> dict:
     from spresso.data.shard import PROGRESS_DIR, shard
 
     corpus = root / "corpus"
-    synth_corpus(corpus, minutes=0.5, seed=5)
+    # 4x the units it had, so that some are still pending when the hook sees the first record,
+    # even when a loaded machine delays its polling (with 3 units, all 3 once finished first)
+    synth_corpus(corpus, minutes=2.0, seed=5)
     extra = ["data.clip_seconds=1.0", "data.clips_per_shard=2", "data.worker_cpus=1"]
     ref_cfg, kill_cfg = _config(root / "b_ref", *extra), _config(root / "b_kill", *extra)
     ref = shard([str(corpus)], ref_cfg, output=str(root / "b_ref" / "shards"), progress=False)
