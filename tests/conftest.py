@@ -85,16 +85,15 @@ def _ray_cpus_returned(request):
     free = ray.available_resources().get("CPU", 0)
     if free >= total:
         return
+    from ray_resources import live_placement_groups, release_placement_groups
+
     # No dashboard on this Ray (so no state API): placement groups and the GCS's actor table say enough.
-    groups = [g for g in ray.util.placement_group_table().values() if g.get("state") == "CREATED"]
+    groups = live_placement_groups()
     actors = [a for a in ray._private.state.actors().values() if a.get("State") == "ALIVE"]  # noqa: SLF001
     held = [f"placement group {g.get('name') or g['placement_group_id'][:8]} {g.get('bundles')}" for g in groups] + \
         [f"actor {a.get('ClassName') or a.get('ActorClassName') or a.get('Name')}" for a in actors]
-    from ray_resources import release_placement_groups
-
     release_placement_groups()
     pytest.fail(f"{request.node.nodeid} left {total - free:g} of {total:g} Ray CPUs held after 30 s: {held}")
-
 
 
 @pytest.fixture(scope="session")

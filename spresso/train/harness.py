@@ -107,13 +107,11 @@ _IN_PROCESS_FIT = threading.Lock()
 
 def fit(job: TrainJob, run: StageRun):
     """Run ``job`` with Ray Train's TorchTrainer and return its ``Result``."""
-    if not job.scaling.workers:
-        with _IN_PROCESS_FIT:
-            return _fit(job, run)
-    return _fit(job, run)
+    with _IN_PROCESS_FIT if not job.scaling.workers else contextlib.nullcontext():
+        return _train(job, run)
 
 
-def _fit(job: TrainJob, run: StageRun):
+def _train(job: TrainJob, run: StageRun):
     _remember_run(job.storage_path, job.name, run.run_id)
     scaling = job.scaling
     loop_config = dict(job.loop_config)
