@@ -376,7 +376,8 @@ def failures(result: dict) -> list[str]:
     return out + [f"{k}: {v['error']}" for k, v in parts.items() if isinstance(v, dict) and "error" in v]
 
 
-def run_suite(smoke: bool) -> dict:
+def run_suite(smoke: bool, partial: Path | None = None) -> dict:
+    """Every part in turn; after each, what is known so far goes to ``partial`` (a run cut short keeps its figures)."""
     sizes = Sizes(smoke)
     cuda = torch.cuda.is_available() and not smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -394,6 +395,19 @@ def run_suite(smoke: bool) -> dict:
     torch.manual_seed(0)
     t0 = time.time()
     stages, checks = {}, []
+    result = {"suite": "gpu_suite", "version": 1, "smoke": smoke, "gpu": gpu, "device": str(device),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "host": platform.node(),
+              "config": "paper" + (" (smoke overrides)" if smoke else ""), "dtype": "bf16 autocast" if cuda else "float32",
+              "bf16_peak_TFLOP_per_s": peak, "bf16_peak_source": peak_source,
+              "stages": stages, "loss_checks": checks}
+
+    def record(**parts) -> None:
+        result.update(parts, seconds=time.time() - t0)
+        for part in parts:
+            print(f"  {part}: done ({result['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        if partial is not None:
+            partial.write_text(json.dumps(result, indent=1) + "\n")
     for name, fn in (("train_audioae", lambda: bench_audioae(cfg, sizes, device, autocast)),
                      ("train_dit", lambda: bench_dit(cfg, sizes, device, autocast, peak)),
                      ("stage1", lambda: bench_dae("stage1", cfg, sizes, device, autocast)),
@@ -401,23 +415,18 @@ def run_suite(smoke: bool) -> dict:
                      ("qinco2", lambda: bench_qinco2(cfg, sizes, device, autocast))):
         out = attempt(name, fn, device)
         row, check = (out if isinstance(out, tuple) else ({"stage": name, **out}, {"stage": name, "falls": False, **out}))
-        stages[name], checks = row, checks + [check]
+        stages[name] = row
+        checks.append(check)
+        record()
         print(f"  {name}: {fmt(row.get('steps_per_s'))} steps/s ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
-    quant = attempt("quantizer encode", lambda: bench_quantizer_encode(cfg, sizes, device), device)
+    record(quantizer_encode=attempt("quantizer encode", lambda: bench_quantizer_encode(cfg, sizes, device), device))
     with tempfile.TemporaryDirectory() as tmp:
-        pre = attempt("precompute", lambda: bench_precompute(cfg, sizes, device, Path(tmp)), device)
-        pre_z = attempt("precompute_z", lambda: bench_precompute_z(cfg, sizes, Path(tmp)), device)
-    decode = attempt("decode", lambda: bench_decode(cfg, sizes, device, compile_blocks=cuda), device)
-    return {"suite": "gpu_suite", "version": 1, "smoke": smoke, "gpu": gpu, "device": str(device),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "host": platform.node(),
-            "config": "paper" + (" (smoke overrides)" if smoke else ""), "dtype": "bf16 autocast" if cuda else "float32",
-            "bf16_peak_TFLOP_per_s": peak, "bf16_peak_source": peak_source,
-            "stages": stages, "loss_checks": checks, "quantizer_encode": quant, "precompute": pre, "precompute_z": pre_z,
-            "decode": decode,
-            "seconds": time.time() - t0}
+        record(precompute=attempt("precompute", lambda: bench_precompute(cfg, sizes, device, Path(tmp)), device))
+        record(precompute_z=attempt("precompute_z", lambda: bench_precompute_z(cfg, sizes, Path(tmp)), device))
+    record(decode=attempt("decode", lambda: bench_decode(cfg, sizes, device, compile_blocks=cuda), device))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,9 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke and not torch.cuda.is_available():
         print("error: no CUDA device (use --smoke for the CPU check of the code paths)", file=sys.stderr)
         return 2
-    result = run_suite(args.smoke)
+    out = Path(args.out)
+    result = run_suite(args.smoke, partial=out.with_name(out.name + ".partial"))
     failed = result["failures"] = failures(result)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_name(out.name + ".partial").unlink(missing_ok=True)
     print(table(result))
     if failed:
         print("FAILED (a wrong GPU path must not pass as fast):\n  " + "\n  ".join(failed), file=sys.stderr)

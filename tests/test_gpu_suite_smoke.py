@@ -40,6 +40,24 @@ def test_gpu_suite_smoke_writes_every_row(tmp_path):
     assert [s for s, _ in rows] == ["heun", "dpmpp2m", "dpmpp2m", "dpmpp2m"] and len(set(rows)) == 4
     assert r["decode"][0]["rel_l2_to_reference"] == 0 and all(d["ms_per_clip"] > 0 for d in r["decode"])
     assert "GPU suite" in proc.stdout and "decode 5 s at 1 Hz" in proc.stdout
+    # each part was saved as it finished (a run cut short keeps its figures); a finished run removes that file
+    assert "decode: done" in proc.stderr and not (tmp_path / "tmp.json.partial").exists()
+
+
+def test_a_run_cut_short_keeps_the_parts_that_finished(tmp_path, monkeypatch):
+    partial = tmp_path / "suite.json.partial"
+
+    def stop(*_args, **_kwargs):
+        raise KeyboardInterrupt  # as a timeout's kill would: no JSON at the end
+
+    monkeypatch.setattr(gpu_suite, "bench_precompute", stop)
+    try:
+        gpu_suite.run_suite(smoke=True, partial=partial)
+    except KeyboardInterrupt:
+        pass
+    r = json.loads(partial.read_text())
+    assert set(r["stages"]) == STAGES and r["quantizer_encode"]["qinco2_encode_vectors_per_s"] > 0
+    assert "precompute" not in r and "decode" not in r
 
 
 def test_a_loss_that_does_not_fall_or_a_broken_part_fails_the_run():

@@ -127,7 +127,7 @@ class AudioAETrainer:
         # from step 0 too, before D first steps (GAN warm-up), which PyTorch warns about: intended.
         self.sched_g.step()
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.sched_d.step()
         self.step += 1
         out.update({"loss/mel": float(loss_mel.detach()), "loss/g": float(loss_g.detach()), "lr": self.sched_g.get_last_lr()[0]})
