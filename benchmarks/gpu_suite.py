@@ -7,7 +7,8 @@ Random weights (no checkpoints), no network. For the `paper` preset (configs/pap
 
 - each Ray Train stage's step, with the project's trainers (AudioAETrainer, DiTTrainer, DAETrainer for
   stages 1 and 3, quant.training.train_step for QINCo2 at K = 4096 with 8000-vector batches) at the
-  per-GPU batch the stage runs with: steps/s, samples/s, peak CUDA memory; for the DiT (FSDP2 when
+  per-GPU batch the stage runs with: steps/s, samples/s, peak CUDA memory; the DiT eager and with its blocks
+  compiled (dit.train.compile), side by side; for the DiT (FSDP2 when
   torch.distributed can start a process group, over this one GPU) the achieved TFLOP/s (FLOPs counted by
   torch's FlopCounterMode) as a share of the GPU's dense bf16 peak (gpu_reference.BF16_PEAK, with sources);
 - QINCo2 encode vectors/s (beam 32, 16 candidates; target >= 16 000) and faiss RQ encoding of the same
@@ -153,43 +154,58 @@ def bench_audioae(cfg: SpressoConfig, sizes: Sizes, device, autocast) -> tuple[d
     return run_stage("train_audioae", lambda: trainer.train_step(x)["loss/mel"], tc.batch_size, sizes, device)
 
 
-def bench_dit(cfg: SpressoConfig, sizes: Sizes, device, autocast, peak: float | None) -> tuple[dict, dict]:
-    dc = cfg.dit
-    C = dc.model.in_channels
-    norm = LatentNormalizer([0.0] * C, [1.0] * C, dc.diffusion.sigma_data)
-    why = start_process_group(device)
-    strategy = "single"
-    trainer = None
+def dit_trainer(dc, norm, device, autocast, why: str | None) -> tuple[DiTTrainer, str]:
+    """The DiT trainer as each of the stage's workers builds it: FSDP2 when a process group is up."""
     if why is None:
+        # world_size=2 only selects DiTTrainer's FSDP2 wrapping: the group has one rank, so FSDP2 shards over
+        # this one GPU, with its bf16 mixed-precision policy, as each of the 16 workers would run it.
+        return DiTTrainer(dc, TEXT_DIMS, norm, device, world_size=2, autocast=autocast), "fsdp2 (1 rank)"
+    return DiTTrainer(dc, TEXT_DIMS, norm, device, autocast=autocast), "single"
+
+
+def bench_dit(cfg: SpressoConfig, sizes: Sizes, device, autocast, peak: float | None) -> tuple[dict, dict]:
+    """The DiT step as configured (dit.train.compile), then with the other compile setting beside it."""
+    C = cfg.dit.model.in_channels
+    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    why = start_process_group(device)
+    batch = dit_batch(cfg.dit.train.batch_size, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
+    rows, flops = {}, None
+    for compiled in (cfg.dit.train.compile, not cfg.dit.train.compile):
+        dc = cfg.dit.model_copy(update={"train": cfg.dit.train.model_copy(update={"compile": compiled})})
         try:
-            # world_size=2 only selects DiTTrainer's FSDP2 wrapping: the group has one rank, so FSDP2 shards over
-            # this one GPU, with its bf16 mixed-precision policy, as each of the 16 workers would run it.
-            trainer = DiTTrainer(dc, TEXT_DIMS, norm, device, world_size=2, autocast=autocast)
-            strategy = "fsdp2 (1 rank)"
+            trainer, strategy = dit_trainer(dc, norm, device, autocast, why)
         except Exception as err:
             why = str(err).splitlines()[0]
-    if trainer is None:
-        trainer = DiTTrainer(dc, TEXT_DIMS, norm, device, autocast=autocast)
-    batch = dit_batch(dc.train.batch_size, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
+            trainer, strategy = dit_trainer(dc, norm, device, autocast, why)
 
-    def step() -> float:
-        return trainer.train_step(batch, seeded())[0]["loss"]
+        def step(t: DiTTrainer = trainer) -> float:
+            return t.train_step(batch, seeded())[0]["loss"]
 
-    row, check = run_stage("train_dit", step, dc.train.batch_size, sizes, device)
-    flops = None
-    try:
-        with FlopCounterMode(display=False) as fc:
-            step()
-        flops = fc.get_total_flops()
-    except Exception as err:  # FLOP counting is a figure, not a check
-        row["flops_error"] = str(err).splitlines()[0]
-    row.update(strategy=strategy, **({"fsdp_unavailable": why} if why else {}),
-               params_M=sum(p.numel() for p in trainer.denoiser.parameters()) / 1e6)
-    if flops:
-        row["step_TFLOP"] = flops / 1e12
-        row["TFLOP_per_s"] = flops / row["step_seconds"] / 1e12
-        if peak:
-            row["share_of_bf16_peak"] = row["TFLOP_per_s"] / peak
+        row, check = run_stage("train_dit", step, dc.train.batch_size, sizes, device)
+        row.update(strategy=strategy, compiled=compiled, **({"fsdp_unavailable": why} if why else {}),
+                   params_M=sum(p.numel() for p in trainer.denoiser.parameters()) / 1e6)
+        if flops is None and not compiled:
+            try:  # counted on the eager step: the compiled one does the same arithmetic
+                with FlopCounterMode(display=False) as fc:
+                    step()
+                flops = fc.get_total_flops()
+            except Exception as err:  # FLOP counting is a figure, not a check
+                row["flops_error"] = str(err).splitlines()[0]
+        rows[compiled] = (row, check)
+        del trainer, step  # free the first trainer's GPU memory before the second
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for row, _ in rows.values():
+        if flops:
+            row["step_TFLOP"] = flops / 1e12
+            row["TFLOP_per_s"] = flops / row["step_seconds"] / 1e12
+            if peak:
+                row["share_of_bf16_peak"] = row["TFLOP_per_s"] / peak
+    row, check = rows[cfg.dit.train.compile]
+    other, other_check = rows[not cfg.dit.train.compile]
+    row["other_compile_setting"] = other  # the same step with dit.train.compile flipped, measured beside it
+    check["other_compile_setting_falls"] = other_check["falls"]
+    check["falls"] = check["falls"] and other_check["falls"]
     return row, check
 
 
@@ -246,6 +262,12 @@ def bench_quantizer_encode(cfg: SpressoConfig, sizes: Sizes, device) -> dict:
     xd = x.to(device)
     with torch.no_grad():
         enc_s = timed(lambda: model.encode(xd, beam=q.beam, candidates=q.candidates), iters=1, warmup=1, device=device)
+        codes = model.encode(xd, beam=q.beam, candidates=q.candidates)
+        amp = {}
+        if device.type == "cuda":  # bf16 network in the search: a throughput experiment (quant/beam.py), not a codec path
+            amp_s = timed(lambda: model.encode(xd, beam=q.beam, candidates=q.candidates, amp=True), iters=1, warmup=1, device=device)
+            same = (model.encode(xd, beam=q.beam, candidates=q.candidates, amp=True) == codes).all(-1).float().mean()
+            amp = {"qinco2_encode_bf16_vectors_per_s": sizes.encode_vectors / amp_s, "bf16_codes_equal_to_fp32": float(same)}
     rq = FaissRQ(q.d, q.M, sizes.qinco2_K, beam=q.beam)
     g = np.random.default_rng(3)
     rq.set_trained(g.standard_normal((q.M, sizes.qinco2_K, q.d)).astype(np.float32) * 0.3, np.zeros(q.d, np.float32), 1.0)
@@ -253,7 +275,7 @@ def bench_quantizer_encode(cfg: SpressoConfig, sizes: Sizes, device) -> dict:
     faiss_s = timed(lambda: rq.encode(xs), iters=1, warmup=0)  # CPU: nothing to warm up
     return {"K": sizes.qinco2_K, "M": q.M, "beam": q.beam, "candidates": q.candidates,
             "qinco2_vectors": sizes.encode_vectors, "qinco2_encode_vectors_per_s": sizes.encode_vectors / enc_s,
-            "qinco2_target_vectors_per_s": 16000, "faiss_backend": "cpu (faiss ResidualQuantizer has no GPU encoder)",
+            "qinco2_target_vectors_per_s": 16000, **amp, "faiss_backend": "cpu (faiss ResidualQuantizer has no GPU encoder)",
             "faiss_vectors": len(xs), "faiss_rq_encode_vectors_per_s": len(xs) / faiss_s}
 
 
@@ -336,14 +358,21 @@ def table(result: dict) -> str:
                      f"{fmt(r['peak_memory_GiB']):>10}  {fmt(c.get('loss_first'), '.5g')} -> {fmt(c.get('loss_last'), '.5g')}"
                      f" {'ok' if c.get('falls') else 'DID NOT FALL'}")
     d = result["stages"]["train_dit"]
-    lines.append(f"DiT ({d.get('strategy')}): {fmt(d.get('TFLOP_per_s'))} TFLOP/s = {fmt(d.get('share_of_bf16_peak'), '.1%')} of "
-                 f"bf16 peak {fmt(result.get('bf16_peak_TFLOP_per_s'))} (target >= 40%)")
+    for r in (d, d.get("other_compile_setting") or {}):
+        if r.get("step_seconds"):
+            lines.append(f"DiT ({r.get('strategy')}, {'compiled' if r.get('compiled') else 'eager'}): "
+                         f"{fmt(r.get('steps_per_s'))} steps/s, {fmt(r.get('TFLOP_per_s'))} TFLOP/s = "
+                         f"{fmt(r.get('share_of_bf16_peak'), '.1%')} of bf16 peak {fmt(result.get('bf16_peak_TFLOP_per_s'))} "
+                         f"(target >= 40%)")
     q, p, dec = result["quantizer_encode"], result["precompute"], result["decode"]
     if "error" in q:
         lines.append(f"QINCo2 encode / faiss RQ: ERROR: {q['error']}")
     else:
         lines.append(f"QINCo2 encode (K={q['K']}, beam {q['beam']}): {q['qinco2_encode_vectors_per_s']:,.0f} vectors/s (target >= 16,000); "
                      f"faiss RQ [{q['faiss_backend']}]: {q['faiss_rq_encode_vectors_per_s']:,.0f} vectors/s")
+        if "qinco2_encode_bf16_vectors_per_s" in q:
+            lines.append(f"  QINCo2 encode with a bf16 network (experiment): {q['qinco2_encode_bf16_vectors_per_s']:,.0f} vectors/s, "
+                         f"{q['bf16_codes_equal_to_fp32']:.1%} of codes equal to fp32's")
     for what, p in (("x0 precompute", p), ("z precompute", result["precompute_z"])):
         lines.append(f"{what}: ERROR: {p['error']}" if "error" in p else
                      f"{what}: {p['clips_per_s']:.3g} clips/s ({p['device']}, batch {p['batch']})")

@@ -31,7 +31,11 @@ def test_gpu_suite_smoke_writes_every_row(tmp_path):
     for name, row in r["stages"].items():
         assert row["steps_per_s"] > 0 and row["samples_per_s"] > 0 and row["step_seconds"] > 0, name
         assert "peak_memory_GiB" in row
-    assert r["stages"]["train_dit"]["step_TFLOP"] > 0 and "strategy" in r["stages"]["train_dit"]
+    dit = r["stages"]["train_dit"]
+    assert dit["step_TFLOP"] > 0 and "strategy" in dit
+    # the DiT step as the paper preset runs it (blocks compiled) and with the other setting, side by side
+    assert dit["compiled"] is True and dit["other_compile_setting"]["compiled"] is False
+    assert dit["other_compile_setting"]["step_seconds"] > 0 and dit["other_compile_setting"]["step_TFLOP"] == dit["step_TFLOP"]
     assert {c["stage"] for c in r["loss_checks"]} == STAGES and all(c["falls"] for c in r["loss_checks"])
     q = r["quantizer_encode"]
     assert q["qinco2_encode_vectors_per_s"] > 0 and q["faiss_rq_encode_vectors_per_s"] > 0 and q["faiss_backend"]

@@ -76,6 +76,9 @@ class DiTTrainConfig(Section):
     ema_std: float = Field(0.05, gt=0, lt=0.28)
     scaling: ScalingSettings = scaling_field()
     strategy: Literal["ddp", "fsdp"] = run_knob("ddp")
+    # torch.compile each transformer block (before FSDP wraps it): fuses the modulation, norm and
+    # activation kernels that eager mode runs one by one. GPU runs; on a CPU the first steps compile for minutes.
+    compile: bool = run_knob(False)
     loader_workers: int = run_knob(0, ge=0)  # torch DataLoader processes per Ray worker (feed: loader)
     # ray_data: the x0 cache read by Ray Data tasks, batches prefetched in each worker; loader: in-worker DataLoader.
     feed: Literal["ray_data", "loader"] = run_knob("loader")
