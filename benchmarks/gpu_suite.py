@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from gpu_reference import dit_batch, gpu_peak  # noqa: E402
-from timing import peak_memory_gib, reset_peak_memory, timed  # noqa: E402
+from timing import peak_memory_gib, reset_peak_memory, sync, timed  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from spresso.codec import windowing as win  # noqa: E402
@@ -339,6 +339,100 @@ def bench_decode(cfg: SpressoConfig, sizes: Sizes, device, compile_blocks: bool)
     return rows
 
 
+# -- --profile: where the time of the two missed targets goes ----------------------------------------------------------
+def kernel_summary(fn, device, steps: int, top: int = 12) -> dict:
+    """torch.profiler over ``steps`` calls of ``fn``: per call, the wall time, the device's summed kernel time
+    (its busy share: low means launch- or host-bound), the kernel count, and the top ops by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn()
+    sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync(device)
+        wall = (time.perf_counter() - t0) / steps
+    cuda = device.type == "cuda"
+    kernels = [e for e in prof.events() if (e.device_type.name == "CUDA" if cuda else False)]
+    busy = sum(e.device_time_total for e in kernels) / 1e6 / steps if cuda else None  # us -> s per call
+    key = "device_time_total" if cuda else "cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return {"wall_seconds": wall, "device_busy_seconds": busy, "device_busy_share": busy / wall if cuda else None,
+            "kernels_per_call": len(kernels) / steps if cuda else None,
+            "top": [{"op": e.key[:80], "ms_per_call": getattr(e, key) / 1e3 / steps, "calls": e.count // steps} for e in ops]}
+
+
+def profile_dit(cfg: SpressoConfig, sizes: Sizes, device, autocast, compiled: bool) -> dict:
+    """The DiT step (no FSDP) at its batch and at twice it, then profiled at its batch."""
+    C = cfg.dit.model.in_channels
+    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    b = cfg.dit.train.batch_size
+    dc = cfg.dit.model_copy(update={"train": cfg.dit.train.model_copy(update={"compile": compiled})})
+    trainer = DiTTrainer(dc, TEXT_DIMS, norm, device, autocast=autocast)
+    rows = {}
+    for batch_size in (b, 2 * b):
+        batch = dit_batch(batch_size, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
+        step_s = timed(lambda: trainer.train_step(batch, seeded()), iters=sizes.steps // 3 or 1,
+                       warmup=max(1, sizes.warmup), device=device)
+        rows[f"batch_{batch_size}"] = {"step_seconds": step_s, "samples_per_s": batch_size / step_s}
+    batch = dit_batch(b, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
+    rows["profile"] = kernel_summary(lambda: trainer.train_step(batch, seeded()), device, steps=3)
+    print(f"  profile dit {'compiled' if compiled else 'eager'}: {rows[f'batch_{b}']['samples_per_s']:.0f} -> "
+          f"{rows[f'batch_{2 * b}']['samples_per_s']:.0f} samples/s at batch {b} -> {2 * b}, "
+          f"device busy {fmt(rows['profile']['device_busy_share'], '.0%')}", file=sys.stderr, flush=True)
+    return rows
+
+
+def profile_encode(cfg: SpressoConfig, sizes: Sizes, device) -> dict:
+    q = cfg.qinco2
+    model, _ = qinco2_model(cfg, sizes.qinco2_K, device)
+    model.eval()
+    x = torch.randn(sizes.encode_vectors // 4, q.d, generator=torch.Generator().manual_seed(2)).to(device)
+    with torch.no_grad():
+        out = kernel_summary(lambda: model.encode(x, beam=q.beam, candidates=q.candidates), device, steps=1)
+    print(f"  profile qinco2 encode: device busy {fmt(out['device_busy_share'], '.0%')}", file=sys.stderr, flush=True)
+    return {**out, "vectors": len(x)}
+
+
+def profile_parts(cfg: SpressoConfig, sizes: Sizes, device, autocast, partial: Path | None = None) -> dict:
+    """Eager DiT, QINCo2 encode, compiled DiT (slowest to start, last); each saved to ``partial`` as it ends."""
+    out: dict = {"dit": {}}
+    for name, fn in (("eager", lambda: profile_dit(cfg, sizes, device, autocast, False)),
+                     ("qinco2_encode", lambda: profile_encode(cfg, sizes, device)),
+                     ("compiled", lambda: profile_dit(cfg, sizes, device, autocast, True))):
+        res = attempt(f"profile {name}", fn, device)
+        if name == "qinco2_encode":
+            out[name] = res
+        else:
+            out["dit"][name] = res
+        if partial is not None:
+            partial.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def profile_table(prof: dict) -> str:
+    lines = []
+    for name, rows in [*((f"DiT {k}", v) for k, v in prof.get("dit", {}).items())]:
+        if "error" in rows:
+            lines.append(f"{name}: ERROR {rows['error']}")
+            continue
+        pr = rows["profile"]
+        scale = ", ".join(f"{k.split('_')[1]}: {v['samples_per_s']:.0f}" for k, v in rows.items() if k.startswith("batch_"))
+        lines.append(f"{name}: samples/s by batch {scale}; step {pr['wall_seconds'] * 1e3:.1f} ms, device busy "
+                     f"{fmt(pr['device_busy_share'], '.0%')}, {fmt(pr['kernels_per_call'])} kernels")
+        lines += [f"    {t['ms_per_call']:8.2f} ms {t['calls']:>5}x  {t['op']}" for t in pr["top"][:8]]
+    if "error" in prof.get("qinco2_encode", {}):
+        lines.append(f"QINCo2 encode: ERROR {prof['qinco2_encode']['error']}")
+    elif "qinco2_encode" in prof:
+        pr = prof["qinco2_encode"]
+        lines.append(f"QINCo2 encode of {pr['vectors']} vectors: {pr['wall_seconds']:.2f} s, device busy "
+                     f"{fmt(pr['device_busy_share'], '.0%')}, {fmt(pr['kernels_per_call'])} kernels")
+        lines += [f"    {t['ms_per_call']:8.2f} ms {t['calls']:>5}x  {t['op']}" for t in pr["top"][:8]]
+    return "\n".join(lines)
+
+
 # -- the report ---------------------------------------------------------------------------------------------------------
 def fmt(v, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
@@ -458,14 +552,38 @@ def run_suite(smoke: bool, partial: Path | None = None) -> dict:
     return result
 
 
+def run_profile(smoke: bool, out: Path) -> int:
+    sizes = Sizes(smoke)
+    cuda = torch.cuda.is_available() and not smoke
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    cfg = load_config("paper", (SMOKE_OVERRIDES if smoke else []) + COMMON_OVERRIDES)
+    prof = profile_parts(cfg, sizes, device, autocast, partial=out.with_name(out.name + ".partial"))
+    gpu = torch.cuda.get_device_name(0) if cuda else "cpu"
+    out.write_text(json.dumps({"suite": "gpu_suite_profile", "smoke": smoke, "gpu": gpu, "torch": torch.__version__,
+                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                               "profile": prof}, indent=1) + "\n")
+    print(profile_table(prof))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (CI): same code paths, figures meaningless")
     p.add_argument("--out", default="gpu_suite.json", help="JSON file to write [gpu_suite.json]")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the figures: where the DiT step's and QINCo2 encode's time goes (profiler, batch scaling)")
     args = p.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         print("error: no CUDA device (use --smoke for the CPU check of the code paths)", file=sys.stderr)
         return 2
+    if args.profile:
+        return run_profile(args.smoke, Path(args.out))
     out = Path(args.out)
     result = run_suite(args.smoke, partial=out.with_name(out.name + ".partial"))
     failed = result["failures"] = failures(result)

@@ -73,3 +73,19 @@ def test_a_loss_that_does_not_fall_or_a_broken_part_fails_the_run():
     assert gpu_suite.failures(result) == ["stage1: the loss did not fall", "stage train_dit: RuntimeError: boom"]
     assert gpu_suite.gpu_peak("NVIDIA H100 80GB HBM3")[0] == 989 and gpu_suite.gpu_peak("NVIDIA H100 PCIe")[0] == 756
     assert gpu_suite.gpu_peak("NVIDIA H200")[0] == 989 and gpu_suite.gpu_peak("NVIDIA A100-SXM4-40GB")[0] == 312
+
+
+def test_profile_mode_reports_batch_scaling_and_top_ops(tmp_path):
+    """`--profile` (where the DiT step's and QINCo2 encode's time goes) runs its code paths at toy sizes."""
+    out = tmp_path / "prof.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke", "--profile", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prof = json.loads(out.read_text())["profile"]
+    for mode in ("eager", "compiled"):
+        rows = prof["dit"][mode]
+        assert rows["batch_2"]["samples_per_s"] > 0 and rows["batch_4"]["samples_per_s"] > 0, mode
+        assert rows["profile"]["wall_seconds"] > 0 and rows["profile"]["top"], mode
+    assert prof["qinco2_encode"]["vectors"] > 0 and prof["qinco2_encode"]["top"]
+    assert "DiT eager: samples/s by batch" in proc.stdout and "QINCo2 encode of" in proc.stdout
