@@ -104,6 +104,21 @@ class Sizes:
         self.precompute_iters = 1 if smoke else 3
 
 
+def unit_normalizer(cfg: SpressoConfig) -> LatentNormalizer:
+    """Zero mean, unit std per channel: random weights need no real x0 statistics."""
+    return LatentNormalizer([0.0] * cfg.dit.model.in_channels, [1.0] * cfg.dit.model.in_channels, cfg.dit.diffusion.sigma_data)
+
+
+def dit_with_compile(cfg: SpressoConfig, compiled: bool):
+    """``cfg.dit`` with ``train.compile`` set to ``compiled``."""
+    return cfg.dit.model_copy(update={"train": cfg.dit.train.model_copy(update={"compile": compiled})})
+
+
+def partial_path(out: Path) -> Path:
+    """Where each finished part is saved while a run is under way (removed when the run ends)."""
+    return out.with_name(out.name + ".partial")
+
+
 def seeded() -> torch.Generator:
     """The same noise, sigma and dropout draw every step: the loss then falls on the fixed batch."""
     return torch.Generator().manual_seed(0)
@@ -166,12 +181,12 @@ def dit_trainer(dc, norm, device, autocast, why: str | None) -> tuple[DiTTrainer
 def bench_dit(cfg: SpressoConfig, sizes: Sizes, device, autocast, peak: float | None) -> tuple[dict, dict]:
     """The DiT step as configured (dit.train.compile), then with the other compile setting beside it."""
     C = cfg.dit.model.in_channels
-    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    norm = unit_normalizer(cfg)
     why = start_process_group(device)
     batch = dit_batch(cfg.dit.train.batch_size, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
     rows, flops = {}, None
     for compiled in (cfg.dit.train.compile, not cfg.dit.train.compile):
-        dc = cfg.dit.model_copy(update={"train": cfg.dit.train.model_copy(update={"compile": compiled})})
+        dc = dit_with_compile(cfg, compiled)
         try:
             trainer, strategy = dit_trainer(dc, norm, device, autocast, why)
         except Exception as err:
@@ -218,7 +233,7 @@ def dae_model(cfg: SpressoConfig, device):
 def bench_dae(stage: str, cfg: SpressoConfig, sizes: Sizes, device, autocast) -> tuple[dict, dict]:
     tc = cfg.dae.stage1 if stage == "stage1" else cfg.dae.stage3
     C = cfg.dit.model.in_channels
-    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    norm = unit_normalizer(cfg)
     trainer = DAETrainer(dae_model(cfg, device), cfg, stage, norm, device, autocast=autocast)
     b = per_worker_batch(tc.batch_size, max(1, tc.scaling.workers))  # what each of the stage's workers runs
     batch = dit_batch(b, C, CLIP_FRAMES, TEXT_DIMS, device, seed=1)
@@ -261,12 +276,13 @@ def bench_quantizer_encode(cfg: SpressoConfig, sizes: Sizes, device) -> dict:
     x = torch.randn(sizes.encode_vectors, q.d, generator=torch.Generator().manual_seed(2))
     xd = x.to(device)
     with torch.no_grad():
-        enc_s = timed(lambda: model.encode(xd, beam=q.beam, candidates=q.candidates), iters=1, warmup=1, device=device)
+        # The untimed first call of each is its warm-up, and its codes are the ones compared.
         codes = model.encode(xd, beam=q.beam, candidates=q.candidates)
+        enc_s = timed(lambda: model.encode(xd, beam=q.beam, candidates=q.candidates), iters=1, warmup=0, device=device)
         amp = {}
         if device.type == "cuda":  # bf16 network in the search: a throughput experiment (quant/beam.py), not a codec path
-            amp_s = timed(lambda: model.encode(xd, beam=q.beam, candidates=q.candidates, amp=True), iters=1, warmup=1, device=device)
             same = (model.encode(xd, beam=q.beam, candidates=q.candidates, amp=True) == codes).all(-1).float().mean()
+            amp_s = timed(lambda: model.encode(xd, beam=q.beam, candidates=q.candidates, amp=True), iters=1, warmup=0, device=device)
             amp = {"qinco2_encode_bf16_vectors_per_s": sizes.encode_vectors / amp_s, "bf16_codes_equal_to_fp32": float(same)}
     rq = FaissRQ(q.d, q.M, sizes.qinco2_K, beam=q.beam)
     g = np.random.default_rng(3)
@@ -295,7 +311,7 @@ def bench_precompute(cfg: SpressoConfig, sizes: Sizes, device, tmp: Path) -> dic
 def bench_precompute_z(cfg: SpressoConfig, sizes: Sizes, tmp: Path) -> dict:
     """The z cache actor (EncodeZ: g_psi on normalised x0) on a batch of x0 rows, from a saved random stage-1 model."""
     C = cfg.dit.model.in_channels
-    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    norm = unit_normalizer(cfg)
     meta = {**norm.to_meta(), "stage": "stage1", "t": cfg.dae.t, "text_dims": list(TEXT_DIMS),
             "dit_config": cfg.dit.model_dump(mode="json")}
     save_checkpoint(tmp / "stage1", dae_model(cfg, "cpu").state_dict(), kind=DAE_KIND, config=cfg.to_dict(), meta=meta)
@@ -313,9 +329,8 @@ def decode_codec(cfg: SpressoConfig, device, compile_blocks: bool, batch: int) -
     manifest = {"t": DECODE_T, "mode": "continuous", "sample_rate": 48000, "text_dims": list(TEXT_DIMS),
                 "configs": {"dit": dit, "encoder": cfg.dae.encoder.model_dump(mode="json")},
                 "sampler": {"steps": 64, "solver": "heun", "rho": RHO}}
-    C = cfg.dit.model.in_channels
     parts = BundleParts(manifest, AudioAE.from_config(cfg.audioae.model), dae_from_manifest(manifest), None,
-                        LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data), Path("."))
+                        unit_normalizer(cfg), Path("."))
     return Codec(parts, device, batch_size=batch, compile=compile_blocks)
 
 
@@ -345,7 +360,8 @@ def kernel_summary(fn, device, steps: int, top: int = 12) -> dict:
     (its busy share: low means launch- or host-bound), the kernel count, and the top ops by device time."""
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     fn()
     sync(device)
     with profile(activities=acts) as prof:
@@ -354,8 +370,7 @@ def kernel_summary(fn, device, steps: int, top: int = 12) -> dict:
             fn()
         sync(device)
         wall = (time.perf_counter() - t0) / steps
-    cuda = device.type == "cuda"
-    kernels = [e for e in prof.events() if (e.device_type.name == "CUDA" if cuda else False)]
+    kernels = [e for e in prof.events() if cuda and e.device_type.name == "CUDA"]
     busy = sum(e.device_time_total for e in kernels) / 1e6 / steps if cuda else None  # us -> s per call
     key = "device_time_total" if cuda else "cpu_time_total"
     ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
@@ -367,9 +382,9 @@ def kernel_summary(fn, device, steps: int, top: int = 12) -> dict:
 def profile_dit(cfg: SpressoConfig, sizes: Sizes, device, autocast, compiled: bool) -> dict:
     """The DiT step (no FSDP) at its batch and at twice it, then profiled at its batch."""
     C = cfg.dit.model.in_channels
-    norm = LatentNormalizer([0.0] * C, [1.0] * C, cfg.dit.diffusion.sigma_data)
+    norm = unit_normalizer(cfg)
     b = cfg.dit.train.batch_size
-    dc = cfg.dit.model_copy(update={"train": cfg.dit.train.model_copy(update={"compile": compiled})})
+    dc = dit_with_compile(cfg, compiled)
     trainer = DiTTrainer(dc, TEXT_DIMS, norm, device, autocast=autocast)
     rows = {}
     for batch_size in (b, 2 * b):
@@ -399,37 +414,37 @@ def profile_encode(cfg: SpressoConfig, sizes: Sizes, device) -> dict:
 def profile_parts(cfg: SpressoConfig, sizes: Sizes, device, autocast, partial: Path | None = None) -> dict:
     """Eager DiT, QINCo2 encode, compiled DiT (slowest to start, last); each saved to ``partial`` as it ends."""
     out: dict = {"dit": {}}
-    for name, fn in (("eager", lambda: profile_dit(cfg, sizes, device, autocast, False)),
-                     ("qinco2_encode", lambda: profile_encode(cfg, sizes, device)),
-                     ("compiled", lambda: profile_dit(cfg, sizes, device, autocast, True))):
-        res = attempt(f"profile {name}", fn, device)
-        if name == "qinco2_encode":
-            out[name] = res
-        else:
-            out["dit"][name] = res
+    for where, name, fn in ((out["dit"], "eager", lambda: profile_dit(cfg, sizes, device, autocast, False)),
+                            (out, "qinco2_encode", lambda: profile_encode(cfg, sizes, device)),
+                            (out["dit"], "compiled", lambda: profile_dit(cfg, sizes, device, autocast, True))):
+        where[name] = attempt(f"profile {name}", fn, device)
         if partial is not None:
             partial.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
+def top_op_lines(pr: dict, n: int = 8) -> list[str]:
+    return [f"    {t['ms_per_call']:8.2f} ms {t['calls']:>5}x  {t['op']}" for t in pr["top"][:n]]
+
+
 def profile_table(prof: dict) -> str:
     lines = []
-    for name, rows in [*((f"DiT {k}", v) for k, v in prof.get("dit", {}).items())]:
+    for mode, rows in prof.get("dit", {}).items():
         if "error" in rows:
-            lines.append(f"{name}: ERROR {rows['error']}")
+            lines.append(f"DiT {mode}: ERROR {rows['error']}")
             continue
         pr = rows["profile"]
         scale = ", ".join(f"{k.split('_')[1]}: {v['samples_per_s']:.0f}" for k, v in rows.items() if k.startswith("batch_"))
-        lines.append(f"{name}: samples/s by batch {scale}; step {pr['wall_seconds'] * 1e3:.1f} ms, device busy "
+        lines.append(f"DiT {mode}: samples/s by batch {scale}; step {pr['wall_seconds'] * 1e3:.1f} ms, device busy "
                      f"{fmt(pr['device_busy_share'], '.0%')}, {fmt(pr['kernels_per_call'])} kernels")
-        lines += [f"    {t['ms_per_call']:8.2f} ms {t['calls']:>5}x  {t['op']}" for t in pr["top"][:8]]
-    if "error" in prof.get("qinco2_encode", {}):
-        lines.append(f"QINCo2 encode: ERROR {prof['qinco2_encode']['error']}")
-    elif "qinco2_encode" in prof:
-        pr = prof["qinco2_encode"]
+        lines += top_op_lines(pr)
+    pr = prof.get("qinco2_encode")
+    if pr is not None and "error" in pr:
+        lines.append(f"QINCo2 encode: ERROR {pr['error']}")
+    elif pr is not None:
         lines.append(f"QINCo2 encode of {pr['vectors']} vectors: {pr['wall_seconds']:.2f} s, device busy "
                      f"{fmt(pr['device_busy_share'], '.0%')}, {fmt(pr['kernels_per_call'])} kernels")
-        lines += [f"    {t['ms_per_call']:8.2f} ms {t['calls']:>5}x  {t['op']}" for t in pr["top"][:8]]
+        lines += top_op_lines(pr)
     return "\n".join(lines)
 
 
@@ -499,8 +514,9 @@ def failures(result: dict) -> list[str]:
     return out + [f"{k}: {v['error']}" for k, v in parts.items() if isinstance(v, dict) and "error" in v]
 
 
-def run_suite(smoke: bool, partial: Path | None = None) -> dict:
-    """Every part in turn; after each, what is known so far goes to ``partial`` (a run cut short keeps its figures)."""
+def setup(smoke: bool):
+    """(sizes, cuda, device, autocast, paper config) for a run: CUDA with TF32 and bf16 autocast when present
+    (and not --smoke), else the CPU at two threads in float32."""
     sizes = Sizes(smoke)
     cuda = torch.cuda.is_available() and not smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -512,7 +528,12 @@ def run_suite(smoke: bool, partial: Path | None = None) -> dict:
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
-    cfg = load_config("paper", (SMOKE_OVERRIDES if smoke else []) + COMMON_OVERRIDES)
+    return sizes, cuda, device, autocast, load_config("paper", (SMOKE_OVERRIDES if smoke else []) + COMMON_OVERRIDES)
+
+
+def run_suite(smoke: bool, partial: Path | None = None) -> dict:
+    """Every part in turn; after each, what is known so far goes to ``partial`` (a run cut short keeps its figures)."""
+    sizes, cuda, device, autocast, cfg = setup(smoke)
     gpu = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak, peak_source = gpu_peak(gpu) if cuda else (None, None)
     torch.manual_seed(0)
@@ -553,21 +574,13 @@ def run_suite(smoke: bool, partial: Path | None = None) -> dict:
 
 
 def run_profile(smoke: bool, out: Path) -> int:
-    sizes = Sizes(smoke)
-    cuda = torch.cuda.is_available() and not smoke
-    device = torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-
-    cfg = load_config("paper", (SMOKE_OVERRIDES if smoke else []) + COMMON_OVERRIDES)
-    prof = profile_parts(cfg, sizes, device, autocast, partial=out.with_name(out.name + ".partial"))
+    sizes, cuda, device, autocast, cfg = setup(smoke)
+    prof = profile_parts(cfg, sizes, device, autocast, partial=partial_path(out))
     gpu = torch.cuda.get_device_name(0) if cuda else "cpu"
     out.write_text(json.dumps({"suite": "gpu_suite_profile", "smoke": smoke, "gpu": gpu, "torch": torch.__version__,
                                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                "profile": prof}, indent=1) + "\n")
+    partial_path(out).unlink(missing_ok=True)
     print(profile_table(prof))
     return 0
 
@@ -585,10 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return run_profile(args.smoke, Path(args.out))
     out = Path(args.out)
-    result = run_suite(args.smoke, partial=out.with_name(out.name + ".partial"))
+    result = run_suite(args.smoke, partial=partial_path(out))
     failed = result["failures"] = failures(result)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_name(out.name + ".partial").unlink(missing_ok=True)
+    partial_path(out).unlink(missing_ok=True)
     print(table(result))
     if failed:
         print("FAILED (a wrong GPU path must not pass as fast):\n  " + "\n  ".join(failed), file=sys.stderr)

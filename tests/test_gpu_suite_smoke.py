@@ -89,3 +89,4 @@ def test_profile_mode_reports_batch_scaling_and_top_ops(tmp_path):
         assert rows["profile"]["wall_seconds"] > 0 and rows["profile"]["top"], mode
     assert prof["qinco2_encode"]["vectors"] > 0 and prof["qinco2_encode"]["top"]
     assert "DiT eager: samples/s by batch" in proc.stdout and "QINCo2 encode of" in proc.stdout
+    assert not (tmp_path / "prof.json.partial").exists()  # a finished run removes its per-part file

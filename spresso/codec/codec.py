@@ -86,8 +86,7 @@ class Codec:
         self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
         if compile:
             # Compile each transformer block (shapes are fixed: 5 s windows), so the cached conditioning can change freely.
-            dit = self.dae.net.dit
-            for block in [*dit.joint, *dit.single]:
+            for block in self.dae.net.dit.blocks():
                 block.compile(dynamic=False)
 
     @classmethod

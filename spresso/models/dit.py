@@ -87,9 +87,13 @@ class DiT(nn.Module):
             if isinstance(m, nn.Linear) and not name.startswith("final"):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        for block in [*self.joint, *self.single]:
+        for block in self.blocks():
             for stream in block.streams.values():
                 stream.reset_modulation()
+
+    def blocks(self) -> list[JointBlock]:
+        """Every transformer block, joint then single: the units that FSDP shards and torch.compile compiles."""
+        return [*self.joint, *self.single]
 
     def add_stream(self, name: str) -> None:
         """Add a modality to every joint block (pre-only in the last, like text)."""

@@ -88,12 +88,12 @@ class DiTTrainer:
     def _wrap(self, world_size: int, prepare):
         if self.tc.compile:
             # Per block, as the codec does: every block has the same shapes, so one graph serves them all.
-            for block in [*self.denoiser.net.joint, *self.denoiser.net.single]:
+            for block in self.denoiser.net.blocks():
                 block.compile()
         if world_size > 1 and self.tc.strategy == "fsdp":
             # FSDP2: shard each block, then the root; bf16 compute with fp32 reductions on GPU.
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.device.type == "cuda" else MixedPrecisionPolicy()
-            for block in [*self.denoiser.net.joint, *self.denoiser.net.single]:
+            for block in self.denoiser.net.blocks():
                 fully_shard(block, mp_policy=mp)
             fully_shard(self.denoiser, mp_policy=mp)
             # The EMA must shadow the sharded parameters (DTensors), so rebuild it after sharding.
