@@ -53,6 +53,9 @@ class Settings:
     candidates: int = 8
     max_beam: int = 64  # the largest RQ encoding beam reported
     minutes: float = 8.0  # QINCo2 training budget
+    # Held-out check of QINCo2 every this many minutes of training (0: none); its time is not
+    # charged to the budget. With RQ's final row it says how the ratio was still moving.
+    trace_minutes: float = 0.0
     batch: int = 4000
     max_steps: int | None = None
     train_types: tuple[str, ...] = tuple(TRAIN_TYPES)
@@ -90,8 +93,12 @@ def train_rq(x: np.ndarray, s: Settings, train_type: str) -> FaissRQ:
     return FaissRQ(s.d, s.M, s.K, beam=s.beam, train_type=train_type).train(x)
 
 
-def train_qinco2(x: np.ndarray, s: Settings, log=print) -> tuple[QINCo2, dict]:
-    """k-means init, then steps with the encoding beam and candidates until the time budget (or max_steps) runs out."""
+def train_qinco2(x: np.ndarray, s: Settings, log=print, held: np.ndarray | None = None) -> tuple[QINCo2, dict]:
+    """k-means init, then steps with the encoding beam and candidates until the time budget (or max_steps) runs out.
+
+    With ``held`` and ``s.trace_minutes``, the held-out curve is measured at the start and every
+    ``trace_minutes`` of training (``info["trace"]``: steps, training seconds, relative MSE per m).
+    """
     torch.manual_seed(s.seed)
     model = QINCo2(QINCo2Spec.from_preset(s.preset, d=s.d, K=s.K, M=s.M, A=s.candidates, B=s.beam))
     model.norm.fit(x)
@@ -103,6 +110,23 @@ def train_qinco2(x: np.ndarray, s: Settings, log=print) -> tuple[QINCo2, dict]:
     opt, sched = make_optimizer(model, ts)
     rng = np.random.default_rng(s.seed)
     step, t0 = 0, time.time()
+    trace: list[dict] = []
+    next_trace = 0.0
+
+    def checkpoint_trace() -> None:
+        nonlocal t0, next_trace
+        if held is None or not s.trace_minutes:
+            return
+        t_check, seconds = time.time(), time.time() - t0
+        model.eval()
+        row = curve(lambda v, m: model.encode(torch.from_numpy(v), m), lambda c: model.decode(c).numpy(), held, s.M)
+        model.train()
+        trace.append({"steps": step, "seconds": round(seconds, 1), "rel_mse": row})
+        log(f"  held-out at step {step} ({seconds:.0f}s): m={s.M} {row[-1]:.5f}")
+        next_trace = seconds + s.trace_minutes * 60
+        t0 += time.time() - t_check  # the check is not training time
+
+    checkpoint_trace()
     done = lambda: (s.max_steps is not None and step >= s.max_steps) or time.time() - t0 > budget  # noqa: E731
     while not done():
         usage = torch.zeros(s.M, s.K)
@@ -114,12 +138,17 @@ def train_qinco2(x: np.ndarray, s: Settings, log=print) -> tuple[QINCo2, dict]:
                 ts.total_steps = max(10, int(budget / ((time.time() - t0) / 5)))
             if step % 10 == 0:
                 log(f"  step {step}/{ts.total_steps} train MSE (normalised) {info['train_mse']:.4f}  {time.time() - t0:.0f}s")
+            if trace and time.time() - t0 >= next_trace:
+                checkpoint_trace()
             if done():
                 break
         reseed_unused(model, opt, usage, xn, codes)
+    seconds = time.time() - t0
+    if trace and trace[-1]["steps"] != step:
+        checkpoint_trace()
     model.eval()
-    return model, {"steps": step, "epochs": step * s.batch / len(x), "seconds": time.time() - t0,
-                   "train_beam": ts.beam, "train_candidates": ts.candidates}
+    return model, {"steps": step, "epochs": step * s.batch / len(x), "seconds": seconds,
+                   "train_beam": ts.beam, "train_candidates": ts.candidates, "trace": trace}
 
 
 def curve(encode, decode, held: np.ndarray, M: int) -> list[float]:
@@ -132,7 +161,7 @@ def compare(train_x: np.ndarray, held: np.ndarray, s: Settings, *, rq_trainer=tr
     """Every row of the table. Both trainers get ``train_x`` itself: the same vectors, by construction."""
     res = Result()
     t0 = time.time()
-    model, info = qinco2_trainer(train_x, s)
+    model, info = qinco2_trainer(train_x, s, held=held)
     res.info["qinco2"] = {**info, "train_vectors": len(train_x)}
     res.models["qinco2"] = model
     res.rows[f"QINCo2 beam {s.beam} A {s.candidates}"] = curve(
@@ -162,6 +191,20 @@ def table(res: Result, s: Settings) -> str:
     return "\n".join(lines)
 
 
+def trace_table(res: Result, s: Settings) -> str:
+    """QINCo2's held-out error over its training, as ratios to the fair RQ row: is the ratio still moving?"""
+    trace = res.info.get("qinco2", {}).get("trace") or []
+    fair = res.rows.get(f"RQ {s.train_types[0]} beam {s.beam}")
+    if not trace or fair is None:
+        return ""
+    ms = sorted({1, min(4, s.M), s.M})
+    lines = ["| steps | training min | " + " | ".join(f"ratio m={m}" for m in ms) + " |", "|---" * (len(ms) + 2) + "|"]
+    for point in trace:
+        ratios = " | ".join(f"{point['rel_mse'][m - 1] / fair[m - 1]:.3f}" for m in ms)
+        lines.append(f"| {point['steps']} | {point['seconds'] / 60:.1f} | {ratios} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vectors", choices=["logmel", "z"], default="logmel")
@@ -180,6 +223,8 @@ def main() -> None:
     ap.add_argument("--max-beam", type=int, default=64, help="the largest RQ encoding beam reported")
     ap.add_argument("--minutes", type=float, default=8.0, help="QINCo2 training budget")
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--trace-minutes", type=float, default=0.0,
+                    help="measure QINCo2's held-out curve every this many training minutes (not charged to the budget)")
     ap.add_argument("--batch", type=int, default=4000)
     ap.add_argument("--train-types", default="progressive_dim,default", help="faiss RQ training modes (the first is the ratio's)")
     ap.add_argument("--threads", type=int, default=2)
@@ -196,6 +241,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     s = Settings(d=args.d, K=args.K, M=args.M, preset=args.preset, beam=args.beam, candidates=args.candidates,
                  max_beam=args.max_beam, minutes=args.minutes, batch=args.batch, max_steps=args.max_steps,
+                 trace_minutes=args.trace_minutes,
                  train_types=tuple(args.train_types.split(",")))
     t0 = time.time()
     if args.vectors == "z":
@@ -212,6 +258,9 @@ def main() -> None:
     res = compare(train_x, held, s, log=lambda msg: print(msg, flush=True))
     print(f"\nheld-out relative MSE (error / held-out variance); {args.threads} threads")
     print(table(res, s))
+    if s.trace_minutes:
+        print(f"\nQINCo2 during training, held-out error over {s.train_types[0]} RQ at beam {s.beam}")
+        print(trace_table(res, s))
     report = {"settings": vars(args), "d": s.d, "train_vectors": len(train_x), "held_out_vectors": len(held),
               "rows": res.rows, "info": res.info}
     if args.stage3:

@@ -20,9 +20,9 @@ def test_rq_and_qinco2_train_on_identical_arrays_and_every_row_is_reported():
     s = bench.Settings(d=6, K=16, M=3, beam=2, candidates=2, max_beam=4, batch=400, max_steps=3, minutes=5)
     seen = {}
 
-    def qinco2_trainer(x, settings):
+    def qinco2_trainer(x, settings, held=None):
         seen["qinco2"] = x
-        return bench.train_qinco2(x, settings, log=lambda _: None)
+        return bench.train_qinco2(x, settings, log=lambda _: None, held=held)
 
     def rq_trainer(x, settings, train_type):
         seen[train_type] = x
@@ -51,3 +51,21 @@ def test_z_vectors_hold_out_whole_clips(tmp_path):
     train, held = bench.z_vectors(str(tmp_path / "z.zarr"), "z", held_out=100)
     assert train.shape == (16, 3) and held.shape == (8, 3)
     assert not set(map(tuple, train)) & set(map(tuple, held))
+
+
+def test_the_held_out_trace_starts_at_k_means_and_ends_at_the_trained_model():
+    rng = np.random.default_rng(1)
+    mix = rng.standard_normal((6, 6))
+    train = (rng.standard_normal((1200, 6)) @ mix).astype(np.float32)
+    held = (rng.standard_normal((200, 6)) @ mix).astype(np.float32)
+    # a tiny trace interval: a check after every step, the last one after the last step
+    s = bench.Settings(d=6, K=16, M=3, beam=2, candidates=2, max_beam=2, batch=400, max_steps=4, minutes=5,
+                       trace_minutes=1e-9, train_types=("default",))
+    res = bench.compare(train, held, s, log=lambda _: None)
+    trace = res.info["qinco2"]["trace"]
+    assert trace[0]["steps"] == 0 and trace[-1]["steps"] == 4
+    assert [p["steps"] for p in trace] == sorted({p["steps"] for p in trace})
+    # the last point is the model the table scores
+    assert np.allclose(trace[-1]["rel_mse"], res.rows["QINCo2 beam 2 A 2"])
+    text = bench.trace_table(res, s)
+    assert text.count("\n") == len(trace) + 1 and "ratio m=3" in text
