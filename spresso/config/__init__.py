@@ -8,13 +8,14 @@ inside its checkpoints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from spresso.config.audioae import AudioAEConfig
 from spresso.config.base import Section
+from spresso.config.budget import BudgetShares
 from spresso.config.dae import DAEConfig
 from spresso.config.data import DataConfig
 from spresso.config.dit import DiTConfig
@@ -40,6 +41,10 @@ class SpressoConfig(Section):
     qinco2: QINCo2Config = QINCo2Config()
     eval: EvalConfig = EvalConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    # Wall-clock hours for the whole DAG's training, spread over the stages by `budget` (see
+    # spresso.config.budget); null: every stage trains to its step count.
+    budget_hours: Optional[float] = Field(None, gt=0)
+    budget: BudgetShares = BudgetShares()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

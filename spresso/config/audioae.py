@@ -1,7 +1,7 @@
 """AudioAE settings: the model, its DAC-recipe training and the x0 latent cache."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -82,6 +82,9 @@ class AudioAETrainConfig(Section):
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"
     # The generator trains on the mel loss alone before this step (0: GAN from the start).
     disc_start_step: int = Field(0, ge=0)
+    # Wall-clock minutes this stage trains at most (its schedule runs on the training clock); null:
+    # its part of budget_hours, if set, else no limit. See spresso.config.budget.
+    time_limit_minutes: Optional[float] = Field(None, gt=0)
     scaling: ScalingSettings = scaling_field()
     checkpoint_every: int = run_knob(1000, gt=0)
     log_every: int = run_knob(50, gt=0)

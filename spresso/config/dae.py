@@ -90,6 +90,9 @@ class DAETrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     # The paper's stage-1 text dropout: mostly unconditional, so the decoder learns to lean on z.
     text_dropout: float = Field(0.8, ge=0, le=1)
+    # Wall-clock minutes this stage trains at most (its schedule runs on the training clock); null:
+    # its part of budget_hours, if set, else no limit. See spresso.config.budget.
+    time_limit_minutes: Optional[float] = Field(None, gt=0)
     scaling: ScalingSettings = scaling_field()
     loader_workers: int = run_knob(0, ge=0)
     feed: Literal["ray_data", "loader"] = run_knob("loader")  # as dit.train.feed

@@ -1,7 +1,7 @@
 """DiT settings: the MMDiT network, EDM2 diffusion, Heun sampling, text encoder and pretraining."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -74,6 +74,9 @@ class DiTTrainConfig(Section):
     text_dropout: float = Field(0.1, ge=0, le=1)
     # EDM2 power-function EMA, relative standard deviation of its averaging profile.
     ema_std: float = Field(0.05, gt=0, lt=0.28)
+    # Wall-clock minutes this stage trains at most (its schedule runs on the training clock); null:
+    # its part of budget_hours, if set, else no limit. See spresso.config.budget.
+    time_limit_minutes: Optional[float] = Field(None, gt=0)
     scaling: ScalingSettings = scaling_field()
     strategy: Literal["ddp", "fsdp"] = run_knob("ddp")
     # torch.compile each transformer block (before FSDP wraps it): fuses the modulation, norm and

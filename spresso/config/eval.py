@@ -37,6 +37,11 @@ class EvalConfig(Placement):
     # Samplers our codec bundles are evaluated with: the first is the point's primary row, each other one an
     # extra row of the table (e.g. the paper's Heun 64 first, then the fast DPM-Solver++(2M) at 32 and 16 steps).
     samplers: list[SamplerRow] = Field(default_factory=list)
+    # Extra rows of every evaluate stage, {name: codec spec}: e.g. {opus6: "opus:6", opus12: "opus:12"}.
+    baselines: dict[str, str] = Field(default_factory=dict)
+    # The floors a codec must clear to carry information: silence (a "silence" row, KAD and mel included)
+    # and each clip scored against another real clip of the set (cosine, mel, SI-SDR).
+    floors: bool = False
     # What each Ray task (a chunk of clips) asks of the cluster. GPUs are asked for only when set here
     # (an autoscaler then starts GPU nodes); null CPUs: runtime.actor_cpus.
     cpus_per_task: Optional[float] = Field(None, gt=0)

@@ -36,6 +36,9 @@ class QINCo2Config(Section):
     batch_size: int = Field(8000, ge=2)
     epochs: int = Field(10, ge=1)
     max_steps: Optional[int] = Field(None, ge=1)  # stop earlier than epochs x steps/epoch
+    # Wall-clock minutes this stage trains at most (its schedule runs on the training clock); null:
+    # its part of budget_hours, if set, else no limit. See spresso.config.budget.
+    time_limit_minutes: Optional[float] = Field(None, gt=0)
     lr: float = Field(8e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(0.1, gt=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spresso.config.budget import budget_lines, stage_time_limit
 from spresso.core.rates import frame_rate
 from spresso.pipeline.cost import Work, corpus_clips, stage_work
 from spresso.pipeline.cost_table import StepCost, step_costs
@@ -20,12 +21,16 @@ from spresso.pipeline.graph import PipelineGraph
 class Estimate:
     work: Work | None
     cost: StepCost | None
+    limit_seconds: float | None = None  # a time-limited stage holds its GPUs at most this long
 
     @property
     def gpu_hours(self) -> float:
         if self.work is None or self.cost is None or not self.work.gpus:
             return 0.0
-        return self.work.gpu_seconds(self.cost.seconds) / 3600.0
+        seconds = self.work.gpu_seconds(self.cost.seconds)
+        if self.limit_seconds is not None:
+            seconds = min(seconds, self.limit_seconds * self.work.workers * self.work.gpus)
+        return seconds / 3600.0
 
 
 def estimates(graph: PipelineGraph, measured: dict[str, StepCost] | None = None) -> dict[str, Estimate]:
@@ -37,7 +42,7 @@ def estimates(graph: PipelineGraph, measured: dict[str, StepCost] | None = None)
         r = node.resources
         cost = (StepCost(r.step_seconds, f"assumed: pipeline.resources.{node.kind}.step_seconds") if r.step_seconds
                 else table.get(node.kind))
-        out[n] = Estimate(stage_work(node), cost)
+        out[n] = Estimate(stage_work(node), cost, stage_time_limit(node.cfg, node.kind))
     return out
 
 
@@ -69,6 +74,9 @@ def describe(graph: PipelineGraph, selected: set[str] | None = None, measured: d
             mark.append("size unknown: set pipeline.corpus_hours")
         node_kind = "/".join(x for x in (r.label, r.accelerator) if x) or "-"  # label/accelerator asked for
         work = f"{e.work.units} {e.work.unit}" if e.work is not None and e.work.units else "-"
+        limit = stage_time_limit(node.cfg, node.kind)
+        if limit is not None:
+            work = f"{limit / 60:.0f} min" + (f" (<= {e.work.units} {e.work.unit})" if work != "-" else "")
         rows.append((n, ",".join(graph.parents(n)) or "-", f"{r.cpus:g}", f"{r.gpus:g}", str(r.workers), node_kind,
                      work, f"{e.cost.seconds:g}" if e.gpu_hours else "-", _source(e),
                      f"{e.gpu_hours:.1f}" if e.gpu_hours else "-", "; ".join(mark)))
@@ -80,6 +88,7 @@ def describe(graph: PipelineGraph, selected: set[str] | None = None, measured: d
         for p in pc.points:
             kind = "continuous" if p.continuous else f"K={p.K} m={p.m}"
             lines.append(f"operating point {p.name}: t={p.t} ({frame_rate(p.t):.3g} Hz) {kind} -> {p.bitrate_bps() / 1000:.3g} kbps")
+        lines += budget_lines(next(iter(graph)).cfg)
         lines += cost_lines(graph, est, selected)
     return "\n".join(lines)
 

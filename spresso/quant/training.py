@@ -119,13 +119,16 @@ def lr_factor(step: int, s: TrainSettings) -> float:
     return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model, s: TrainSettings) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(model, s: TrainSettings, schedule_step=None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and the :func:`lr_factor` schedule; ``schedule_step(step)`` (a training clock) may run the
+    schedule ahead of the step count, as a time limit does."""
     # Codebooks are data points, not weights to shrink: no weight decay on them.
     books = [p for n, p in model.named_parameters() if n.endswith("codebook") or n.endswith("codebook0") or n.endswith("preselect")]
     ids = {id(p) for p in books}
     nets = [p for p in model.parameters() if id(p) not in ids]
     opt = torch.optim.AdamW([{"params": nets, "weight_decay": s.weight_decay}, {"params": books, "weight_decay": 0.0}], lr=s.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, s))
+    clock = schedule_step or float
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(clock(step), s))
     return opt, sched
 
 

@@ -44,6 +44,7 @@ from spresso.models.audioae import CHECKPOINT_KIND, AudioAE
 from spresso.models.discriminators import AudioDiscriminator
 from spresso.models.mel import MultiScaleMel
 from spresso.train.audioae_valid import evaluate_reconstruction, unwrap, write_examples
+from spresso.train.clock import TrainClock
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
 from spresso.train.feed import Feed
 from spresso.train.gan_losses import (
@@ -76,9 +77,18 @@ class AudioAETrainer:
             return torch.optim.AdamW(module.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
 
         self.opt_g, self.opt_d = adamw(self.generator), adamw(self.discriminator)
-        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, tc.lr_gamma)
-        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, tc.lr_gamma)
+        # DAC's exponential decay, lr x gamma^step, read on the training clock: with a time limit
+        # the whole decay (gamma^steps) is spread over the limit (spresso.train.clock).
+        self.clock: TrainClock | None = None
+        decay = lambda step: tc.lr_gamma ** self.schedule_step(step)  # noqa: E731
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
         self.step = 0
+
+    def schedule_step(self, step: int | None = None) -> float:
+        """The step the schedules read (the step itself unless a time limit runs the clock ahead)."""
+        step = self.step if step is None else step
+        return self.clock.schedule_step(step) if self.clock is not None else float(step)
 
     @property
     def model(self) -> AudioAE:
@@ -88,7 +98,7 @@ class AudioAETrainer:
         """One step on a batch ``[B, n]``: D update (once started), then G update. Returns losses."""
         tc = self.tc
         x = x.to(self.device, non_blocking=True)
-        use_disc = self.step >= tc.disc_start_step and tc.adv_weight + tc.fm_weight > 0
+        use_disc = self.schedule_step() >= tc.disc_start_step and tc.adv_weight + tc.fm_weight > 0
         out: dict[str, float] = {}
         with self.autocast():
             y = self.generator(x).float()
@@ -123,7 +133,7 @@ class AudioAETrainer:
         loss_g.backward()
         out["grad_norm/g"] = float(torch.nn.utils.clip_grad_norm_(self.generator.parameters(), tc.grad_clip))
         self.opt_g.step()
-        # ExponentialLR decays per step (gamma 0.999996) for both networks, as in DAC. D's decays
+        # The lr decays every step (gamma 0.999996) for both networks, as in DAC. D's decays
         # from step 0 too, before D first steps (GAN warm-up), which PyTorch warns about: intended.
         self.sched_g.step()
         with warnings.catch_warnings():
@@ -158,8 +168,9 @@ class AudioAETrainer:
         load_strict(unwrap(self.discriminator), disc, what="audioae discriminator")
         load_optimizer(self.opt_g, tensors, meta["optim_g"], "optim_g")
         load_optimizer(self.opt_d, tensors, meta["optim_d"], "optim_d")
-        self.sched_g.load_state_dict(meta["sched_g"])
-        self.sched_d.load_state_dict(meta["sched_d"])
+        for sched, key in ((self.sched_g, "sched_g"), (self.sched_d, "sched_d")):
+            # lr_lambdas: absent from checkpoints of the ExponentialLR days (the same decay)
+            sched.load_state_dict({"lr_lambdas": [None], **meta[key]})
         self.step = int(meta["step"])
         return self.step
 
@@ -213,6 +224,7 @@ def train_loop(loop_config: dict) -> None:
             trainer.restore(ckpt)
             log.info("rank %d resumed from step %d", ctx.rank, trainer.step)
     start = trainer.step
+    trainer.clock = ctx.make_clock(ac.steps)
     shards_dir = loop_config["shards_dir"]
     segment = segment_samples(tc.segment_seconds, ac.model.sample_rate, ac.model.hop)
     stream = crop_feed(cfg, shards_dir, ctx.rank, ctx.world_size, start)
@@ -291,6 +303,7 @@ TRAIN_AUDIOAE = TrainingStage(
     output=final_checkpoint_dir,
     job_name=lambda cfg: "audioae",
     feeds=feed_datasets,
+    budget_share="audioae",
 )
 
 

@@ -281,6 +281,7 @@ def key_config(cfg: SpressoConfig) -> dict:
 
 
 TRAIN_DIT = TrainingStage(STAGE, section=lambda cfg: cfg.dit.train, loop=train_loop, find_inputs=find_inputs,
+                          budget_share="dit",
                           key_config=key_config, job_name=lambda cfg: "dit",
                           output=lambda cfg: join(absolute(cfg.path(cfg.dit.checkpoint_dir)), "final"),
                           feeds=latent_feeds(lambda cfg: cfg.dit.train,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from spresso.config import Section, SpressoConfig
+from spresso.config.budget import ShareName, time_limit_seconds
 from spresso.config.scaling import key_settings
 from spresso.core import storage
 from spresso.core.checkpoint import STATE_FILE, STATE_META_FILE, has_checkpoint
@@ -30,6 +31,7 @@ from spresso.core.storage import absolute
 from spresso.runtime import find_finished_run, init_ray, stage_run, tracking_uri
 from spresso.runtime.placement import require_local_resources
 from spresso.runtime.tracking import StageRun, ensure_experiment
+from spresso.train.clock import CLOCK_FILE
 from spresso.train.feed import FEEDS_KEY, Feed
 from spresso.train.harness import (
     TrainJob,
@@ -101,10 +103,17 @@ class TrainingStage:
     publish: Optional[Publish] = None
     reuse: bool = True
     feeds: Optional[Callable[[SpressoConfig, StageInputs], dict[str, Feed]]] = None
+    budget_share: Optional[ShareName] = None  # its share of budget_hours (spresso.config.budget)
+
+    def time_limit(self, cfg: SpressoConfig) -> Optional[float]:
+        """Seconds it may train: its section's ``time_limit_minutes``, else its share of ``budget_hours``."""
+        return time_limit_seconds(cfg, self.budget_share, getattr(self.section(cfg), "time_limit_minutes", None))
 
     def key(self, cfg: SpressoConfig, inputs: StageInputs) -> str:
-        """The cache key: the stage's settings (without run knobs) and its inputs' identity."""
-        return digest_json({**self.key_config(cfg), "train": key_settings(self.section(cfg)), **inputs.key})
+        """The cache key: the stage's settings (without run knobs), its time limit and its inputs' identity."""
+        limit = self.time_limit(cfg)
+        timed = {} if limit is None else {"time_limit_s": round(limit, 3)}
+        return digest_json({**self.key_config(cfg), "train": key_settings(self.section(cfg)), **timed, **inputs.key})
 
     def run(self, cfg: SpressoConfig, **kwargs: Any) -> "TrainOutcome":
         """Train this stage: :func:`run_training` (``parent_run_id``, ``force`` and ``find_inputs`` options)."""
@@ -155,14 +164,17 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
                             f"{stage.name}'s scaling" + (" and one Ray Data read task" if feeds else ""))
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
+                                "time_limit_s": stage.time_limit(cfg),
                                 "run_dir": f"{train_storage}/{name}", **inputs.loop_config,
                                 FEEDS_KEY: {k: f.summary() for k, f in feeds.items()}},
                    datasets={k: f.dataset for k, f in feeds.items()})
     upstream = {k: v for k, v in inputs.upstream.items() if v} or None
     with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,
                    resume_run_id=resumable_run_id(train_storage, name, uri), extra_tags=inputs.tags or None) as run:
-        if inputs.params:
-            run.log_params(inputs.params)
+        limit = stage.time_limit(cfg)
+        params = {**inputs.params, **({"time_limit_minutes": round(limit / 60, 2)} if limit is not None else {})}
+        if params:
+            run.log_params(params)
         for item in inputs.logged:
             run.log_input(item.name, item.uri, item.digest, context=item.context)
         result = fit(job, run)
@@ -173,7 +185,7 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
 
 def strip_training_state(folder: Path) -> None:
     """Drop the optimiser/discriminator state: it stays in Ray's storage, the deliverable is the model."""
-    for extra in (STATE_FILE, STATE_META_FILE):
+    for extra in (STATE_FILE, STATE_META_FILE, CLOCK_FILE):
         (folder / extra).unlink(missing_ok=True)
 
 

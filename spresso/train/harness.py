@@ -44,6 +44,7 @@ from spresso.core import storage
 from spresso.core.errors import SpressoError
 from spresso.runtime.placement import accelerator_resources, label_selector
 from spresso.runtime.tracking import StageRun
+from spresso.train.clock import TrainClock
 
 RUN_MARKER = "spresso_run.json"
 
@@ -159,8 +160,17 @@ class TrainContext:
         self.is_main = self.rank == 0
         use_gpu = loop_config.get("_use_gpu", False) and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{self.local_rank}" if use_gpu else "cpu")
+        # The training clock (time limit and the elapsed seconds of a resumed run): make_clock.
+        self.clock: TrainClock | None = None
+        self._resumed_elapsed = 0.0
         mlflow_info = loop_config.get("_mlflow")
         self.run = StageRun.attach(mlflow_info["run_id"], mlflow_info["tracking_uri"]) if (mlflow_info and self.is_main) else None
+
+    def make_clock(self, total_steps: int) -> TrainClock:
+        """The stage's :class:`TrainClock`: ``time_limit_s`` from the driver, elapsed seconds from the
+        checkpoint resumed (call it after :meth:`latest_checkpoint`)."""
+        self.clock = TrainClock(self.config.get("time_limit_s"), total_steps, self._resumed_elapsed)
+        return self.clock
 
     # -- distributed helpers -------------------------------------------------------------
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -193,6 +203,7 @@ class TrainContext:
             yield None
             return
         with ckpt.as_directory() as d:
+            self._resumed_elapsed = TrainClock.saved_elapsed(Path(d))
             yield Path(d)
 
     def report(self, metrics: dict[str, Any], step: int, save: Callable[[Path], None] | None = None) -> None:
@@ -204,6 +215,8 @@ class TrainContext:
             # once it has been persisted to the storage path.
             tmp = tempfile.mkdtemp(prefix=f"spresso-ckpt-{step:09d}-")
             save(Path(tmp))
+            if self.clock is not None:
+                self.clock.save(Path(tmp))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:09d}",
                              delete_local_checkpoint_after_upload=True)
         else:

@@ -176,7 +176,8 @@ def train_loop(config: dict) -> None:
             ctx.log_metrics({f"kmeans_init_rel_mse_m{m + 1}": v for m, v in enumerate(curve)}, step=0)
     core = model
     model = ctx.prepare_model(model)
-    opt, sched = make_optimizer(core, s)
+    clock = ctx.make_clock(total)  # a time limit stops the epochs early and runs the cosine on its clock
+    opt, sched = make_optimizer(core, s, clock.schedule_step)
     if state_t:
         load_optimizer(opt, state_t, state["optimizer"])
         sched.last_epoch = step
@@ -201,7 +202,8 @@ def train_loop(config: dict) -> None:
     # The Ray Data feed (prefetched, seeded by seed, rank and the resume step), or None: read here, as before.
     feed = vector_batches(config, q.batch_size, seed=q.seed, rank=ctx.rank, world_size=ctx.world_size, start=step,
                           prefetch_batches=q.prefetch_batches)
-    while step < total:
+    clock.start()
+    while step < total and not clock.spent():
         usage = torch.zeros(core.M, core.spec.K, device=ctx.device)
         last = None
         batches = itertools.islice(feed, steps_per_epoch) if feed is not None else src.epoch_batches(
@@ -211,11 +213,13 @@ def train_loop(config: dict) -> None:
             info, codes = train_step(model, opt, sched, xn, s, autocast=ctx.autocast(), usage=usage, stats=stats)
             last = (xn, codes)
             step += 1
+            clock.tick(ctx.device)
+            done = step >= total or clock.spent()
             if step % 10 == 0 or step == 1:
                 ctx.log_metrics({k: v for k, v in info.items()}, step=step)
                 log.info("step %d/%d loss %.4f train_mse %.4f", step, total, info["loss_recon"], info["train_mse"])
             end_of_epoch = step % steps_per_epoch == 0
-            if step % q.valid_every == 0 or end_of_epoch or step >= total:
+            if step % q.valid_every == 0 or end_of_epoch or done:
                 metrics = {}
                 if ctx.is_main:
                     metrics = validate()
@@ -225,7 +229,7 @@ def train_loop(config: dict) -> None:
                     ctx.log_metrics({**metrics, "best_val_mse": best["val_mse"]}, step=step)
                     log.info("step %d val_mse %.4f (best %.4f at %d)", step, metrics["val_mse"], best["val_mse"], best["step"])
                 ctx.report(metrics, step, save=save)
-            if end_of_epoch or step >= total:
+            if end_of_epoch or done:
                 break
         epoch += 1
         if last is not None:
@@ -336,6 +340,7 @@ TRAIN_QINCO2 = TrainingStage(
     publish=publish_quantizer,
     reuse=False,  # every call trains (and compares against faiss RQ anew)
     feeds=vector_feeds,
+    budget_share="qinco2",
 )
 
 

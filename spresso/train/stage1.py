@@ -254,7 +254,7 @@ def dae_stage(stage: str, loop: Callable[[dict], None], find_inputs: Callable[..
     return TrainingStage(name=f"train_{stage}", section=lambda cfg: getattr(cfg.dae, stage), loop=loop,
                          find_inputs=find_inputs, key_config=dae_key_config(stage),
                          output=lambda cfg: stage_output(cfg, stage), job_name=lambda cfg: f"dae-{stage}-t{cfg.dae.t}",
-                         feeds=latent_feeds(lambda cfg: getattr(cfg.dae, stage), caches))
+                         feeds=latent_feeds(lambda cfg: getattr(cfg.dae, stage), caches), budget_share=stage)
 
 
 TRAIN_STAGE1 = dae_stage("stage1", train_loop, find_inputs, lambda lc: caption_caches(lc["x0_path"], lc["captions_path"]))
