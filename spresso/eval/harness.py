@@ -59,7 +59,8 @@ from spresso.runtime.placement import ray_options
 
 log = logging.getLogger(__name__)
 REFERENCE = "_original"  # the originals' embeddings live in the cache like a codec's
-RESERVED = {"reference", "original", "anchor_lp3k5", REFERENCE}
+ANOTHER_CLIP = "another-clip"  # the unrelated-clip floor's row (eval.floors)
+RESERVED = {"reference", "original", "anchor_lp3k5", REFERENCE, "another-clip"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -82,6 +83,8 @@ class HarnessSettings:
     # Solver for bundle specs that name none (None: the bundle's own); with diffusion_steps, the
     # primary row of eval.samplers when the config lists samplers.
     diffusion_solver: str | None = None
+    # The unrelated-clip floor: a row scoring each clip against the next clip of the set.
+    floors: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "HarnessSettings":
@@ -90,7 +93,7 @@ class HarnessSettings:
         return cls(e.embedding, e.embedding_checkpoint, e.n_boot, e.level, e.seed, e.example_clips, e.variations,
                    primary.steps if primary else e.diffusion_steps, e.cpus_per_task or cfg.runtime.actor_cpus, e.gpus_per_task,
                    max_tasks=e.max_tasks, label=e.label, accelerator=e.accelerator,
-                   diffusion_solver=primary.name if primary else None)
+                   diffusion_solver=primary.name if primary else None, floors=e.floors)
 
     def adapter_defaults(self) -> dict:
         """What a codec spec leaves unsaid: steps, and the solver for bundles."""
@@ -346,7 +349,25 @@ class Harness:
                 row.actual_bitrate_bps = 8.0 * res.per_clip["num_bytes"].sum() / res.per_clip["seconds"].sum()
                 row.metrics = self._metrics(ref_emb, [e["emb"] for e in entries], res.per_clip)
             results[name] = res
+        if s.floors:
+            results[ANOTHER_CLIP] = self._another_clip(ref_emb)
         return EvalResult(self.set, results)
+
+    def _another_clip(self, ref_emb: list[np.ndarray]) -> CodecResult:
+        """The unrelated-clip floor: each clip "decoded" as the next real clip of the set (cosine, mel,
+        SI-SDR against its own original). No set-level distances: the clips come from the set's own
+        distribution, so its FAD/KAD would say nothing."""
+        s, e = self.settings, self.settings.embedding
+        waves = [c.wave for c in self.set.clips]
+        n = min(w.shape[-1] for w in waves)
+        ref = np.stack([w[:n] for w in waves])
+        other = np.roll(ref, -1, axis=0)
+        means = np.stack([x.mean(0) for x in ref_emb])
+        per_clip = {"si_sdr": si_sdr(other, ref), "mel": mel_distance(other, ref),
+                    f"{e}_cos": cosine_similarity(means, np.roll(means, -1, axis=0))}
+        row = ResultRow("Floor", "another real clip")
+        row.metrics = {k: bootstrap_mean(np.asarray(v, np.float64), s.n_boot, s.level, s.seed) for k, v in per_clip.items()}
+        return CodecResult(ANOTHER_CLIP, "", row, per_clip=per_clip)
 
     def _metrics(self, ref_emb: list[np.ndarray], emb: list[np.ndarray], per_clip: dict) -> dict[str, Interval]:
         # BLAS threads beyond half the cores thrash on a shared machine (FAD's eighs got 8x slower)
@@ -391,7 +412,7 @@ class Harness:
             versions = {"original": folder / "reference.wav"}
             write_audio(versions["original"], np.clip(clip.wave, -1, 1), EVAL_RATE, subtype="PCM_16")
             for name, res in result.codecs.items():
-                if res.row.note:
+                if res.row.note or not res.spec:  # no audio of its own (the unrelated-clip floor)
                     continue
                 entry = ResultCache(self.cache_dir, codec_id(name, res.spec, self.settings)).get(clip, need_audio=True)
                 path = folder / f"{name}.wav"
@@ -436,7 +457,7 @@ def run_evaluation(cfg, codecs: dict[str, str], *, split: str | None = None, fol
     if use_ray:
         init_ray(cfg.runtime)
     key = digest_json({"set": eval_set.digest, "codecs": {n: codec_id(n, s, settings) for n, s in codecs.items()},
-                       "n_boot": settings.n_boot, "level": settings.level})
+                       "n_boot": settings.n_boot, "level": settings.level, **({"floors": True} if settings.floors else {})})
     # Local folders for the writers (audio, plots, npz); on object storage the results cache is
     # fetched first and both are published when the stage succeeds.
     with storage.staged(storage.join(base, "cache")) as cache_dir, storage.staged(out_dir, replace=True) as out, \

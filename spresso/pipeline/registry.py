@@ -126,8 +126,10 @@ def evaluate_stage(cfg, ctx: StageContext) -> StageResult:
 
     # The point's bundle (a row per eval.samplers entry, the first primary) next to the AudioAE alone
     # (its upper bound), on the shards' eval split.
+    # eval.baselines add their rows (e.g. Opus at 6/8/12 kbps), eval.floors the silent output's.
     codecs = {**bundle_rows(ctx.point.name, ctx.inputs["bundle"].uri, cfg.eval),
-              "audioae": f"audioae:{ctx.inputs['audioae'].uri}"}
+              "audioae": f"audioae:{ctx.inputs['audioae'].uri}", **cfg.eval.baselines,
+              **({"silence": "silence:"} if cfg.eval.floors else {})}
     _, run_id = run_evaluation(cfg, codecs, out_dir=ctx.outputs["report"], parent_run_id=ctx.parent_run_id,
                                progress=False)
     return StageResult({}, run_id)

@@ -28,6 +28,7 @@ from spresso.eval.adapter import CodecAdapter
 from spresso.eval.baselines.audioae import AudioAEAdapter
 from spresso.eval.baselines.bundle import BundleAdapter
 from spresso.eval.baselines.dae import RQAdapter, Stage1Adapter
+from spresso.eval.baselines.floors import SilenceAdapter
 from spresso.eval.baselines.neural import DACAdapter, SQCodecAdapter
 from spresso.eval.baselines.opus import OpusAdapter
 
@@ -73,6 +74,10 @@ def _sqcodec(arg, o, defaults):
     return SQCodecAdapter(arg, config=o.pop("config", "0k75bps"), device=o.pop("device", None))
 
 
+def _silence(arg, o, defaults):
+    return SilenceAdapter()
+
+
 def _spresso(arg, o, defaults):
     kbps = o.pop("kbps", None)
     codebooks = o.pop("codebooks", None)
@@ -81,7 +86,7 @@ def _spresso(arg, o, defaults):
 
 
 KINDS: dict[str, Callable] = {"opus": _opus, "audioae": _audioae, "stage1": _stage1, "rq": _rq, "dac": _dac,
-                              "sqcodec": _sqcodec, "spresso": _spresso}
+                              "sqcodec": _sqcodec, "spresso": _spresso, "silence": _silence}
 
 
 def _need(o: dict, key: str, kind: str) -> str:
