@@ -137,3 +137,27 @@ def test_training_rows_are_one_adapter_over_their_declarations():
     assert names == {"train_audioae": "train_audioae", "train_dit": "train_dit", "stage1": "train_stage1",
                      "qinco2": "qinco2", "stage3": "train_stage3"}
     assert all(s.opens_run and s.uses_ray for s in rows.values())
+
+
+def test_stage3_reads_its_upstream_where_the_dag_says_not_in_its_own_point_folder(tmp_path):
+    """Two points with the same t share one stage-1 run: the second point's stage 3 must find it (and
+    its z cache) where that run wrote them, not under its own point's folder."""
+    import torch
+
+    from spresso.core.checkpoint import save_checkpoint
+    from spresso.core.errors import SpressoError
+    from spresso.pipeline.stage import Artifact, StageContext
+    from spresso.train.stage3 import find_inputs
+
+    row = registry()["stage3"].fn
+    ctx = StageContext("stage3@b", "stage3", None, {
+        "stage1": Artifact("checkpoint", "/runs/a/stage1", "d1", "r1"), "z": Artifact("z_cache", "/runs/a/z.zarr", "d2", "r2"),
+        "quantizer": Artifact("checkpoint", "/runs/b/qinco2", "d3", "r3")}, {}, "k", None, None)
+    assert row.options(ctx) == {"stage1": "/runs/a/stage1", "z": "/runs/a/z.zarr", "quantizer": "/runs/b/qinco2"}
+
+    cfg = load_config("demo", [f"workdir={tmp_path}/work", "dae.t=9", "dae.points=[{t: 9, K: 256, M: 8, m: 4}]"])
+    elsewhere = save_checkpoint(tmp_path / "a" / "stage1", {"w": torch.zeros(1)}, kind="toy", config={})
+    with pytest.raises(SpressoError, match="no stage-1 checkpoint at .*work"):
+        find_inputs(cfg)  # its own folder has none
+    with pytest.raises(SpressoError, match=f"no quantizer at {tmp_path}/q"):
+        find_inputs(cfg, stage1=str(elsewhere), quantizer=str(tmp_path / "q"))  # found stage 1 where it was passed

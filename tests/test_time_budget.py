@@ -46,12 +46,15 @@ def test_budget_hours_split_by_share_over_the_runs_of_each_stage():
     minutes = {name: (m, runs) for name, m, runs in budget_table(cfg)}
     assert minutes["audioae"] == (pytest.approx(4 * 60 * 0.45), 1)
     assert minutes["dit"] == (pytest.approx(4 * 60 * 0.15), 1)
-    # stage 1 once per point, QINCo2 and stage 3 once per discrete point
-    assert minutes["stage1"] == (pytest.approx(4 * 60 * 0.15 / 3), 3)
+    # stage 1 once per model (the two t = 9 points share one), QINCo2 and stage 3 once per discrete point
+    assert minutes["stage1"] == (pytest.approx(4 * 60 * 0.15 / 2), 2)
     assert minutes["qinco2"] == (pytest.approx(4 * 60 * 0.05 / 2), 2)
     assert minutes["stage3"] == (pytest.approx(4 * 60 * 0.10 / 2), 2)
     total = sum(m * runs for m, runs in minutes.values())
     assert total == pytest.approx(4 * 60 * 0.9)  # the rest is left to the caches, export and evaluation
+    # a point that trains its own stage 1 (an override) is a model of its own
+    own = load_config("demo", ["budget_hours=4", POINTS.replace("K: 1024, m: 12}", "K: 1024, m: 12, overrides: {dae.stage1.lr: 0.01}}")])
+    assert dict((n, r) for n, _, r in budget_table(own))["stage1"] == 3
 
 
 def test_a_section_limit_wins_over_its_share_and_nothing_is_limited_without_either():

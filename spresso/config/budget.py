@@ -4,8 +4,8 @@
     budget: {audioae: 0.45, dit: 0.15, stage1: 0.15, qinco2: 0.05, stage3: 0.10}
 
 The rule: a training stage of kind k trains for ``budget_hours x share_k / n_k`` hours of wall
-clock, where n_k is how many instances of it the pipeline runs (stage 1: one per operating point;
-QINCo2 and stage 3: one per discrete point). What the shares leave (here 10%) is for the stages that
+clock, where n_k is how many runs of it the pipeline makes (stage 1: one per distinct stage-1 model,
+i.e. per t unless a point overrides its training; QINCo2 and stage 3: one per discrete point). What the shares leave (here 10%) is for the stages that
 are not trained (shards, latent caches, export, evaluation), which are not limited. Shares are of
 wall-clock time with stages run one after another (the workstation preset sets
 ``pipeline.max_parallel: 1``); stages running side by side each still get their own share.
@@ -46,10 +46,14 @@ class BudgetShares(Section):
 
 
 def instances(cfg: SpressoConfig, share: ShareName) -> int:
-    """How many runs of this kind the pipeline makes (each gets an equal part of the share)."""
+    """How many runs of this kind the pipeline makes (each gets an equal part of the share). Points
+    with the same t and no stage-1 overrides of their own share one stage-1 model (the second reuses
+    the first's run), so stage 1 counts distinct models, not points."""
     points = cfg.pipeline.points
     if share == "stage1":
-        return max(1, len(points))
+        upstream = ("dae.", "dit.", "audioae.", "data.")  # what a branch's stage-1 model depends on
+        models = {(p.t, repr(sorted((k, v) for k, v in p.overrides.items() if k.startswith(upstream)))) for p in points}
+        return max(1, len(models))
     if share in ("qinco2", "stage3"):
         return max(1, sum(not p.continuous for p in points))
     return 1

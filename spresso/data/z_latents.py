@@ -144,10 +144,12 @@ def precompute_z(cfg: SpressoConfig, stage1_dir: str | None = None, *, overwrite
     return cache.path
 
 
-def precompute_zq(cfg: SpressoConfig, quantizer_dir: str, m: int, *, beam: int | None = None, progress: bool = True) -> str:
-    """Fill (or finish) the z_q cache (first m codebooks of the frozen quantizer) for stage 3; return its path."""
+def precompute_zq(cfg: SpressoConfig, quantizer_dir: str, m: int, *, beam: int | None = None, progress: bool = True,
+                  z_path: str | None = None) -> str:
+    """Fill (or finish) the z_q cache (first m codebooks of the frozen quantizer) for stage 3; return its path.
+    ``z_path``: the z cache to quantize (default: this point's, ``z_cache_path(cfg)``)."""
 
-    zpath = z_cache_path(cfg)
+    zpath = z_path or z_cache_path(cfg)
     if not ClipCache.exists(zpath) or not ClipCache.open(zpath, mode="r").complete:
         raise SpressoError(f"no complete z cache at {zpath}: run `spresso precompute-z` first")
     z = ClipCache.open(zpath, mode="r")

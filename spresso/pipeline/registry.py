@@ -231,7 +231,10 @@ ROWS: tuple[Stage, ...] = (
              reads={**X0, **DIT, "stage1": "stage1.checkpoint", "z": "precompute_z.z_cache", "quantizer": "qinco2.checkpoint"},
              writes={"checkpoint": _stage_final("stage3")}, config_keys=DAE_KEYS + ("dae.stage3",),
              point_keys=("t", "K", "m"), discrete_only=True, scales="dae.stage3.scaling",
-             description="f_phi + LoRA finetuned on z_q"),
+             description="f_phi + LoRA finetuned on z_q",
+             # the DAG's outputs, not this point's folders: a reused stage 1 / z cache lives where its run wrote it
+             options=lambda ctx: {"stage1": ctx.inputs["stage1"].uri, "z": ctx.inputs["z"].uri,
+                                  "quantizer": ctx.inputs["quantizer"].uri}),
     Stage("export", export_stage,
           reads={"audioae": "train_audioae.checkpoint", "dit": "train_dit.checkpoint", "stage1": "stage1.checkpoint",
                  "quantizer": "qinco2.checkpoint?", "stage3": "stage3.checkpoint?"},

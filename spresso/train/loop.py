@@ -71,9 +71,8 @@ def run_steps(ctx: TrainContext, *, desc: str, start: int, total: int, log_every
             sums[k] = sums.get(k, 0.0) + v
         count += 1
         units += result.units
-        before = clock.elapsed()
         clock.tick(ctx.device)  # one reading for every rank: they stop at the same step
-        bar.update(clock.elapsed() - before if clock.limited else 1)
+        bar.update(min(int(clock.elapsed()), bar.total) - bar.n if clock.limited else 1)  # whole seconds
         last = i == total or clock.spent()
         if i % log_every == 0 or last:
             metrics = {k: v / count for k, v in sums.items()}

@@ -65,21 +65,25 @@ def train_loop(loop_config: dict) -> None:
     dae_loop(loop_config, "stage3", dataset, init=from_stage1, z_fn=z_fn, total=loop_config["total_steps"])
 
 
-def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True) -> StageInputs:
-    """Stage 1's checkpoint, the quantizer, z and z_q (quantized with the first m codebooks, cached), captions."""
+def find_inputs(cfg: SpressoConfig, *, encoder=None, progress: bool = True, stage1: str | None = None,
+                quantizer: str | None = None, z: str | None = None, **_options) -> StageInputs:
+    """Stage 1's checkpoint, the quantizer, z and z_q (quantized with the first m codebooks, cached), captions.
+
+    ``stage1``, ``quantizer``, ``z``: where they are (default: this point's folders). The pipeline passes
+    its upstream outputs: a point that reused another point's stage 1 (same t) finds it there."""
     try:
         point = cfg.dae.point()
     except ValueError as err:
         raise SpressoError(str(err)) from None
-    stage1 = stage_output(cfg, "stage1")
+    stage1 = stage1 or stage_output(cfg, "stage1")
     if not has_checkpoint(stage1):
         raise SpressoError(f"no stage-1 checkpoint at {stage1}: run `spresso train stage1` first")
-    qdir = quantizer_dir(cfg)
+    qdir = quantizer or quantizer_dir(cfg)
     if not has_checkpoint(qdir):
         raise SpressoError(f"no quantizer at {qdir}: run `spresso train qinco2` on {z_cache_path(cfg)} first (or set dae.quantizer_dir)")
     x0_path, x0, captions = open_x0_inputs(cfg, encoder, progress)
-    zq_path = precompute_zq(cfg, qdir, point.m, beam=cfg.dae.stage3.quantize_beam, progress=progress)
-    z_path = absolute(z_cache_path(cfg))
+    z_path = absolute(z or z_cache_path(cfg))
+    zq_path = precompute_zq(cfg, qdir, point.m, beam=cfg.dae.stage3.quantize_beam, progress=progress, z_path=z_path)
     total = total_steps(cfg.dae.stage3, split_rows(x0_path, "train").size)
     inputs = {"stage1": digest_tree(stage1), "quantizer": digest_tree(qdir), "m": point.m,
               "z": ClipCache.open(z_path, mode="r").attrs, "text": captions.attrs}
