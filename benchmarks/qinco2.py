@@ -106,10 +106,13 @@ def train_qinco2(x: np.ndarray, s: Settings, log=print, held: np.ndarray | None 
     residual_kmeans_init(model, xn_all.numpy(), niter=20, seed=s.seed)
     budget = s.minutes * 60
     steps_per_epoch = max(1, len(x) // s.batch)
-    ts = TrainSettings(beam=s.beam, candidates=s.candidates, warmup_steps=10, total_steps=s.max_steps or 10 ** 9)
-    opt, sched = make_optimizer(model, ts)
+    # With max_steps: the schedule in steps. Else the schedule runs on the training clock: a nominal
+    # 1000 steps spread over the time budget (warm-up in its first 1%), whatever a step costs.
+    ts = TrainSettings(beam=s.beam, candidates=s.candidates, warmup_steps=10, total_steps=s.max_steps or 1000)
     rng = np.random.default_rng(s.seed)
     step, t0 = 0, time.time()
+    on_clock = None if s.max_steps is not None else (lambda _step: ts.total_steps * min(1.0, (time.time() - t0) / budget))
+    opt, sched = make_optimizer(model, ts, on_clock)
     trace: list[dict] = []
     next_trace = 0.0
 
@@ -134,10 +137,8 @@ def train_qinco2(x: np.ndarray, s: Settings, log=print, held: np.ndarray | None 
             xn = xn_all[idx]
             info, codes = train_step(model, opt, sched, xn, ts, usage=usage)
             step += 1
-            if step == 5 and s.max_steps is None:  # fit the cosine schedule to the time budget
-                ts.total_steps = max(10, int(budget / ((time.time() - t0) / 5)))
             if step % 10 == 0:
-                log(f"  step {step}/{ts.total_steps} train MSE (normalised) {info['train_mse']:.4f}  {time.time() - t0:.0f}s")
+                log(f"  step {step} train MSE (normalised) {info['train_mse']:.4f} lr {info['lr']:.2e}  {time.time() - t0:.0f}s")
             if trace and time.time() - t0 >= next_trace:
                 checkpoint_trace()
             if done():

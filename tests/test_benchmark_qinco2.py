@@ -69,3 +69,28 @@ def test_the_held_out_trace_starts_at_k_means_and_ends_at_the_trained_model():
     assert np.allclose(trace[-1]["rel_mse"], res.rows["QINCo2 beam 2 A 2"])
     text = bench.trace_table(res, s)
     assert text.count("\n") == len(trace) + 1 and "ratio m=3" in text
+
+
+def test_a_time_budgeted_run_spreads_its_cosine_over_the_budget(monkeypatch):
+    """Without max_steps the lr follows the clock: near the end of the budget it is near its floor,
+    however many steps fitted in (the old fit from the first 5 steps reached the floor early or never)."""
+    rng = np.random.default_rng(2)
+    train = rng.standard_normal((800, 4)).astype(np.float32)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench.time, "time", lambda: clock["now"])
+    lrs = []
+    real_step = bench.train_step
+
+    def step(*args, **kwargs):
+        clock["now"] += 6.0  # each step takes 6 s of a 60 s budget
+        info, codes = real_step(*args, **kwargs)
+        lrs.append(info["lr"])
+        return info, codes
+
+    monkeypatch.setattr(bench, "train_step", step)
+    s = bench.Settings(d=4, K=8, M=2, beam=2, candidates=2, batch=400, minutes=1.0)
+    model, info = bench.train_qinco2(train, s, log=lambda _: None)
+    assert info["steps"] == 11  # the step that starts at exactly 60 s is still inside the budget
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # past the warm-up (1% of the time) from the first step
+    assert lrs[-1] < 0.05 * max(lrs)  # the last step ran at the end of the cosine
+    assert lrs[4] > 0.5 * max(lrs)  # halfway through the time, halfway down a cosine at most
