@@ -60,7 +60,7 @@ from spresso.runtime.placement import ray_options
 log = logging.getLogger(__name__)
 REFERENCE = "_original"  # the originals' embeddings live in the cache like a codec's
 ANOTHER_CLIP = "another-clip"  # the unrelated-clip floor's row (eval.floors)
-RESERVED = {"reference", "original", "anchor_lp3k5", REFERENCE, "another-clip"}
+RESERVED = {"reference", "original", "anchor_lp3k5", REFERENCE, ANOTHER_CLIP}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 

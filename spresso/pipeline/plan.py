@@ -74,9 +74,8 @@ def describe(graph: PipelineGraph, selected: set[str] | None = None, measured: d
             mark.append("size unknown: set pipeline.corpus_hours")
         node_kind = "/".join(x for x in (r.label, r.accelerator) if x) or "-"  # label/accelerator asked for
         work = f"{e.work.units} {e.work.unit}" if e.work is not None and e.work.units else "-"
-        limit = stage_time_limit(node.cfg, node.kind)
-        if limit is not None:
-            work = f"{limit / 60:.0f} min" + (f" (<= {e.work.units} {e.work.unit})" if work != "-" else "")
+        if e.limit_seconds is not None:
+            work = f"{e.limit_seconds / 60:.0f} min" + (f" (<= {e.work.units} {e.work.unit})" if work != "-" else "")
         rows.append((n, ",".join(graph.parents(n)) or "-", f"{r.cpus:g}", f"{r.gpus:g}", str(r.workers), node_kind,
                      work, f"{e.cost.seconds:g}" if e.gpu_hours else "-", _source(e),
                      f"{e.gpu_hours:.1f}" if e.gpu_hours else "-", "; ".join(mark)))

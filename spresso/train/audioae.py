@@ -79,7 +79,7 @@ class AudioAETrainer:
         self.opt_g, self.opt_d = adamw(self.generator), adamw(self.discriminator)
         # DAC's exponential decay, lr x gamma^step, read on the training clock: with a time limit
         # the whole decay (gamma^steps) is spread over the limit (spresso.train.clock).
-        self.clock: TrainClock | None = None
+        self.clock = TrainClock()  # no limit: the step itself; the train loop sets the stage's clock
         decay = lambda step: tc.lr_gamma ** self.schedule_step(step)  # noqa: E731
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
@@ -87,8 +87,7 @@ class AudioAETrainer:
 
     def schedule_step(self, step: int | None = None) -> float:
         """The step the schedules read (the step itself unless a time limit runs the clock ahead)."""
-        step = self.step if step is None else step
-        return self.clock.schedule_step(step) if self.clock is not None else float(step)
+        return self.clock.schedule_step(self.step if step is None else step)
 
     @property
     def model(self) -> AudioAE:

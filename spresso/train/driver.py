@@ -162,16 +162,16 @@ def run_training(stage: TrainingStage, cfg: SpressoConfig, *, parent_run_id: str
     feeds = stage.feeds(cfg, inputs) if stage.feeds is not None else {}
     require_local_resources(training_needs(scaling, feeds),
                             f"{stage.name}'s scaling" + (" and one Ray Data read task" if feeds else ""))
+    limit = stage.time_limit(cfg)
     job = TrainJob(name=name, loop=stage.loop, storage_path=train_storage, scaling=scaling,
                    loop_config={"cfg": cfg.to_dict(), "threads": max(1, int(scaling.cpus_per_worker)),
-                                "time_limit_s": stage.time_limit(cfg),
+                                "time_limit_s": limit,
                                 "run_dir": f"{train_storage}/{name}", **inputs.loop_config,
                                 FEEDS_KEY: {k: f.summary() for k, f in feeds.items()}},
                    datasets={k: f.dataset for k, f in feeds.items()})
     upstream = {k: v for k, v in inputs.upstream.items() if v} or None
     with stage_run(stage.name, cfg, key=key, parent_run_id=parent_run_id, upstream=upstream,
                    resume_run_id=resumable_run_id(train_storage, name, uri), extra_tags=inputs.tags or None) as run:
-        limit = stage.time_limit(cfg)
         params = {**inputs.params, **({"time_limit_minutes": round(limit / 60, 2)} if limit is not None else {})}
         if params:
             run.log_params(params)
