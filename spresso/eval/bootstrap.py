@@ -99,9 +99,13 @@ def bootstrap_kad(
 ) -> Interval:
     """KAD (x ``scale``) with a paired clip bootstrap; bandwidth fixed from the full reference set.
 
-    A resample with multiplicities w_c is scored with the same unbiased estimator, where pairs
-    between two copies of one clip are left out like the i = j diagonal (they would add k = 1
-    terms and bias the within-set sums upwards). With w = 1 it equals the point estimate.
+    A resample with multiplicities w_c is scored with the same unbiased estimator, stratified by
+    kind of pair: pairs between two copies of one clip are left out like the i = j diagonal (they
+    would add k = 1 terms), and so are cross pairs between one copy's original and another copy's
+    reconstruction; pairs inside one clip (and, across the sets, a clip's original with its own
+    reconstruction) keep the share of all pairs they have in the full sample. Without that, a
+    close codec's near-duplicate pairs were over-counted and every draw fell below the estimate.
+    With w = 1 it equals the point estimate.
     """
     ref, cand = _paired(reference, candidate, "KAD")
     kr = KADReference(ref, bandwidth, scale)
@@ -114,11 +118,23 @@ def bootstrap_kad(
     sxy = _block_sums(kxy, ref.owner, cand.owner, n)
     w = _counts(np.random.default_rng(seed), n, n_boot).astype(float)  # [n_boot, n]
 
-    def within(s, inner, f):
-        total = np.einsum("bi,ij,bj->b", w, s, w) - (w * w) @ np.diag(s) + w @ inner
-        pairs = (w @ f) ** 2 - (w * w) @ (f * f) + w @ (f * (f - 1.0))
-        return total / pairs
+    def mix(share, total_a, pairs_a, total_b, pairs_b):
+        # Each kind of pair averaged over the resample, then weighted by its share of the full
+        # sample's pairs: duplicated clips change how often a kind occurs, not its weight.
+        a = np.divide(total_a, pairs_a, out=np.zeros_like(total_a), where=pairs_a > 0)
+        return share * a + (1.0 - share) * total_b / pairs_b
 
-    cross = np.einsum("bi,ij,bj->b", w, sxy, w) / ((w @ fx) * (w @ fy))
+    def within(s, inner, f):
+        # pairs of frames of one clip (one copy's own, i != j) and of two different clips; the
+        # pairs between two copies of one clip are left out like the i = j diagonal
+        inner_share = (f * (f - 1.0)).sum() / (f.sum() ** 2 - f.sum())
+        between = np.einsum("bi,ij,bj->b", w, s, w) - (w * w) @ np.diag(s)
+        return mix(inner_share, w @ inner, w @ (f * (f - 1.0)), between, (w @ f) ** 2 - (w * w) @ (f * f))
+
+    # cross pairs: a copy's original with its own reconstruction, and clips with other clips (never
+    # one copy's original with another copy's reconstruction: for a close codec a near-duplicate)
+    same_share = (fx * fy).sum() / (fx.sum() * fy.sum())
+    diff = np.einsum("bi,ij,bj->b", w, sxy, w) - (w * w) @ np.diag(sxy)
+    cross = mix(same_share, w @ np.diag(sxy), w @ (fx * fy), diff, (w @ fx) * (w @ fy) - (w * w) @ (fx * fy))
     draws = (within(sxx, ixx, fx) + within(syy, iyy, fy) - 2.0 * cross) * scale
     return _interval(value, draws, level, n_boot)
