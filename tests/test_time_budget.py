@@ -297,3 +297,24 @@ def test_the_qinco2_stage_stops_on_its_time_limit_inside_an_epoch_budget(tmp_pat
     assert run.data.params["time_limit_minutes"] == "0.05" and run.info.status == "FINISHED"
     steps = [m.step for m in MlflowClient(mlflow_env).get_metric_history(out["run_id"], "train_mse")]
     assert 1 <= max(steps) < 100000  # 100000 epochs of 8 steps were allowed; 3 seconds ended them
+
+
+def test_the_plans_share_table_agrees_with_the_stage_declarations():
+    """budget.STAGE_SHARES (torch-free, for the plan) repeats what each TrainingStage declares: the same
+    share of budget_hours and the same section, so the dry run's minutes are the ones the stage trains."""
+    from spresso.config.budget import STAGE_SHARES, stage_time_limit
+    from spresso.train.audioae import TRAIN_AUDIOAE
+    from spresso.train.dit import TRAIN_DIT
+    from spresso.train.qinco2 import TRAIN_QINCO2
+    from spresso.train.stage1 import TRAIN_STAGE1
+    from spresso.train.stage3 import TRAIN_STAGE3
+
+    declared = {"train_audioae": TRAIN_AUDIOAE, "train_dit": TRAIN_DIT, "stage1": TRAIN_STAGE1,
+                "qinco2": TRAIN_QINCO2, "stage3": TRAIN_STAGE3}
+    assert set(declared) == set(STAGE_SHARES)
+    cfg = load_config("workstation", ["budget_hours=3", "dit.train.time_limit_minutes=7"])
+    for kind, stage in declared.items():
+        share, section = STAGE_SHARES[kind]
+        assert stage.budget_share == share, kind
+        assert stage.section(cfg) is section(cfg), kind
+        assert stage.time_limit(cfg) == stage_time_limit(cfg, kind) is not None, kind
