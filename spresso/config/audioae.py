@@ -68,6 +68,10 @@ class AudioAETrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     lr_gamma: float = Field(0.999996, gt=0, le=1)  # ExponentialLR, stepped every step
     grad_clip: float = Field(1000.0, gt=0)  # the generator's (DAC: 1000)
+    # EDM2's power-function EMA of the generator's weights (spresso.diffusion.ema; its profile width
+    # relative to the run's length), or null for none (DAC's recipe). With it, validation and the
+    # published model.safetensors are the averaged weights; the raw ones stay in the training state.
+    ema_std: Optional[float] = Field(None, gt=0, lt=0.28)
     # The discriminators' own clip (DAC: 10): they see raw waveforms and their gradients spike far
     # above the generator's; at 1000 the clip never acted and one bad batch could wreck D.
     disc_grad_clip: float = Field(10.0, gt=0)

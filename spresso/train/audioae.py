@@ -13,6 +13,7 @@ from the worker's own reader (:mod:`spresso.data.crops`, ``in_worker``); its val
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import tempfile
 import time
@@ -40,6 +41,7 @@ from spresso.core.storage import absolute, is_file, join
 from spresso.data.audio_feed import crop_batches, crop_dataset
 from spresso.data.crops import CropStream, load_valid_clips, segment_samples
 from spresso.data.reader import read_dataset_info, shard_paths
+from spresso.diffusion.ema import EMA
 from spresso.models.audioae import CHECKPOINT_KIND, AudioAE
 from spresso.models.discriminators import AudioDiscriminator
 from spresso.models.mel import MultiScaleMel
@@ -83,6 +85,9 @@ class AudioAETrainer:
         decay = lambda step: tc.lr_gamma ** self.schedule_step(step)  # noqa: E731
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
+        # The averaged generator (ema_std set): what validation scores and the checkpoint publishes.
+        self.ema = EMA(self.model, tc.ema_std) if tc.ema_std else None
+        self._averaged: AudioAE | None = None
         self.step = 0
 
     def schedule_step(self, step: int | None = None) -> float:
@@ -92,6 +97,15 @@ class AudioAETrainer:
     @property
     def model(self) -> AudioAE:
         return unwrap(self.generator)
+
+    def published(self) -> AudioAE:
+        """The generator a checkpoint publishes: the EMA weights when ``ema_std`` is set, else the
+        trained ones (a separate module, so training keeps its raw weights)."""
+        if self.ema is None:
+            return self.model
+        if self._averaged is None:
+            self._averaged = copy.deepcopy(self.model)
+        return self.ema.copy_to(self._averaged)
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         """One step on a batch ``[B, n]``: D update (once started), then G update. Returns losses."""
@@ -132,6 +146,8 @@ class AudioAETrainer:
         loss_g.backward()
         out["grad_norm/g"] = float(torch.nn.utils.clip_grad_norm_(self.generator.parameters(), tc.grad_clip))
         self.opt_g.step()
+        if self.ema is not None:
+            out["ema_beta"] = self.ema.update(self.model)
         # The lr decays every step (gamma 0.999996) for both networks, as in DAC. D's decays
         # from step 0 too, before D first steps (GAN warm-up), which PyTorch warns about: intended.
         self.sched_g.step()
@@ -149,20 +165,33 @@ class AudioAETrainer:
         g_tensors, g_meta = optimizer_tensors(self.opt_g, "optim_g")
         d_tensors, d_meta = optimizer_tensors(self.opt_d, "optim_d")
         disc = {f"disc.{k}": v for k, v in unwrap(self.discriminator).state_dict().items()}
+        state_meta = {"step": self.step, "optim_g": g_meta, "optim_d": d_meta,
+                      "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()}
+        weights, raw = self.model.state_dict(), {}
+        if self.ema is not None:
+            weights = self.ema.state_dict()
+            raw = {f"gen.{k}": v for k, v in self.model.state_dict().items()}
+            state_meta["ema_updates"] = self.ema.num_updates
         return save_checkpoint(
-            directory, self.model.state_dict(), kind=CHECKPOINT_KIND, config=config,
+            directory, weights, kind=CHECKPOINT_KIND, config=config,
             meta={"step": self.step, "frame_rate": self.model.frame_rate, **(meta or {})},
-            state={**disc, **g_tensors, **d_tensors},
-            state_meta={"step": self.step, "optim_g": g_meta, "optim_d": d_meta,
-                        "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()},
+            state={**disc, **raw, **g_tensors, **d_tensors}, state_meta=state_meta,
         )
 
     def restore(self, directory: str | Path) -> int:
         """Load a checkpoint written by :meth:`save` (strict) and return its step."""
-        load_strict(self.model, {k: v.to(self.device) for k, v in load_weights(directory).items()}, what="audioae")
+        weights = {k: v.to(self.device) for k, v in load_weights(directory).items()}
         tensors, meta = load_state(directory)
         if "step" not in meta:
             raise CheckpointError(f"{directory}: no training state to resume from")
+        if (self.ema is not None) != ("ema_updates" in meta):
+            raise CheckpointError(f"{directory}: checkpoint {'has no' if self.ema is not None else 'has an'} EMA of the "
+                                  "generator, the config (audioae.train.ema_std) says otherwise")
+        if self.ema is not None:
+            # model.safetensors holds the average; the raw weights resume from the state.
+            self.ema.load_state_dict(weights, meta["ema_updates"])
+            weights = {k[len("gen."):]: v.to(self.device) for k, v in tensors.items() if k.startswith("gen.")}
+        load_strict(self.model, weights, what="audioae")
         disc = {k[len("disc."):]: v.to(self.device) for k, v in tensors.items() if k.startswith("disc.")}
         load_strict(unwrap(self.discriminator), disc, what="audioae discriminator")
         load_optimizer(self.opt_g, tensors, meta["optim_g"], "optim_g")
@@ -243,11 +272,12 @@ def train_loop(loop_config: dict) -> None:
     def validate(i: int, last: bool) -> dict[str, float]:
         if not (ctx.is_main and (i % tc.valid_every == 0 or last)) or not valid:
             return {}
-        metrics = evaluate_reconstruction(trainer.generator, valid, ctx.device, ctx.autocast)
+        model = trainer.published()
+        metrics = evaluate_reconstruction(model, valid, ctx.device, ctx.autocast)
         ctx.log_metrics(metrics, i)
         if tc.audio_examples:
             with tempfile.TemporaryDirectory() as tmp:
-                write_examples(trainer.generator, valid[: tc.audio_examples], Path(tmp), ctx.device)
+                write_examples(model, valid[: tc.audio_examples], Path(tmp), ctx.device)
                 for f in sorted(Path(tmp).iterdir()):
                     ctx.log_artifact(f, f"examples/step-{i:07d}")
         return metrics
