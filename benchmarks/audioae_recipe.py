@@ -1,6 +1,7 @@
 """The AudioAE's small-compute recipe, one ablation row per change, in one command (issue 19, item 2).
 
-Every row trains the workstation preset's AudioAE (``configs/workstation.yaml``) with one change,
+Every row trains the workstation preset's AudioAE (``configs/workstation.yaml``, its model pinned to the
+width-128 recipe the ablation started from: ``BASE``) with one change,
 on the same shards, for the same wall-clock minutes (``audioae.train.time_limit_minutes``: the
 lr decay and GAN start run on the training clock, so each row gets its whole schedule), on the
 same number of cores (``--cores-per-row``; rows run ``--parallel`` at a time). The test split is
@@ -29,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Each row: the --set overrides on top of the workstation preset. "base" is the preset itself.
+# The recipe the rows change: the workstation preset as it was before this ablation (the demo's
+# width-128 model), pinned so the table stays the same after the preset adopted a row.
+BASE = ["audioae.model.width=128", "audioae.model.intermediate=384"]
+# Each row: the --set overrides on top of BASE.
 ROWS: dict[str, list[str]] = {
     "base": [],
     "no_gan": ["audioae.train.disc_start_step=100000000"],       # reconstruction losses for the whole budget
@@ -73,7 +77,7 @@ def train_row(name: str, overrides: list[str], args, data: Path) -> dict:
                                                   "--set", f"audioae.train.scaling.cpus_per_worker={args.cores_per_row}",
                                                   "--set", f"audioae.train.time_limit_minutes={args.minutes}",
                                                   "--set", "audioae.train.valid_every=1000"]
-    for o in overrides:
+    for o in BASE + overrides:  # later --set wins: a row's own change over BASE
         sets += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.cores_per_row)}
     t0 = time.time()
