@@ -31,8 +31,9 @@ demo: install
 rehearsal: install
 	$(BIN)/python -m spresso.rehearsal $(REHEARSAL_ARGS)
 
+# --durations: every run's log names its slowest tests (the suite's target is well under 20 minutes).
 test: install
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests --durations=25 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
