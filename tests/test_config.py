@@ -110,3 +110,14 @@ def test_cache_keys_leave_out_run_knobs():
         assert key_settings(section(cfg)) == key_settings(section(other))
     assert "scaling" not in key_settings(cfg.qinco2) and "valid_every" in key_settings(cfg.qinco2)
     assert key_settings(cfg.dit.train) != key_settings(load_config("demo", ["dit.train.lr=0.5"]).dit.train)
+
+
+def test_an_unset_optional_setting_leaves_the_cache_key_as_it_was():
+    from spresso.config.scaling import key_settings
+
+    cfg = load_config("demo")
+    assert cfg.audioae.train.ema_std is None and cfg.audioae.train.time_limit_minutes is None
+    plain = key_settings(cfg.audioae.train)
+    assert "ema_std" not in plain and "time_limit_minutes" not in plain
+    ema = key_settings(load_config("demo", ["audioae.train.ema_std=0.05"]).audioae.train)
+    assert ema["ema_std"] == 0.05 and ema != plain

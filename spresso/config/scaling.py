@@ -69,7 +69,12 @@ def scaling_field(**defaults: Any) -> Any:
 
 
 def key_settings(section: Section) -> dict[str, Any]:
-    """The section as JSON without its run knobs (scaling, logging, checkpoint cadence): what the key hashes."""
+    """The section as JSON without its run knobs (scaling, logging, checkpoint cadence): what the key hashes.
+
+    Unset (null) settings are left out too: a new optional setting whose null keeps the old behaviour
+    (an EMA, a time limit) then leaves every existing cache key as it was, so adding one does not
+    retrain every stage of every workdir. No two configs of one schema collide: a null field and a set
+    one still differ by the key being there."""
     knobs = {name for name, field in type(section).model_fields.items()
              if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(RUN_KNOB)}
-    return section.model_dump(mode="json", exclude=knobs)
+    return section.model_dump(mode="json", exclude=knobs, exclude_none=True)
