@@ -62,3 +62,11 @@ def test_assumed_figures_are_flagged_and_a_gpu_suite_json_replaces_them(tmp_path
     path.write_text(json.dumps({**suite, "smoke": True}))
     with pytest.raises(SpressoError, match="--smoke"):
         load_cost_table(path)
+
+
+def test_an_unset_corpus_size_is_reported_as_unknown_not_as_zero_hours(capsys):
+    assert main(["pipeline", "run", "workstation", "--dry-run", "--set", "pipeline.inputs=[/data/my-sfx]"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset: size unknown (reads /data/my-sfx)" in out and "0 h (pipeline.corpus_hours)" not in out
+    assert main(["pipeline", "run", "paper", "--dry-run"]) == 0
+    assert "dataset: 4860 h (pipeline.corpus_hours)" in capsys.readouterr().out

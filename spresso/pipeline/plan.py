@@ -96,7 +96,11 @@ def cost_lines(graph: PipelineGraph, est: dict[str, Estimate], selected: set[str
     pc = next(iter(graph)).cfg.pipeline
     clips, train = corpus_clips(next(iter(graph)).cfg)
     total = sum(e.gpu_hours for n, e in est.items() if selected is None or n in selected)
-    lines = [f"dataset: {pc.corpus_hours:g} h (pipeline.corpus_hours) = {clips:,} clips, {train:,} in train"]
+    if pc.corpus_hours:
+        lines = [f"dataset: {pc.corpus_hours:g} h (pipeline.corpus_hours) = {clips:,} clips, {train:,} in train"]
+    else:  # the epoch-based stages and caches are then not estimated; say so rather than print "0 h"
+        read = f" (reads {', '.join(pc.inputs)})" if pc.inputs else ""
+        lines = [f"dataset: size unknown{read}; set pipeline.corpus_hours for the epoch-based estimates"]
     sources: dict[str, list[str]] = {}
     for n, e in est.items():
         if e.gpu_hours:
