@@ -241,7 +241,9 @@ def main() -> None:
     ap.add_argument("--audioae", help="downstream rows: the AudioAE checkpoint folder")
     ap.add_argument("--clips", help="downstream rows: a folder of held-out audio clips")
     ap.add_argument("--n-clips", type=int, default=8)
-    ap.add_argument("--m", type=int, default=4, help="downstream rows: codebooks used (equal bits for both)")
+    ap.add_argument("--clip-stride", type=int, default=10,
+                    help="downstream rows: every this many files of --clips (1 when the folder holds only held-out files)")
+    ap.add_argument("--m", default="4", help="downstream rows: codebooks used (equal bits for both); a list: 4,12")
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--embedding", default="aisfx", help="downstream rows: embedding model for the cosine")
     args = ap.parse_args()

@@ -94,3 +94,16 @@ def test_a_time_budgeted_run_spreads_its_cosine_over_the_budget(monkeypatch):
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # past the warm-up (1% of the time) from the first step
     assert lrs[-1] < 0.05 * max(lrs)  # the last step ran at the end of the cosine
     assert lrs[4] > 0.5 * max(lrs)  # halfway through the time, halfway down a cosine at most
+
+
+def test_downstream_clips_take_every_stride_th_file_padded_to_one_window(tmp_path):
+    import downstream_qinco2 as down  # benchmarks/downstream_qinco2.py
+    import soundfile as sf
+
+    for i in range(12):  # 1 s each, a distinct constant so the files can be told apart
+        sf.write(tmp_path / f"f{i:02d}.wav", np.full(48000, (i + 1) / 100, np.float32), 48000)
+    every_10th = down.held_out_clips(str(tmp_path), n=8)
+    every_file = down.held_out_clips(str(tmp_path), n=5, stride=1)
+    assert [round(float(c[0]), 2) for c in every_10th] == [0.01, 0.11]
+    assert [round(float(c[0]), 2) for c in every_file] == [0.01, 0.02, 0.03, 0.04, 0.05]
+    assert all(c.shape == (down.WINDOW,) and not c[48000:].any() for c in every_10th + every_file)
