@@ -28,10 +28,13 @@ def gpu_peak(name: str) -> tuple[float | None, str | None]:
 
 def dit_batch(batch: int, channels: int, frames: int, text_dims: tuple[int, int], device, *, tokens: int = 32,
               seed: int = 0) -> dict:
-    """A seeded DiT training batch: x0 [batch, channels, frames] and a text embedding whose first 12 tokens are real."""
+    """A seeded DiT training batch: x0 [batch, channels, frames], a text embedding whose first 12 tokens are real,
+    and valid_frames: every other clip padded after half its frames, as short sound effects are (what stage 1
+    and 3 mask with ``dae.encoder.mask_padding``; the DiT ignores it)."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(batch, tokens, dtype=torch.bool)
     mask[:, :12] = True
     return {"x0": torch.randn(batch, channels, frames, generator=g).to(device),
             "text": torch.randn(batch, tokens, text_dims[0], generator=g).to(device), "text_mask": mask.to(device),
-            "pooled": torch.randn(batch, text_dims[1], generator=g).to(device)}
+            "pooled": torch.randn(batch, text_dims[1], generator=g).to(device),
+            "valid_frames": torch.tensor([frames if i % 2 == 0 else frames // 2 for i in range(batch)]).to(device)}

@@ -30,10 +30,10 @@ from spresso.train.stage1 import DAETrainer, save_dae_checkpoint
 C, TD, PD, T_POOL, ZC = 8, 12, 10, 100, 6
 
 
-def config(t: int = T_POOL, K: int = 16, M: int = 4, m: int = 3) -> SpressoConfig:
+def config(t: int = T_POOL, K: int = 16, M: int = 4, m: int = 3, mask_padding: bool = False) -> SpressoConfig:
     ae = AudioAEConfig(model=AudioAEModelConfig(latent_dim=C, width=16, blocks=1, intermediate=32))
     dit = DiTConfig(model=DiTModelConfig(in_channels=C, width=32, heads=4, joint_blocks=2, single_blocks=1, patch=4))
-    dae = DAEConfig(t=t, encoder=LatentEncoderConfig(z_channels=ZC, heads=2, depth=1), lora=LoRASettings(rank=4, alpha=4),
+    dae = DAEConfig(t=t, encoder=LatentEncoderConfig(z_channels=ZC, heads=2, depth=1, mask_padding=mask_padding), lora=LoRASettings(rank=4, alpha=4),
                     points=[OperatingPoint(t=t, K=K, M=M, m=m)], decode_steps=2)
     return SpressoConfig(audioae=ae, dit=dit, dae=dae)
 
@@ -46,11 +46,11 @@ def _jitter(module: torch.nn.Module, scale: float, seed: int) -> None:
 
 
 def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = None, K: int = 16, M: int = 4,
-                     m: int = 3) -> dict[str, Path]:
+                     m: int = 3, mask_padding: bool = False) -> dict[str, Path]:
     """audioae/, stage3/ (a dae checkpoint), qinco2/ (K codewords, M codebooks, m by default) and rq/ (an RQ of
     the same K and M, the quantizer a qinco2 run may ship instead) under ``root``."""
     torch.manual_seed(seed)
-    cfg = config(K=K, M=M, m=m)
+    cfg = config(K=K, M=M, m=m, mask_padding=mask_padding)
     ids = meta_run_ids or {}
     ae = AudioAE.from_config(cfg.audioae.model)
     _jitter(ae, 0.02, seed)
@@ -78,7 +78,7 @@ def make_checkpoints(root: Path, *, seed: int = 0, meta_run_ids: dict | None = N
 
 
 def make_bundle(root: Path, continuous: bool = False, seed: int = 0, **shape) -> Path:
-    """A bundle from :func:`make_checkpoints`; ``shape``: its K, M, m."""
+    """A bundle from :func:`make_checkpoints`; ``shape``: its K, M, m (and mask_padding)."""
     ck = make_checkpoints(root / "ck", seed=seed, **shape)
     return export_bundle(ck["audioae"], ck["stage"], None if continuous else ck["qinco2"], root / ("cont" if continuous else "bundle"))
 

@@ -43,7 +43,8 @@ def normalizer():
 def batch(B=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"x0": torch.randn(B, C, T, generator=g) * 2 + 0.1, "text": torch.randn(B, 5, TD, generator=g),
-            "text_mask": torch.ones(B, 5, dtype=torch.bool), "pooled": torch.randn(B, PD, generator=g)}
+            "text_mask": torch.ones(B, 5, dtype=torch.bool), "pooled": torch.randn(B, PD, generator=g),
+            "valid_frames": torch.tensor([T, T // 2, T, 3][:B] + [T] * max(0, B - 4))}  # two padded clips
 
 
 def meta(cfg):
@@ -156,8 +157,10 @@ def test_z_cache_equals_direct_encoding(tmp_path, mlflow_env, ray_local):
     path = precompute_z(cfg, progress=False)
     zc = ClipCache.open(path, mode="r")
     assert zc.complete and zc.attrs["t"] == 4
-    with torch.no_grad():
-        direct = trainer.model_raw.encoder.eval()(normalizer().normalize(torch.from_numpy(x0.astype(np.float32))))
+    with torch.no_grad():  # the model masks padding (the default), so the cache's z is that of each clip's real frames
+        direct = trainer.model_raw.encode(normalizer().normalize(torch.from_numpy(x0.astype(np.float32))),
+                                          torch.from_numpy(valid))
+    assert trainer.model_raw.mask_padding
     np.testing.assert_allclose(zc.read("z"), direct.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(zc.read("valid_frames"), [5, 4, 1, 5, 2])  # ceil(valid / t)
     assert precompute_z(cfg, progress=False) == path  # a rerun finds nothing to do

@@ -57,8 +57,9 @@ class LatentRows(torch.utils.data.Dataset):
         f32 = np.float32
         self.rows = [{"x0": rng.standard_normal((C, T)).astype(f32), "text": rng.standard_normal((5, TD)).astype(f32),
                       "text_mask": np.ones(5, bool), "pooled": rng.standard_normal(PD).astype(f32),
+                      "valid_frames": np.int32(T if i % 2 else T // 2),
                       **({"z": rng.standard_normal((6, 5)).astype(f32), "zq": rng.standard_normal((6, 5)).astype(f32)} if z else {})}
-                     for _ in range(n)]
+                     for i in range(n)]
 
     def __len__(self) -> int:
         return len(self.rows)

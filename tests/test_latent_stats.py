@@ -12,7 +12,7 @@ from spresso.diffusion.normalize import LatentNormalizer
 from spresso.eval.latent_stats import effective_dimensionality, frame_vectors
 from spresso.models.latent_encoder import LatentEncoder
 from spresso.train.stage1 import z_report
-from spresso.train.z_stats import z_stat_rows, z_stats_metrics
+from spresso.train.z_stats import encode_rows, z_stat_rows, z_stats_metrics
 
 torch.set_num_threads(1)
 
@@ -81,7 +81,7 @@ def test_stage1_logs_z_stats_at_checkpoints_on_rank_zero_only(tmp_path):
     torch.manual_seed(0)
     enc = LatentEncoder(in_channels=8, z_channels=6, t=4, depth=1, heads=2)
     tc = DAETrainConfig(steps=10, checkpoint_every=4, z_stats_clips=8)
-    trainer = SimpleNamespace(tc=tc, model_raw=SimpleNamespace(encoder=enc), normalizer=LatentNormalizer([0.0] * 8, [1.0] * 8))
+    trainer = SimpleNamespace(tc=tc, model_raw=SimpleNamespace(encoder=enc, mask_padding=False), normalizer=LatentNormalizer([0.0] * 8, [1.0] * 8))
     logged = []
     ctx = SimpleNamespace(is_main=True, log_metrics=lambda m, i: logged.append((i, m)))
     hook = z_report(ctx, trainer, path)
@@ -92,3 +92,18 @@ def test_stage1_logs_z_stats_at_checkpoints_on_rank_zero_only(tmp_path):
     assert z_report(ctx, trainer, path)(4, False) == {}
     ctx.is_main, tc.z_stats_clips = True, 0
     assert z_report(ctx, trainer, path)(4, False) == {}
+
+
+def test_z_of_a_padded_clip_with_mask_padding_is_the_z_of_its_real_frames_alone(tmp_path):
+    path = x0_cache(tmp_path / "x0.zarr")  # clip 1: 10 real frames of 40
+    torch.manual_seed(0)
+    enc = LatentEncoder(in_channels=8, z_channels=6, t=4, depth=1, heads=2).eval()
+    norm = LatentNormalizer([0.0] * 8, [1.0] * 8)
+    z, frames = encode_rows(enc, norm, path, np.array([1]), mask_padding=True)
+    seen, _ = encode_rows(enc, norm, path, np.array([1]))
+    x0 = torch.from_numpy(ClipCache.open(path, mode="r").read("x0", np.array([1])).astype(np.float32))
+    with torch.no_grad():
+        alone = enc(norm.normalize(x0)[:, :, :10]).numpy()  # the clip cut to its real frames: 3 windows
+    assert frames.tolist() == [3]
+    np.testing.assert_allclose(z[0, :, :3], alone[0], atol=1e-5)
+    assert not np.allclose(seen[0, :, :3], alone[0], atol=1e-3)  # unmasked, the padding changes z

@@ -28,9 +28,11 @@ SPLITS = np.array(["train", "train", "valid"] * 8, dtype=object)
 def caches(tmp_path):
     """An x0 cache (blocks of 4, the last block unfinished) and a caption cache (blocks of 6), row-aligned."""
     keys = [f"clip{i:02d}" for i in range(N)]
-    x0 = ClipCache.create(tmp_path / "x0.zarr", keys, {"x0": ((C, T), np.float16), "split": ((), "str")}, 4)
+    x0 = ClipCache.create(tmp_path / "x0.zarr", keys, {"x0": ((C, T), np.float16), "valid_frames": ((), np.int32),
+                                                       "split": ((), "str")}, 4)
     for a in range(0, N - 4, 4):  # rows 20-23 stay unfinished
-        x0.write_block(a, a + 4, x0=np.arange(a, a + 4)[:, None, None] + np.zeros((1, C, T)), split=SPLITS[a:a + 4])
+        x0.write_block(a, a + 4, x0=np.arange(a, a + 4)[:, None, None] + np.zeros((1, C, T)),
+                       valid_frames=np.full(4, T, np.int32), split=SPLITS[a:a + 4])
     text = ClipCache.create(tmp_path / "text.zarr", keys, {"text": ((2, 5), np.float16), "text_mask": ((2,), bool),
                                                              "pooled": ((5,), np.float32)}, 6)
     rng = np.random.default_rng(0)

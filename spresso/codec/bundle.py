@@ -67,7 +67,7 @@ def dae_from_manifest(manifest: dict) -> DiffusionAutoencoder:
     add_audio_down(denoiser.net, "audio")  # weights are overwritten by the strict load below
     denoiser.net = ConditionedDiT(denoiser.net, enc_cfg.z_channels, t, enc_cfg.z_key_bias(t, denoiser.net.patch))
     encoder = build_latent_encoder(enc_cfg, t, dit_cfg.model.in_channels)
-    return DiffusionAutoencoder(encoder, denoiser)
+    return DiffusionAutoencoder(encoder, denoiser, enc_cfg.mask_padding)
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> BundleParts:

@@ -168,12 +168,14 @@ class Codec:
         return _fit(resample(mono, rate, self.sample_rate), win.model_length(w.shape[1], rate)), rule, w.shape[1]
 
     @torch.no_grad()
-    def encode_windows(self, windows: np.ndarray, m: int | None) -> np.ndarray:
+    def encode_windows(self, windows: np.ndarray, m: int | None, valid_frames: Sequence[int] | None = None) -> np.ndarray:
         """5 s windows at 48 kHz [b, 240000] -> codes [b, T', m] (int64) with m codebooks, or z [b, C, T']
-        (float32) for ``m=None`` (a continuous bundle). One device batch: the caller sizes it."""
+        (float32) for ``m=None`` (a continuous bundle). One device batch: the caller sizes it. ``valid_frames``:
+        each window's x0 frames that see the signal (:func:`.windowing.window_x0_frames`), for a model that
+        masks padding; None: every frame is signal."""
         wave = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
         x0 = self.audioae.encode(wave)
-        z = self.dae.encode(self.normalizer.normalize(x0))
+        z = self.dae.encode(self.normalizer.normalize(x0), self._valid(valid_frames))
         if m is None:
             return z.float().cpu().numpy()
         return self.quantizer.encode(z.float().transpose(1, 2), m).cpu().numpy()
@@ -207,7 +209,8 @@ class Codec:
         views = [win.cut(w, p) for w, p in zip(prepared, plans)]
         jobs = [(i, k) for i, p in enumerate(plans) for k in range(p.n_windows)]
         for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="encode", disable=not progress, leave=False):
-            res = self.encode_windows(np.stack([views[i][k] for i, k in batch]), m)
+            res = self.encode_windows(np.stack([views[i][k] for i, k in batch]), m,
+                                      [win.window_x0_frames(plans[i], k) for i, k in batch])
             for (i, k), r in zip(batch, res):
                 if m is None and outs[i].shape[1] == 0:
                     outs[i] = np.empty((plans[i].n_windows,) + r.shape, np.float32)
@@ -280,6 +283,9 @@ class Codec:
             parts.append(part)
         return torch.stack(parts)
 
+    def _valid(self, valid_frames: Sequence[int] | None) -> torch.Tensor | None:
+        return None if valid_frames is None else torch.as_tensor(list(valid_frames), device=self.device)
+
     def window_noise(self, seed: int, windows: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Initial noise [b, C, frames] for (variation, window) pairs, each from its own generator seeded by
         (seed, variation, window): a decode is the same whatever the batching."""
@@ -288,11 +294,14 @@ class Codec:
                             for v, k in windows]).to(self.device)
 
     @torch.no_grad()
-    def decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float) -> np.ndarray:
+    def decode_windows(self, z: torch.Tensor, noise: torch.Tensor, steps: int, solver: str, rho: float,
+                       valid_frames: Sequence[int] | None = None) -> np.ndarray:
         """One device batch: z [b, C, T'] (:meth:`window_z`) and noise (:meth:`window_noise`) -> 5 s windows
-        [b, 240000] at 48 kHz, before the crossfade. Take steps/solver/rho from :meth:`sampler_settings`."""
+        [b, 240000] at 48 kHz, before the crossfade. Take steps/solver/rho from :meth:`sampler_settings`;
+        ``valid_frames`` as for :meth:`encode_windows`."""
         frames = win.WINDOW_SAMPLES // win.X0_HOP
-        den = CachedDenoiser(self.dae, z, frames, autocast=self._autocast if self.bf16 else None)
+        den = CachedDenoiser(self.dae, z, frames, autocast=self._autocast if self.bf16 else None,
+                             valid_frames=self._valid(valid_frames))
         s = self.manifest.get("sampler", {})
         y = sample(den, noise, steps=steps, solver=solver, sigma_min=s.get("sigma_min", SIGMA_MIN),
                    sigma_max=s.get("sigma_max", SIGMA_MAX), rho=rho)
@@ -339,7 +348,8 @@ class Codec:
         for batch in tqdm(list(_chunks(jobs, self.batch_size)), desc="decode", disable=not progress, leave=False):
             z = torch.cat([self.window_z(streams[j.item], [j.window]) for j in batch])
             noise = self.window_noise(seed, [(j.variation, j.window) for j in batch])
-            waves = self.decode_windows(z, noise, steps, solver, rho)
+            waves = self.decode_windows(z, noise, steps, solver, rho,
+                                        [win.window_x0_frames(plans[j.item], j.window) for j in batch])
             for j, w in zip(batch, waves):
                 plan = plans[j.item]
                 weight = fades.setdefault((plan.overlap, j.window == 0, j.window == plan.n_windows - 1),

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from spresso.diffusion.padding import token_mask
 from spresso.models.conditioned_dit import AUDIO_DOWN
 from spresso.models.dit import AUDIO, TEXT
 from spresso.models.latent_encoder import decimated_positions
@@ -24,7 +25,8 @@ from spresso.models.rope import frame_positions
 class CachedDenoiser:
     """D(x; sigma) for one batch of z with the null caption, step-invariant parts computed once."""
 
-    def __init__(self, dae, z: torch.Tensor | None, frames: int, autocast: Callable | None = None):
+    def __init__(self, dae, z: torch.Tensor | None, frames: int, autocast: Callable | None = None,
+                 valid_frames: torch.Tensor | None = None):
         self.denoiser = dae.denoiser
         self.net, self.dit = self.denoiser.net, self.denoiser.net.dit
         dit = self.dit
@@ -40,25 +42,32 @@ class CachedDenoiser:
             self.text = StreamInput(tokens, None, None)
             L = -(-self.frames // dit.patch)
             self.positions = frame_positions(L, dit.patch, device=device)
+            # A model trained with mask_padding hides a window's padding as keys, as in training; None when
+            # every frame is signal (no mask: SDPA keeps its fused kernels).
+            self.audio_mask = z_mask = None
+            if getattr(dae, "mask_padding", False) and valid_frames is not None and bool((valid_frames < self.frames).any()):
+                self.audio_mask = token_mask(valid_frames, self.frames, dit.patch)
+                z_mask = token_mask(valid_frames, self.frames, self.net.t)
             self.extra = {}
             if z is not None:
                 zpos = decimated_positions(self.frames, self.net.t, device=device)
                 if z.shape[-1] != zpos.numel():
                     raise ValueError(f"z has {z.shape[-1]} frames, {self.frames} x0 frames need {zpos.numel()}")
-                self.extra[AUDIO_DOWN] = StreamInput(self.net.f_phi(z.float().transpose(1, 2)), zpos, key_bias=self.net.z_key_bias)
+                self.extra[AUDIO_DOWN] = StreamInput(self.net.f_phi(z.float().transpose(1, 2)), zpos, z_mask,
+                                                      key_bias=self.net.z_key_bias)
 
     def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """F(c_in x; c_noise): the DiT's forward with the cached streams (mirrors DiT.forward)."""
         dit = self.dit
         audio = dit.audio_in(dit.patchify(x_in))
         c = dit.noise_embed(c_noise) + self.c_text
-        streams = {AUDIO: StreamInput(audio, self.positions), TEXT: self.text, **self.extra}
+        streams = {AUDIO: StreamInput(audio, self.positions, self.audio_mask), TEXT: self.text, **self.extra}
         for block in dit.joint:
             out = block(streams, c, dit.rope)
             streams = carried(streams, out)
         h = streams[AUDIO].tokens
         for block in dit.single:
-            h = block({AUDIO: StreamInput(h, self.positions)}, c, dit.rope)[AUDIO]
+            h = block({AUDIO: StreamInput(h, self.positions, self.audio_mask)}, c, dit.rope)[AUDIO]
         return dit.unpatchify(dit.final(h, c), x_in.shape[-1])
 
     def cached_net(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:

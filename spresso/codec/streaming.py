@@ -193,11 +193,11 @@ def encode_file_described(codec: WindowCoder, path: str | Path, kbps: float | No
     for w in block_windows(mono_blocks(path, codec.sample_rate, scan), plan):
         batch.append(w)
         if len(batch) == codec.batch_size:
-            outs.extend(codec.encode_windows(np.stack(batch), m))
+            outs.extend(codec.encode_windows(np.stack(batch), m, win.plan_x0_frames(plan, range(len(outs), len(outs) + len(batch)))))
             bar.update(len(batch))
             batch = []
     if batch:
-        outs.extend(codec.encode_windows(np.stack(batch), m))
+        outs.extend(codec.encode_windows(np.stack(batch), m, win.plan_x0_frames(plan, range(len(outs), len(outs) + len(batch)))))
         bar.update(len(batch))
     bar.close()
     data = codec.stream_bytes(np.stack(outs), plan, scan.frames, scan.sample_rate, m)
@@ -243,7 +243,7 @@ def _decode_into(codec: WindowCoder, stream: bs.Stream, plan: win.WindowPlan, tm
             ks = windows[b:b + codec.batch_size]
             z = codec.window_z(stream, ks)
             noise = codec.window_noise(seed, [(variation, k) for k in ks])
-            waves = codec.decode_windows(z, noise, steps, solver, rho)
+            waves = codec.decode_windows(z, noise, steps, solver, rho, win.plan_x0_frames(plan, ks))
             for k, w in zip(ks, waves):
                 start = k * plan.hop - done
                 need = start + plan.window

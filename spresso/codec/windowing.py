@@ -105,6 +105,18 @@ def last_window_frames(plan: WindowPlan, time_factor: int) -> int:
     return -(-x0_frames // int(time_factor))
 
 
+def window_x0_frames(plan: WindowPlan, k: int) -> int:
+    """x0 frames of window k that see the signal: all of them but in the last window, whose rest is padding
+    (what a ``mask_padding`` model hides; spresso.diffusion.padding)."""
+    a = min(plan.window, plan.n_samples - int(plan.starts[k]))
+    return -(-a // X0_HOP)
+
+
+def plan_x0_frames(plan: WindowPlan, windows) -> list[int]:
+    """:func:`window_x0_frames` of each of the given windows."""
+    return [window_x0_frames(plan, int(k)) for k in windows]
+
+
 def stream_frames(plan: WindowPlan, time_factor: int, version: int = 2) -> int:
     """The frame count a stream of this plan holds: every window's frames (format version 1), or
     all but the last window's padding frames (versions 2 and 3; docs/bitstream.md, section 6)."""

@@ -37,6 +37,12 @@ class LatentEncoderConfig(Section):
     # a logit bias of log(t / patch) on z keys, each z token counting as the t / patch audio tokens it
     # summarises (no change at t <= patch). Checkpoints and bundles saved before this setting load as "plain".
     z_attention: Literal["plain", "multiplicity"] = "plain"
+    # Whether a clip's zero padding (clips shorter than the 5 s window) is hidden: from the loss, from
+    # g_psi's attention and pooling, and as keys in the DiT (spresso.diffusion.padding). The paper does
+    # not say. Seen (false), a 1 Hz z on real sound effects became one per-clip bit, "is this clip
+    # padded"; hidden, it spread over ~4 directions and decoded better (README: "How many of z's channels
+    # are used"). Stored with the model, so decoding masks the way training did; older models: false.
+    mask_padding: bool = True
 
     def depth_for(self, t: int) -> int:
         if self.depth is not None:
@@ -53,8 +59,9 @@ class LatentEncoderConfig(Section):
 
     @classmethod
     def stored(cls, tree: dict[str, Any]) -> "LatentEncoderConfig":
-        """An encoder section read back from a checkpoint or bundle: one saved before ``z_attention`` is "plain"."""
-        return cls.model_validate({"z_attention": "plain", **tree})
+        """An encoder section read back from a checkpoint or bundle: one saved before ``z_attention`` is "plain",
+        one saved before ``mask_padding`` sees its padding (as it was trained), whatever today's defaults."""
+        return cls.model_validate({"z_attention": "plain", "mask_padding": False, **tree})
 
 
 class LoRASettings(Section):

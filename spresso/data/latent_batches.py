@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from spresso.core.errors import SpressoError
 from spresso.data.zarr_cache import CacheDataset, ClipCache
 
-X0_ARRAYS = ("x0",)
+X0_ARRAYS = ("x0", "valid_frames")  # valid_frames: real (not padding) frames, for dae.encoder.mask_padding
 TEXT_ARRAYS = ("text", "text_mask", "pooled")
 
 

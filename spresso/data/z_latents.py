@@ -30,6 +30,7 @@ from spresso.data.precompute import ROW, fill_cache
 from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, load_dae
 from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.padding import frame_mask
 from spresso.models.latent_encoder import pooled_frames
 from spresso.quant import load_quantizer
 from spresso.runtime import find_finished_run, stage_run, tracking_uri
@@ -59,16 +60,20 @@ class EncodeZ:
     def __init__(self, checkpoint_dir: str):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, info = load_dae(checkpoint_dir, map_location=self.device)
-        self.encoder = model.encoder.eval()
+        self.encoder = model.encoder.eval()  # only g_psi is kept (the denoiser is freed)
+        self.mask_padding = model.mask_padding
         meta = info["meta"]
         self.normalizer = LatentNormalizer(meta["x0_mean"], meta["x0_std"], model.denoiser.sigma_data)
         self.t = model.t
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x0 = torch.from_numpy(np.asarray(batch["x0"], dtype=np.float32)).to(self.device)
+        frames = np.asarray(batch["valid_frames"], dtype=np.int64)
+        # a model trained with mask_padding encodes each clip's real frames only
+        mask = frame_mask(torch.from_numpy(frames), x0.shape[-1]).to(self.device) if self.mask_padding else None
         with torch.inference_mode():
-            z = self.encoder(self.normalizer.normalize(x0)).float().cpu().numpy()
-        valid = -(-np.asarray(batch["valid_frames"], dtype=np.int64) // self.t)
+            z = self.encoder(self.normalizer.normalize(x0), mask).float().cpu().numpy()
+        valid = -(-frames // self.t)
         return {ROW: batch[ROW], "z": z, "valid_frames": valid.astype(np.int32), "split": batch["split"]}
 
 

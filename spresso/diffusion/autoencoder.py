@@ -16,6 +16,7 @@ from torch import nn
 
 from spresso.config.dit import DiTConfig
 from spresso.diffusion.edm2 import Denoiser
+from spresso.diffusion.padding import frame_mask, token_mask
 from spresso.models.conditioned_dit import (
     AUDIO_DOWN,
     ConditionedDiT,
@@ -43,12 +44,14 @@ class DiffusionAutoencoder(nn.Module):
     normalised x0 the diffusion reconstructs.
     """
 
-    def __init__(self, encoder: LatentEncoder, denoiser: Denoiser):
+    def __init__(self, encoder: LatentEncoder, denoiser: Denoiser, mask_padding: bool = False):
         super().__init__()
         if not isinstance(denoiser.net, ConditionedDiT):
             raise ValueError("the denoiser must wrap a ConditionedDiT")
         self.encoder = encoder
         self.denoiser = denoiser
+        # LatentEncoderConfig.mask_padding: given a clip's valid frames, its padding is hidden (spresso.diffusion.padding)
+        self.mask_padding = bool(mask_padding)
 
     @property
     def t(self) -> int:
@@ -58,20 +61,32 @@ class DiffusionAutoencoder(nn.Module):
     def net(self) -> ConditionedDiT:
         return self.denoiser.net
 
-    def encode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Normalised x0 [B, C, T] -> z [B, z_channels, ceil(T / t)]."""
-        return self.encoder(x0)
+    def encode(self, x0: torch.Tensor, valid_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised x0 [B, C, T] -> z [B, z_channels, ceil(T / t)]; ``valid_frames`` [B] counts only
+        when the model masks padding (else every frame is seen, as it was trained)."""
+        mask = frame_mask(valid_frames.to(x0.device), x0.shape[-1]) if self.masks(valid_frames, x0.shape[-1]) else None
+        return self.encoder(x0, mask)
+
+    def masks(self, valid_frames, T: int) -> bool:
+        """Whether to mask: the model does, and some clip is padded (no mask at all lets SDPA use its fused kernels)."""
+        return self.mask_padding and valid_frames is not None and bool((valid_frames < T).any())
 
     def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor, text: TextEmbedding, z: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None, return_logvar: bool = False, z_from: torch.Tensor | None = None):
+                drop: torch.Tensor | None = None, return_logvar: bool = False, z_from: torch.Tensor | None = None,
+                valid_frames: torch.Tensor | None = None):
         """D(x_noisy; sigma, text, z); ``z=None`` withholds the conditioning.
 
         ``z_from`` (clean normalised x0) encodes z inside this call instead, so that under DDP the
         encoder runs within the wrapped forward and its gradients are synchronised (stage 1).
+        ``valid_frames`` [B]: real frames per clip; a ``mask_padding`` model hides the rest as keys.
         """
         if z_from is not None:
-            z = self.encode(z_from)
-        return self.denoiser(x_noisy, sigma, return_logvar=return_logvar, text=text, drop=drop, z=z)
+            z = self.encode(z_from, valid_frames)
+        masks = {}
+        if self.masks(valid_frames, x_noisy.shape[-1]):
+            T, valid = x_noisy.shape[-1], valid_frames.to(x_noisy.device)
+            masks = {"audio_mask": token_mask(valid, T, self.net.dit.patch), "z_mask": token_mask(valid, T, self.t)}
+        return self.denoiser(x_noisy, sigma, return_logvar=return_logvar, text=text, drop=drop, z=z, **masks)
 
     # -- trainable parameters per stage --------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[str]]:
@@ -133,4 +148,4 @@ def build_dae(denoiser: Denoiser, encoder_cfg, t: int, lora_cfg, audio_down_init
     denoiser.net = ConditionedDiT(dit, encoder_cfg.z_channels, t, encoder_cfg.z_key_bias(t, dit.patch))
     encoder = build_latent_encoder(encoder_cfg, t, dit.config.in_channels)
     ref = next(dit.parameters())
-    return DiffusionAutoencoder(encoder.to(ref.device), denoiser)
+    return DiffusionAutoencoder(encoder.to(ref.device), denoiser, encoder_cfg.mask_padding)

@@ -124,7 +124,9 @@ class EDM2Loss:
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
 
     def __call__(self, denoiser: nn.Module, y: torch.Tensor, sigma: torch.Tensor | None = None,
-                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None, **cond) -> LossOutput:
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 frame_mask: torch.Tensor | None = None, **cond) -> LossOutput:
+        """``frame_mask`` [B, T] (True = real frame): the loss averages over those frames only."""
         B = y.shape[0]
         if sigma is None:
             sigma = sample_sigma(B, self.P_mean, self.P_std, device=y.device, generator=generator)
@@ -136,5 +138,10 @@ class EDM2Loss:
         sq = (D_yn.float() - y) ** 2
         weight = loss_weight(sigma, self.sigma_data).view(shape)
         elem = weight / logvar.float().exp().view(shape) * sq + logvar.float().view(shape)
-        per_sample = elem.flatten(1).mean(1)
-        return LossOutput(per_sample.mean(), per_sample.detach(), sq.detach().flatten(1).mean(1), sigma.detach())
+        if frame_mask is None:
+            per_sample, mse = elem.flatten(1).mean(1), sq.detach().flatten(1).mean(1)
+        else:  # the mean over real frames (and every channel) of each clip
+            m = frame_mask.to(elem.dtype)[:, None, :].expand_as(elem)
+            count = m.flatten(1).sum(1).clamp(min=1.0)
+            per_sample, mse = (elem * m).flatten(1).sum(1) / count, (sq.detach() * m).flatten(1).sum(1) / count
+        return LossOutput(per_sample.mean(), per_sample.detach(), mse, sigma.detach())

@@ -205,10 +205,12 @@ def trained_points(cfg, device="cpu") -> tuple[list[PointModels], list[str]]:
 
 # -- decoding and scoring -------------------------------------------------------------------------
 @torch.no_grad()
-def decode_x0(stage: StageModel, z: torch.Tensor | None, frames: int, batch: int, settings: DecodeSettings) -> torch.Tensor:
+def decode_x0(stage: StageModel, z: torch.Tensor | None, frames: int, batch: int, settings: DecodeSettings,
+              valid_frames: torch.Tensor | None = None) -> torch.Tensor:
     """z [B, c, T'] or None (withheld) -> x0 [B, C, frames] in AudioAE units, from seeded noise.
 
     The noise depends only on (seed, batch, C, frames), so every row starts from the same noise.
+    ``valid_frames`` [B]: each clip's real frames (a model trained with mask_padding hides the rest).
     """
     model = stage.model
     device = next(model.parameters()).device
@@ -217,18 +219,20 @@ def decode_x0(stage: StageModel, z: torch.Tensor | None, frames: int, batch: int
     text = null_text(model, batch, device)
     drop = torch.ones(batch, dtype=torch.bool, device=device)  # the codec's case: no caption
     z = None if z is None else z.to(device).float()
+    valid = None if valid_frames is None else torch.as_tensor(valid_frames).to(device)
 
     def denoise(x, sigma):
-        return model(x, sigma, text, z, drop=drop)
+        return model(x, sigma, text, z, drop=drop, valid_frames=valid)
 
     y = sample(denoise, noise, steps=settings.steps, solver=settings.solver)
     return stage.normalizer.denormalize(y)
 
 
 @torch.no_grad()
-def encode_z(stage: StageModel, x0: torch.Tensor) -> torch.Tensor:
+def encode_z(stage: StageModel, x0: torch.Tensor, valid_frames=None) -> torch.Tensor:
     device = next(stage.model.parameters()).device
-    return stage.model.encode(stage.normalizer.normalize(x0.to(device))).float()
+    valid = None if valid_frames is None else torch.as_tensor(valid_frames).to(device)
+    return stage.model.encode(stage.normalizer.normalize(x0.to(device)), valid).float()
 
 
 @torch.no_grad()
@@ -414,7 +418,7 @@ def run_checks(points: Iterable[PointModels], clips: EvalClips, audioae, setting
         bar.set_postfix_str(f"{p.name}/{stage.stage}/{condition}")
         start = time.perf_counter()
         if condition != WITHHELD and (p.name, FROM_Z) not in cache:
-            cache[(p.name, FROM_Z)] = encode_z(p.stage1, clips.x0)  # g_psi is frozen after stage 1: one z per point
+            cache[(p.name, FROM_Z)] = encode_z(p.stage1, clips.x0, clips.valid_frames)  # g_psi is frozen after stage 1: one z per point
         if condition == FROM_ZQ and (p.name, FROM_ZQ) not in cache:
             cache[(p.name, FROM_ZQ)] = quantize_z(p.quantizer, cache[(p.name, FROM_Z)], p.m, p.beam)
         per_draw = []
@@ -423,7 +427,8 @@ def run_checks(points: Iterable[PointModels], clips: EvalClips, audioae, setting
             for i in range(0, clips.x0.shape[0], batch):
                 z = None if condition == WITHHELD else cache[(p.name, condition)][i:i + batch]
                 parts.append(decode_x0(stage, z, clips.frames, min(batch, clips.x0.shape[0] - i),
-                                       DecodeSettings(draw.steps, draw.solver, draw.seed + i)))
+                                       DecodeSettings(draw.steps, draw.solver, draw.seed + i),
+                                       clips.valid_frames[i:i + batch]))
             per_draw.append(scorer.score(torch.cat(parts)))
         scores = {c: np.mean([d[c] for d in per_draw], axis=0) for c in per_draw[0]}
         rows.append(Row(p.name, p.t, stage.stage, condition, scores, time.perf_counter() - start))

@@ -139,8 +139,10 @@ class ConditionedDiT(nn.Module):
         self.z_key_bias = float(z_key_bias)  # attention-logit bias on z keys (LatentEncoderConfig.z_attention)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, text: TextEmbedding, drop: torch.Tensor | None = None,
-                z: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, C, T] (scaled by c_in), z [B, z_channels, ceil(T / t)] or None (no conditioning)."""
+                z: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
+                z_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, T] (scaled by c_in), z [B, z_channels, ceil(T / t)] or None (no conditioning);
+        ``audio_mask`` / ``z_mask`` [B, tokens] (True = real) hide padding tokens as keys."""
         extra = None
         if z is not None:
             T = x.shape[-1]
@@ -148,5 +150,6 @@ class ConditionedDiT(nn.Module):
             if z.shape[0] != x.shape[0] or z.shape[-1] != positions.numel():
                 raise ValueError(f"z {tuple(z.shape)} does not fit x {tuple(x.shape)} at t={self.t} "
                                  f"(expected [{x.shape[0]}, *, {positions.numel()}])")
-            extra = {AUDIO_DOWN: StreamInput(self.f_phi(z.float().transpose(1, 2)), positions, key_bias=self.z_key_bias)}
+            extra = {AUDIO_DOWN: StreamInput(self.f_phi(z.float().transpose(1, 2)), positions, z_mask,
+                                             key_bias=self.z_key_bias)}
         return self.dit(x, c_noise, text, drop=drop, audio_mask=audio_mask, extra=extra)

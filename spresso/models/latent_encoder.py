@@ -49,10 +49,17 @@ def decimated_positions(T: int, t: int, device=None) -> torch.Tensor:
     return starts + (window_counts(T, t, device) - 1) / 2
 
 
-def average_pool(h: torch.Tensor, t: int) -> torch.Tensor:
-    """h [B, T, D] -> [B, ceil(T / t), D]: mean over the real frames of each window (kernel = stride = t)."""
+def average_pool(h: torch.Tensor, t: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """h [B, T, D] -> [B, ceil(T / t), D]: mean over the real frames of each window (kernel = stride = t).
+
+    With ``mask`` [B, T] (True = real) only those frames count; a window with none of them is zero.
+    """
     B, T, D = h.shape
     n = pooled_frames(T, t)
+    if mask is not None:
+        w = F.pad(mask.to(h.dtype), (0, n * t - T)).reshape(B, n, t)
+        sums = (F.pad(h, (0, 0, 0, n * t - T)).reshape(B, n, t, D) * w[..., None]).sum(2)
+        return sums / w.sum(2).clamp(min=1.0)[..., None]
     h = F.pad(h, (0, 0, 0, n * t - T))  # zeros add nothing to the sums below
     sums = h.reshape(B, n, t, D).sum(2)
     return sums / window_counts(T, t, h.device).to(h.dtype)[None, :, None]
@@ -116,7 +123,8 @@ class LatentEncoder(nn.Module):
         return decimated_positions(T, self.t, device)
 
     def forward(self, x0: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x0 [B, C, T] -> z [B, z_channels, ceil(T / t)]; ``mask`` [B, T] (True = real) hides frames as keys."""
+        """x0 [B, C, T] -> z [B, z_channels, ceil(T / t)]; ``mask`` [B, T] (True = real) hides the other frames
+        as keys and from the pooling (a window of padding only gives zeros)."""
         if x0.dim() != 3 or x0.shape[1] != self.in_channels:
             raise ValueError(f"expected x0 [B, {self.in_channels}, T], got {tuple(x0.shape)}")
         T = x0.shape[-1]
@@ -124,7 +132,7 @@ class LatentEncoder(nn.Module):
         cos, sin = self.rope(torch.arange(T, device=x0.device, dtype=torch.float32))
         for block in self.blocks:
             h = block(h, cos, sin, mask)
-        return average_pool(self.to_z(self.norm(h)), self.t).transpose(1, 2)
+        return average_pool(self.to_z(self.norm(h)), self.t, mask).transpose(1, 2)
 
 
 def build_latent_encoder(cfg, t: int, in_channels: int = 128) -> LatentEncoder:

@@ -41,6 +41,7 @@ from spresso.diffusion.autoencoder import DiffusionAutoencoder, set_trainable
 from spresso.diffusion.checkpoints import CHECKPOINT_KIND, dae_from_dit
 from spresso.diffusion.edm2 import EDM2Loss
 from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.padding import frame_mask
 from spresso.train.diffusion_batch import batch_inputs, set_lr, warmup_lr
 from spresso.train.dit import X0_IDENTITY, open_x0_cache
 from spresso.train.driver import LoggedInput, StageInputs, TrainingStage, run_training
@@ -85,6 +86,11 @@ class DAETrainer:
         y, text = batch_inputs(batch, self.normalizer, self.device)
         drop = (torch.rand(y.shape[0], generator=generator) < self.tc.text_dropout).to(self.device)
         cond = {"z_from": y} if z is None else {"z": z.to(self.device).float()}
+        if self.model_raw.mask_padding:  # the clip's padding leaves the loss and the attention
+            if "valid_frames" not in batch:
+                raise SpressoError("dae.encoder.mask_padding needs each clip's valid_frames in the batch (x0 cache arrays)")
+            valid = batch["valid_frames"].to(self.device)
+            cond.update(valid_frames=valid, frame_mask=frame_mask(valid, y.shape[-1]))
         ctx = self.autocast() if self.autocast is not None else torch.autocast(self.device.type, enabled=False)
         with ctx:
             out = self.loss_fn(self.model, y, text=text, drop=drop, generator=generator, **cond)
@@ -190,7 +196,8 @@ def z_report(ctx, trainer: DAETrainer, x0_path: str) -> Callable[[int, bool], di
     def after_step(i: int, last: bool) -> dict:
         if not ctx.is_main or tc.z_stats_clips <= 0 or not (i % tc.checkpoint_every == 0 or last):
             return {}
-        metrics = z_stats_metrics(trainer.model_raw.encoder, trainer.normalizer, x0_path, max_clips=tc.z_stats_clips)
+        metrics = z_stats_metrics(trainer.model_raw.encoder, trainer.normalizer, x0_path, max_clips=tc.z_stats_clips,
+                                  mask_padding=trainer.model_raw.mask_padding)
         ctx.log_metrics(metrics, i)
         log.info("stage1 step %d: z top-4 energy %.3f, %d directions for 98%%", i,
                  metrics.get("z/energy_top4", float("nan")), int(metrics.get("z/dims_98", 0)))

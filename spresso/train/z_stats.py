@@ -13,6 +13,7 @@ import torch
 from spresso.data.latent_batches import split_rows
 from spresso.data.zarr_cache import ClipCache
 from spresso.diffusion.normalize import LatentNormalizer
+from spresso.diffusion.padding import frame_mask
 from spresso.eval.latent_stats import effective_dimensionality, frame_vectors
 
 
@@ -29,8 +30,9 @@ def z_stat_rows(x0_path: str, t: int, *, max_clips: int, min_frames: int) -> tup
 
 @torch.no_grad()
 def encode_rows(encoder: torch.nn.Module, normalizer: LatentNormalizer, x0_path: str, rows: np.ndarray, *,
-                batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(z [N, C, T'], real z frames per clip [N]) of the given x0-cache rows, encoder in eval mode."""
+                batch: int = 16, mask_padding: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(z [N, C, T'], real z frames per clip [N]) of the given x0-cache rows, encoder in eval mode
+    (``mask_padding``: hiding each clip's padding frames, as a model trained with it does)."""
     cache = ClipCache.open(x0_path, mode="r")
     device = next(encoder.parameters()).device
     was_training = encoder.training
@@ -39,19 +41,21 @@ def encode_rows(encoder: torch.nn.Module, normalizer: LatentNormalizer, x0_path:
     for start in range(0, len(rows), batch):
         idx = rows[start:start + batch]
         x0 = torch.from_numpy(cache.read("x0", idx).astype(np.float32))
-        zs.append(encoder(normalizer.normalize(x0.to(device))).float().cpu().numpy())
-        valid.append(-(-cache.read("valid_frames", idx).astype(np.int64) // encoder.t))
+        frames = cache.read("valid_frames", idx).astype(np.int64)
+        mask = frame_mask(torch.from_numpy(frames), x0.shape[-1]).to(device) if mask_padding else None
+        zs.append(encoder(normalizer.normalize(x0.to(device)), mask).float().cpu().numpy())
+        valid.append(-(-frames // encoder.t))
     encoder.train(was_training)
     return np.concatenate(zs), np.concatenate(valid)
 
 
 def z_stats_metrics(encoder: torch.nn.Module, normalizer: LatentNormalizer, x0_path: str, *, max_clips: int = 256,
-                    min_frames: int = 256) -> dict[str, float]:
+                    min_frames: int = 256, mask_padding: bool = False) -> dict[str, float]:
     """``z/<metric>`` of :func:`~spresso.eval.latent_stats.effective_dimensionality` over the report's clips."""
     rows, held_out = z_stat_rows(x0_path, encoder.t, max_clips=max_clips, min_frames=min_frames)
     if rows.size == 0:
         return {}
-    z, valid = encode_rows(encoder, normalizer, x0_path, rows)
+    z, valid = encode_rows(encoder, normalizer, x0_path, rows, mask_padding=mask_padding)
     vectors = frame_vectors(z, valid)
     if vectors.shape[0] < 2:
         return {}
