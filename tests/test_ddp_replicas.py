@@ -42,7 +42,8 @@ TINY_AE = ["audioae.model.width=16", "audioae.model.blocks=1", "audioae.model.in
 def rank_batch(rank: int, step: int, B: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 * rank + step)  # every rank reads its own share of the data
     return {"x0": torch.randn(B, C, T, generator=g), "text": torch.randn(B, 5, TD, generator=g),
-            "text_mask": torch.ones(B, 5, dtype=torch.bool), "pooled": torch.randn(B, PD, generator=g)}
+            "text_mask": torch.ones(B, 5, dtype=torch.bool), "pooled": torch.randn(B, PD, generator=g),
+            "valid_frames": torch.tensor([T] + [T // 2 + rank] * (B - 1))}  # padded clips: stage 1/3 mask them
 
 
 def state(*modules, ema: dict | None = None) -> dict[str, torch.Tensor]:
